@@ -1,0 +1,4 @@
+"""CT volume loading, segmentation engines, quantification, synthetic CT.
+
+Knows nothing of networking: everything here works from files on disk.
+"""

@@ -1,0 +1,147 @@
+"""Load a CT series from DICOM files into a HU volume with its geometry.
+
+Slices are sorted by their position along the slice normal; the slice spacing is taken
+from those positions (never from SliceThickness). Compressed transfer syntaxes are decoded
+here, through pydicom's pixel handlers (pylibjpeg, pyjpegls, RLE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+
+class SeriesError(ValueError):
+    """A series that cannot be turned into a consistent volume; the message says why."""
+
+
+@dataclass
+class CTVolume:
+    """A CT series as a HU volume.
+
+    hu: int16 array (slices, rows, columns), slice 0 lowest along the slice normal.
+    spacing: (slice spacing from positions, row spacing, column spacing) in mm.
+    datasets: the source headers (no pixel data) in the same order as `hu`.
+    """
+
+    hu: np.ndarray
+    spacing: tuple[float, float, float]
+    datasets: list[Dataset] = field(repr=False)
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in cm3 (= ml)."""
+        return float(np.prod(self.spacing)) / 1000.0
+
+    @property
+    def series_instance_uid(self) -> str:
+        return str(self.datasets[0].SeriesInstanceUID)
+
+
+def slice_normal(ds: Dataset) -> np.ndarray:
+    """Unit normal of an image plane from ImageOrientationPatient."""
+    try:
+        iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
+    except AttributeError as exc:
+        raise SeriesError("missing ImageOrientationPatient") from exc
+    normal = np.cross(iop[:3], iop[3:])
+    norm = np.linalg.norm(normal)
+    if norm < 1e-6:
+        raise SeriesError("degenerate ImageOrientationPatient")
+    return normal / norm
+
+
+def slice_position(ds: Dataset, normal: np.ndarray) -> float:
+    """Distance of a slice along the slice normal (mm)."""
+    try:
+        return float(np.dot(np.asarray(ds.ImagePositionPatient, dtype=float), normal))
+    except AttributeError as exc:
+        raise SeriesError("missing ImagePositionPatient") from exc
+
+
+def sort_by_position(datasets: Sequence[Dataset]) -> tuple[list[Dataset], np.ndarray]:
+    """Sort slices along the normal of the first slice; return them with their positions."""
+    if not datasets:
+        raise SeriesError("no images")
+    normal = slice_normal(datasets[0])
+    keyed = sorted(((slice_position(ds, normal), ds) for ds in datasets), key=lambda p: p[0])
+    positions = np.array([p for p, _ in keyed])
+    return [ds for _, ds in keyed], positions
+
+
+def spacing_from_positions(positions: np.ndarray, tolerance: float = 0.05) -> float:
+    """Uniform slice spacing from sorted positions, or SeriesError naming the gap.
+
+    tolerance is relative: a step differing from the median by more than that fraction is
+    a gap (missing slice) or an irregular series.
+    """
+    if len(positions) < 2:
+        raise SeriesError("a single slice has no slice spacing")
+    steps = np.diff(positions)
+    median = float(np.median(steps))
+    if median <= 1e-3:
+        raise SeriesError("slices share the same position")
+    bad = np.nonzero(np.abs(steps - median) > tolerance * median)[0]
+    if bad.size:
+        i = int(bad[0])
+        raise SeriesError(
+            f"non-uniform slice spacing: step {steps[i]:.3f} mm between slices {i} and {i + 1}"
+            f" (median {median:.3f} mm); a slice is missing or the series mixes acquisitions"
+        )
+    return median
+
+
+def read_headers(paths: Iterable[Path]) -> list[Dataset]:
+    """Read headers only (no pixel data), remembering each file's path in `filename`."""
+    headers = []
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds.filename = str(path)
+        headers.append(ds)
+    return headers
+
+
+def to_hu(ds: Dataset) -> np.ndarray:
+    """Pixel data of one slice in HU as int16 (rescale slope/intercept applied)."""
+    pixels = ds.pixel_array
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    hu = pixels.astype(np.float32) * slope + intercept
+    return np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
+
+
+def load_series(source: Path | Sequence[Path]) -> CTVolume:
+    """Load a CT series from a folder (every file in it) or a list of files.
+
+    Raises SeriesError with a readable reason for anything that is not one consistent
+    axial-stack series (mixed series, missing geometry, gaps, different image sizes).
+    """
+    if isinstance(source, (str, Path)):
+        folder = Path(source)
+        paths = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    else:
+        paths = [Path(p) for p in source]
+    headers = read_headers(paths)
+    series_uids = {str(ds.get("SeriesInstanceUID", "")) for ds in headers}
+    if len(series_uids) != 1:
+        raise SeriesError(f"files belong to {len(series_uids)} series")
+    ordered, positions = sort_by_position(headers)
+    slice_spacing = spacing_from_positions(positions)
+    first = ordered[0]
+    shape = (int(first.Rows), int(first.Columns))
+    try:
+        row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
+    except AttributeError as exc:
+        raise SeriesError("missing PixelSpacing") from exc
+    hu = np.empty((len(ordered), *shape), dtype=np.int16)
+    for i, header in enumerate(ordered):
+        if (int(header.Rows), int(header.Columns)) != shape:
+            raise SeriesError("images of different sizes in one series")
+        full = pydicom.dcmread(header.filename)
+        hu[i] = to_hu(full)
+    return CTVolume(hu=hu, spacing=(slice_spacing, row_spacing, col_spacing), datasets=ordered)
