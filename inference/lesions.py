@@ -1,0 +1,231 @@
+"""Synthetic COVID-19-like lesions inserted into real CT anatomy, with the labels they imply.
+
+Why: no permissively licensed COVID-19 CT with voxel labels is available, so the CNN is
+trained on real lungs (LIDC-IDRI) into which ground-glass opacity (GGO) and consolidation
+are painted in HU space. The physics is a mixing model: a lung voxel holds air and tissue,
+and disease fills part of the air space with fluid/cells of attenuation ~`fill_hu`:
+
+    hu_new = hu + occupancy * fill_fraction * (fill_hu - hu)
+
+- GGO: fill_fraction 0.25-0.6 towards ~0 HU. The rise is proportional to the air in the
+  voxel, so parenchyma (-850 HU) rises to about -700..-350 HU while vessels (~+40 HU) keep
+  their value: vessels stay visible through the haze ("add, don't replace").
+- Consolidation: fill_fraction 0.8-1.0 towards -350..+40 HU: vessels are hidden. Air
+  bronchograms are thin tubes (intersection of the zero sets of two smooth random fields,
+  i.e. curves in 3D) that stay at air attenuation inside the consolidation.
+
+Shapes come from thresholded, Gaussian-smoothed random fields biased by a site weight that
+favours the periphery (distance to the lung boundary), posterior rows and lower slices,
+both lungs, several foci. The lesion occupancy has a soft ramp (partial-volume border).
+
+Label rule (stated, used for training and tests): a lung voxel is labelled lesion where the
+occupancy is >= 0.5 (at least half of the full opacity is present); it is labelled
+consolidation where the consolidation occupancy is >= 0.5, else GGO. Labels:
+0 background, 1 normal lung, 2 GGO, 3 consolidation (as in `inference.quantify`).
+
+Orientation assumptions (standard axial CT as loaded by `inference.volume`): slice 0 is the
+lowest (feet-most) slice, image rows increase towards the patient's back (posterior).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from inference.quantify import BACKGROUND, CONSOLIDATION, GGO, NORMAL_LUNG
+
+OCCUPANCY_LABEL_THRESHOLD = 0.5
+
+
+class LesionError(ValueError):
+    """Bad input to lesion synthesis (shape mismatch, empty lung mask)."""
+
+
+@dataclass(frozen=True)
+class LesionParameters:
+    """The random draws of one `insert_lesions` call, kept for logging and tests."""
+
+    target_extent_pct: float
+    consolidation_fraction: float
+    correlation_mm: float
+    ggo_fill_fraction: float
+    consolidation_fill_hu: float
+    noise_sd_hu: float
+
+
+def random_lesion_field(
+    shape: tuple[int, ...],
+    spacing: tuple[float, ...],
+    rng: np.random.Generator,
+    correlation_mm: float = 12.0,
+) -> np.ndarray:
+    """A smooth Gaussian random field (float32, zero mean, unit SD) of the given shape.
+
+    Correlation length `correlation_mm` is the Gaussian smoothing sigma in millimetres. The
+    field is drawn on a coarse grid (about sigma/2 per cell) and interpolated up: the same
+    statistics as smoothing at full resolution, at a small fraction of the cost.
+    """
+    spacing_arr = np.asarray(spacing, dtype=float)
+    coarse_step_mm = max(correlation_mm / 2.0, float(spacing_arr.min()))
+    factors = np.maximum(1.0, coarse_step_mm / spacing_arr)
+    coarse_shape = tuple(int(np.ceil(n / f)) + 3 for n, f in zip(shape, factors))
+    sigma_cells = [correlation_mm / (s * f) for s, f in zip(spacing_arr, factors)]
+    noise = rng.standard_normal(coarse_shape).astype(np.float32)
+    coarse = ndimage.gaussian_filter(noise, sigma=sigma_cells, mode="wrap")
+    zoom = [(n + 3 * f) / c for n, f, c in zip(shape, factors, coarse_shape)]
+    fine = ndimage.zoom(coarse, zoom, order=1, mode="nearest", grid_mode=True)
+    fine = fine[tuple(slice(0, n) for n in shape)]
+    if fine.shape != tuple(shape):  # rounding in zoom: pad by edge values
+        pad = [(0, n - m) for n, m in zip(shape, fine.shape)]
+        fine = np.pad(fine, pad, mode="edge")
+    fine = fine - fine.mean()
+    sd = float(fine.std())
+    return (fine / sd if sd > 0 else fine).astype(np.float32)
+
+
+def lesion_site_weight(lung_mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Log-weight (float32) of where COVID-19 lesions sit: subpleural, posterior, lower lobes.
+
+    Returned as an additive bias for the random field (in field-SD units): about +1.2 at
+    the pleura falling to 0 at 25 mm depth, +0.5 posterior vs anterior, +0.5 lower vs upper.
+    """
+    depth_mm = ndimage.distance_transform_edt(lung_mask, sampling=spacing).astype(np.float32)
+    peripheral = 1.2 * np.exp(-depth_mm / 12.0)
+    z_idx, y_idx, _ = np.nonzero(lung_mask)
+    z0, z1 = z_idx.min(), max(z_idx.max(), z_idx.min() + 1)
+    y0, y1 = y_idx.min(), max(y_idx.max(), y_idx.min() + 1)
+    nz, ny = lung_mask.shape[:2]
+    z_rel = np.clip((np.arange(nz, dtype=np.float32) - z0) / (z1 - z0), 0, 1)
+    y_rel = np.clip((np.arange(ny, dtype=np.float32) - y0) / (y1 - y0), 0, 1)
+    lower = 0.5 * (1.0 - z_rel)[:, None, None]
+    posterior = 0.5 * y_rel[None, :, None]
+    return (peripheral + lower + posterior).astype(np.float32)
+
+
+def _soft_occupancy(score: np.ndarray, threshold: float, softness: float) -> np.ndarray:
+    """Partial-volume ramp: 0 below threshold-softness, 1 above threshold+softness."""
+    return np.clip((score - threshold) / (2.0 * softness) + 0.5, 0.0, 1.0).astype(np.float32)
+
+
+def _threshold_for_fraction(values: np.ndarray, fraction: float) -> float:
+    """The value above which `fraction` of `values` lie."""
+    fraction = float(np.clip(fraction, 1e-6, 1.0))
+    return float(np.quantile(values, 1.0 - fraction))
+
+
+def sample_target_extent(rng: np.random.Generator) -> float:
+    """Lesion extent (% of lung) drawn log-uniformly from tiny foci (0.3%) to half the lung."""
+    return float(np.exp(rng.uniform(np.log(0.3), np.log(50.0))))
+
+
+def insert_lesions(
+    hu: np.ndarray,
+    lung_mask: np.ndarray,
+    spacing: tuple[float, float, float],
+    rng: np.random.Generator,
+    *,
+    target_extent_pct: float | None = None,
+    consolidation_fraction: float | None = None,
+    correlation_mm: float | None = None,
+    noise_sd_hu: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Insert GGO and consolidation into the lungs of a HU volume.
+
+    hu: int16 (z, y, x) HU; lung_mask: bool, same shape; spacing (dz, dy, dx) mm.
+    target_extent_pct: lesion volume as % of lung (random log-uniform 0.3-50 if None; 0 gives
+    no lesion, only noise). consolidation_fraction: share of the lesion that is
+    consolidation (random 0-0.6 if None). correlation_mm: blob size (random 5-16 mm).
+    noise_sd_hu: added low-dose noise SD (random 0-35 HU if None; 0 for none).
+
+    Returns (hu_with_lesions int16, labels uint8 with 0 bg, 1 lung, 2 GGO, 3 consolidation).
+    A 2D input (y, x) is accepted and treated as one slice.
+    """
+    hu_out, labels, _ = insert_lesions_with_parameters(
+        hu,
+        lung_mask,
+        spacing,
+        rng,
+        target_extent_pct=target_extent_pct,
+        consolidation_fraction=consolidation_fraction,
+        correlation_mm=correlation_mm,
+        noise_sd_hu=noise_sd_hu,
+    )
+    return hu_out, labels
+
+
+def insert_lesions_with_parameters(
+    hu: np.ndarray,
+    lung_mask: np.ndarray,
+    spacing: tuple[float, float, float],
+    rng: np.random.Generator,
+    *,
+    target_extent_pct: float | None = None,
+    consolidation_fraction: float | None = None,
+    correlation_mm: float | None = None,
+    noise_sd_hu: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, LesionParameters]:
+    """`insert_lesions`, also returning the parameters that were drawn."""
+    squeeze = hu.ndim == 2
+    if squeeze:
+        hu, lung_mask = hu[None], lung_mask[None]
+        spacing = (max(spacing[0], 10.0) if len(spacing) == 3 else 10.0, *spacing[-2:])
+    if hu.shape != lung_mask.shape or hu.ndim != 3:
+        raise LesionError(f"hu {hu.shape} and lung mask {lung_mask.shape} must be one 3D shape")
+    lung = lung_mask.astype(bool)
+    if not lung.any():
+        raise LesionError("the lung mask is empty: nowhere to put lesions")
+
+    extent = sample_target_extent(rng) if target_extent_pct is None else float(target_extent_pct)
+    cons_share = rng.uniform(0.0, 0.6) if consolidation_fraction is None else consolidation_fraction
+    corr = rng.uniform(5.0, 16.0) if correlation_mm is None else float(correlation_mm)
+    noise_sd = rng.uniform(0.0, 35.0) if noise_sd_hu is None else float(noise_sd_hu)
+    ggo_fill = rng.uniform(0.25, 0.6)
+    cons_fill_hu = rng.uniform(-350.0, 40.0)
+    params = LesionParameters(extent, float(cons_share), corr, ggo_fill, cons_fill_hu, noise_sd)
+
+    hu_f = hu.astype(np.float32)
+    labels = np.where(lung, NORMAL_LUNG, BACKGROUND).astype(np.uint8)
+
+    if extent > 0:
+        field = random_lesion_field(hu.shape, spacing, rng, corr)
+        score = field + lesion_site_weight(lung, spacing)
+        lung_scores = score[lung]
+        softness = 0.12
+        threshold = _threshold_for_fraction(lung_scores, extent / 100.0)
+        occupancy = _soft_occupancy(score, threshold, softness) * lung
+        # Consolidation: the densest core of the lesion (GGO rims around it), at a share.
+        cons_threshold = threshold + 1e9
+        if cons_share > 0:
+            cons_threshold = _threshold_for_fraction(lung_scores, extent / 100.0 * cons_share)
+        cons_occupancy = _soft_occupancy(score, cons_threshold, softness) * lung
+        # Texture: the GGO fill varies inside the lesion (crazy-paving-like heterogeneity).
+        texture = random_lesion_field(hu.shape, spacing, rng, 3.0)
+        ggo_fraction = np.clip(ggo_fill * (1.0 + 0.25 * texture), 0.1, 0.8)
+        ggo_rise = occupancy * ggo_fraction * (0.0 - hu_f)
+        ggo_rise = np.maximum(ggo_rise, 0.0)  # fill never darkens dense tissue
+        hu_f = hu_f + ggo_rise
+        cons_target = cons_fill_hu + 40.0 * texture
+        cons_weight = cons_occupancy * rng.uniform(0.8, 1.0)
+        # Air bronchograms: thin tubes where two smooth fields are both near zero.
+        tube_a = random_lesion_field(hu.shape, spacing, rng, 6.0)
+        tube_b = random_lesion_field(hu.shape, spacing, rng, 6.0)
+        bronchi = (np.abs(tube_a) < 0.12) & (np.abs(tube_b) < 0.5) & (cons_occupancy > 0.7)
+        cons_weight = np.where(bronchi, 0.0, cons_weight)
+        hu_f = hu_f + cons_weight * (cons_target - hu_f)
+        hu_f = np.where(bronchi, np.minimum(hu_f, rng.uniform(-950.0, -850.0)), hu_f)
+
+        lesion = lung & (occupancy >= OCCUPANCY_LABEL_THRESHOLD)
+        labels[lesion] = GGO
+        labels[lesion & (cons_occupancy >= OCCUPANCY_LABEL_THRESHOLD)] = CONSOLIDATION
+
+    if noise_sd > 0:
+        noise = rng.standard_normal(hu.shape).astype(np.float32)
+        noise = ndimage.gaussian_filter(noise, sigma=(0, 0.7, 0.7)) * (noise_sd / 0.4)
+        hu_f = hu_f + noise * (hu > -1500)
+
+    hu_out = np.clip(np.rint(hu_f), -1024, 3071).astype(np.int16)
+    if squeeze:
+        return hu_out[0], labels[0], params
+    return hu_out, labels, params
