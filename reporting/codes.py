@@ -29,9 +29,9 @@ declares it in its Coding Scheme Identification Sequence (``private_coding_schem
 
 from __future__ import annotations
 
-from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept
+from pydicom.sr.codedict import codes
 
 # ---------------------------------------------------------------- private coding scheme
 PRIVATE_SCHEME = "99LDCT"
@@ -43,13 +43,13 @@ def _private(value: str, meaning: str) -> CodedConcept:
     return CodedConcept(value=value, scheme_designator=PRIVATE_SCHEME, meaning=meaning)
 
 
-def private_coding_scheme_item() -> Dataset:
+def private_coding_scheme_item() -> CodingSchemeIdentificationItem:
     """Item for CodingSchemeIdentificationSequence declaring the private scheme."""
-    item = Dataset()
-    item.CodingSchemeDesignator = PRIVATE_SCHEME
-    item.CodingSchemeName = PRIVATE_SCHEME_NAME
-    item.CodingSchemeResponsibleOrganization = PRIVATE_SCHEME_ORGANIZATION
-    return item
+    return CodingSchemeIdentificationItem(
+        designator=PRIVATE_SCHEME,
+        name=PRIVATE_SCHEME_NAME,
+        responsible_organization=PRIVATE_SCHEME_ORGANIZATION,
+    )
 
 
 # ---------------------------------------------------------------- segmentation property codes
@@ -69,8 +69,12 @@ PROBABILITY = codes.DCM.Probability  # DCM 122157
 CT_PROCEDURE = codes.LN.CTUnspecifiedBodyRegion  # LN 25045-6 (CID 100)
 HIGH_RISK = codes.SCT.HighRisk  # SCT 15508007 (CID 3118)
 LOW_RISK = codes.SCT.LowRisk  # SCT 75976002 (CID 3118)
+DEVICE = codes.DCM.Device  # observer type in TID 1002
 YES = codes.SCT.Yes
 NO = codes.SCT.No
+# TID 1500 row "Qualitative Evaluations" container (the standard uses this UMLS concept)
+QUALITATIVE_EVALUATIONS = CodedConcept(value="C0034375", scheme_designator="UMLS",
+                                       meaning="Qualitative Evaluations")
 
 # UCUM units
 UNIT_CM3 = CodedConcept(value="cm3", scheme_designator="UCUM", meaning="cubic centimeter")

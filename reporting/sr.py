@@ -1,0 +1,321 @@
+"""TID 1500 Measurement Report (Comprehensive 3D SR) with volumes, extents and the risk.
+
+Content tree (Imaging Measurement Report, TID 1500):
+
+- Observation context: device observer "ldct-node" (the segmentation model as model name).
+- Procedure reported: LN 25045-6 "CT unspecified body region".
+- Imaging Measurements, one Measurement Group each:
+
+  * "Normal lung", "Ground glass opacity", "Consolidation": TID 1411 volumetric ROI groups,
+    each referencing its SEG segment (Referenced Segment: the SEG instance + segment number,
+    Source Series: the CT series). Measurements: Volume (SCT 118565006, cm3) and Extent
+    (99LDCT, % of total lung volume). Algorithm identification (TID 4019) of the
+    segmentation model.
+  * "Whole lung" and "Lesions (GGO + consolidation)": TID 1501 groups (not tied to one ROI:
+    the lung is the union of segments 1-3, the lesion of 2-3, and a TID 1411 group references
+    exactly one segment). Lung: Volume. Lesion: Volume and Extent. Finding type SCT Lung /
+    SCT Lesion, same algorithm identification.
+  * "Risk of severe COVID-19 course" (when a risk is given): TID 1501 group whose algorithm
+    identification is the risk model (name, version). Qualitative evaluations: "Risk computed"
+    Yes/No and the category (SCT High risk / Low risk, CID 3118). Measurements: probability
+    (DCM 122157, %) and the category cut-off (%). TEXT items: calibration status, each
+    covariate used ("name = value"), missing, assumed absent, and the reason when not computed.
+
+- Qualitative Evaluations (TID 1500 row, UMLS C0034375): TEXT items "Intended use" and one
+  "Supersedes earlier result" per replaced SEG/SR. Replaced SR documents are also listed in
+  the Predecessor Documents Sequence.
+
+Private concepts use the 99LDCT scheme declared in the Coding Scheme Identification Sequence.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Sequence
+
+import highdicom as hd
+import structlog
+from highdicom.sr import (
+    AlgorithmIdentification,
+    CodeContentItem,
+    ContainerContentItem,
+    FindingSite,
+    Measurement,
+    MeasurementsAndQualitativeEvaluations,
+    QualitativeEvaluation,
+    ReferencedSegment,
+    SourceSeriesForSegmentation,
+    TextContentItem,
+    TrackingIdentifier,
+    VolumetricROIMeasurementsAndQualitativeEvaluations,
+)
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from inference.quantify import CONSOLIDATION, GGO, NORMAL_LUNG, Quantification
+from reporting import codes
+from reporting.seg import DEFAULT_MANUFACTURER, SOFTWARE_VERSION
+
+if TYPE_CHECKING:
+    from reporting.risk import RiskAssessment
+
+log = structlog.get_logger(__name__)
+
+INTENDED_USE_TEXT = (
+    "Automatic research measurements, NOT FOR DIAGNOSTIC USE; not reviewed by a radiologist."
+)
+SR_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+
+
+class ReportInputError(ValueError):
+    """Inputs of the report do not fit together; the message says how."""
+
+
+def _algorithm(name: str, version: str, family: object | None = None) -> AlgorithmIdentification:
+    return AlgorithmIdentification(name=name, version=version, family=family)
+
+
+def _volume(value_cm3: float) -> Measurement:
+    return Measurement(name=codes.VOLUME, value=float(value_cm3), unit=codes.UNIT_CM3)
+
+
+def _extent(value_pct: float) -> Measurement:
+    return Measurement(name=codes.EXTENT, value=float(value_pct), unit=codes.UNIT_PERCENT)
+
+
+def _segment_description(seg: Dataset, number: int) -> Dataset:
+    for item in seg.SegmentSequence:
+        if int(item.SegmentNumber) == number:
+            return item
+    raise ReportInputError(f"the SEG {seg.SOPInstanceUID} has no segment {number}")
+
+
+def _segment_group(
+    seg: Dataset,
+    number: int,
+    volume_cm3: float,
+    extent_pct: float,
+    source_series_uid: str,
+    algorithm: AlgorithmIdentification,
+) -> VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """TID 1411 group for one SEG segment."""
+    description = _segment_description(seg, number)
+    property_type = hd.sr.CodedConcept.from_dataset(description.SegmentedPropertyTypeCodeSequence[0])
+    category = hd.sr.CodedConcept.from_dataset(description.SegmentedPropertyCategoryCodeSequence[0])
+    return VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=str(description.get("TrackingUID", "")) or hd.UID(),
+            identifier=str(description.SegmentLabel),
+        ),
+        referenced_segment=ReferencedSegment(
+            sop_class_uid=str(seg.SOPClassUID),
+            sop_instance_uid=str(seg.SOPInstanceUID),
+            segment_number=number,
+            source_series=SourceSeriesForSegmentation(source_series_uid),
+        ),
+        finding_type=property_type,
+        finding_category=category,
+        algorithm_id=algorithm,
+        finding_sites=None if number == NORMAL_LUNG else [FindingSite(codes.LUNG)],
+        measurements=[_volume(volume_cm3), _extent(extent_pct)],
+    )
+
+
+def _summary_group(
+    label: str, finding: object, measurements: list[Measurement], algorithm: AlgorithmIdentification
+) -> MeasurementsAndQualitativeEvaluations:
+    """TID 1501 group for a quantity over several segments (lung, lesion)."""
+    return MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(uid=hd.UID(), identifier=label),
+        finding_type=finding,
+        finding_sites=[FindingSite(codes.LUNG)],
+        algorithm_id=algorithm,
+        measurements=measurements,
+    )
+
+
+def _format_covariate(value: str | float | bool) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float)):
+        return f"{float(value):g}"
+    return str(value)
+
+
+def _probability_pct(value: float, what: str) -> float:
+    value = float(value)
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise ReportInputError(f"risk {what} {value!r} is not a probability between 0 and 1")
+    return round(100.0 * value, 6)  # no binary noise such as 14.000000000000002
+
+
+def _risk_group(risk: RiskAssessment) -> MeasurementsAndQualitativeEvaluations:
+    """TID 1501 group holding the prognostic model's result (or why there is none)."""
+    measurements: list[Measurement] = []
+    evaluations = [
+        QualitativeEvaluation(name=codes.RISK_COMPUTED, value=codes.YES if risk.computed else codes.NO)
+    ]
+    if risk.computed:
+        if risk.probability is None:
+            raise ReportInputError("risk marked computed but has no probability")
+        measurements.append(
+            Measurement(name=codes.PROBABILITY, value=_probability_pct(risk.probability, "probability"),
+                        unit=codes.UNIT_PERCENT)
+        )
+        if risk.cutoff is not None:
+            measurements.append(
+                Measurement(name=codes.RISK_CUTOFF, value=_probability_pct(risk.cutoff, "cut-off"),
+                            unit=codes.UNIT_PERCENT)
+            )
+        if risk.category is not None:
+            category = {"high": codes.HIGH_RISK, "low": codes.LOW_RISK}.get(str(risk.category).lower())
+            if category is None:
+                raise ReportInputError(f"risk category {risk.category!r} is not 'high' or 'low'")
+            evaluations.append(QualitativeEvaluation(name=codes.RISK_CATEGORY, value=category))
+    group = MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(uid=hd.UID(), identifier="Risk of severe COVID-19 course"),
+        finding_type=codes.RISK_OF_SEVERE_COURSE,
+        algorithm_id=_algorithm(risk.model_name, risk.model_version),
+        measurements=measurements or None,
+        qualitative_evaluations=evaluations,
+    )
+    # TID 1501 allows TEXT qualitative evaluations; highdicom builds only CODE ones.
+    texts = [(codes.CALIBRATION_STATUS, risk.calibration_status)]
+    texts += [(codes.COVARIATE_USED, f"{name} = {_format_covariate(value)}")
+              for name, value in risk.covariates_used.items()]
+    texts += [(codes.COVARIATE_MISSING, name) for name in risk.covariates_missing]
+    texts += [(codes.COVARIATE_ASSUMED_ABSENT, name) for name in risk.covariates_assumed_absent]
+    if not risk.computed:
+        texts.append((codes.REASON_NOT_COMPUTED, risk.reason_not_computed or "not given"))
+    container = group[0]
+    for concept, text in texts:
+        container.ContentSequence.append(
+            TextContentItem(name=concept, value=str(text)[:1024] or "-", relationship_type="CONTAINS")
+        )
+    return group
+
+
+def _predecessor_stubs(study_uid: str, supersedes: Sequence[tuple[str, str, str]]) -> list[Dataset]:
+    """Minimal datasets for highdicom's Predecessor Documents Sequence (SR documents only)."""
+    stubs = []
+    for sop_class_uid, sop_instance_uid, series_uid in supersedes:
+        if str(sop_class_uid).startswith(SR_SOP_CLASS_PREFIX):
+            stub = Dataset()
+            stub.SOPClassUID = sop_class_uid
+            stub.SOPInstanceUID = sop_instance_uid
+            stub.SeriesInstanceUID = series_uid
+            stub.StudyInstanceUID = study_uid
+            stubs.append(stub)
+    return stubs
+
+
+def _supersedes_text(sop_class_uid: str, sop_instance_uid: str, series_uid: str) -> str:
+    kind = {
+        "1.2.840.10008.5.1.4.1.1.66.4": "SEG",
+        "1.2.840.10008.5.1.4.1.1.66.7": "SEG",
+        "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture",
+    }.get(str(sop_class_uid), "SR" if str(sop_class_uid).startswith(SR_SOP_CLASS_PREFIX) else "object")
+    return f"{kind} instance {sop_instance_uid} (series {series_uid}, SOP class {sop_class_uid})"
+
+
+def _check_inputs(source_datasets: Sequence[Dataset], seg: Dataset) -> None:
+    if len(source_datasets) == 0:
+        raise ReportInputError("no source images")
+    if str(seg.get("Modality", "")) != "SEG":
+        raise ReportInputError("the `seg` argument is not a Segmentation (Modality SEG)")
+    if str(seg.StudyInstanceUID) != str(source_datasets[0].StudyInstanceUID):
+        raise ReportInputError("the SEG belongs to another study than the source images")
+    for number in (NORMAL_LUNG, GGO, CONSOLIDATION):
+        _segment_description(seg, number)
+
+
+def build_measurement_report(
+    source_datasets: Sequence[Dataset],
+    seg: Dataset,
+    quant: Quantification,
+    *,
+    algorithm_name: str,
+    algorithm_version: str,
+    risk: RiskAssessment | None = None,
+    series_number: int = 902,
+    series_description: str = "LDCT lung lesions report",
+    series_instance_uid: str | None = None,
+    supersedes: Sequence[tuple[str, str, str]] = (),
+    manufacturer: str = DEFAULT_MANUFACTURER,
+    instance_number: int = 1,
+) -> hd.sr.Comprehensive3DSR:
+    """A TID 1500 Comprehensive 3D SR of `quant`, referencing `seg` and the source series.
+
+    `supersedes`: (SOP class UID, SOP instance UID, series UID) of earlier results (SEG/SR of
+    the same series) that this report replaces.
+    """
+    _check_inputs(source_datasets, seg)
+    source_series_uid = str(source_datasets[0].SeriesInstanceUID)
+    algorithm = _algorithm(algorithm_name, algorithm_version, codes.ARTIFICIAL_INTELLIGENCE)
+    normal_pct = 100.0 * quant.normal_lung_cm3 / quant.lung_cm3 if quant.lung_cm3 > 0 else 0.0
+
+    groups: list = [
+        _segment_group(seg, NORMAL_LUNG, quant.normal_lung_cm3, normal_pct, source_series_uid, algorithm),
+        _segment_group(seg, GGO, quant.ggo_cm3, quant.ggo_pct, source_series_uid, algorithm),
+        _segment_group(seg, CONSOLIDATION, quant.consolidation_cm3, quant.consolidation_pct,
+                       source_series_uid, algorithm),
+        _summary_group("Whole lung", codes.LUNG, [_volume(quant.lung_cm3)], algorithm),
+        _summary_group("Lesions (GGO + consolidation)", codes.LESION,
+                       [_volume(quant.lesion_cm3), _extent(quant.lesion_pct)], algorithm),
+    ]
+    if risk is not None:
+        groups.append(_risk_group(risk))
+
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        # a stable UID per node software and model, so reports of one device group together
+        uid=generate_uid(entropy_srcs=["ldct-node", algorithm_name, algorithm_version]),
+        name="ldct-node",
+        manufacturer_name=manufacturer,
+        model_name=f"{algorithm_name} {algorithm_version}"[:64],
+    )
+    observation_context = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DEVICE, observer_identifying_attributes=device
+        )
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context,
+        procedure_reported=codes.CT_PROCEDURE,
+        imaging_measurements=groups,
+    )
+    evaluations = ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
+    evaluations.ContentSequence = [
+        TextContentItem(name=codes.INTENDED_USE, value=INTENDED_USE_TEXT, relationship_type="CONTAINS")
+    ] + [
+        TextContentItem(name=codes.SUPERSEDES, value=_supersedes_text(*entry), relationship_type="CONTAINS")
+        for entry in supersedes
+    ]
+    report[0].ContentSequence.append(evaluations)
+
+    study_uid = str(source_datasets[0].StudyInstanceUID)
+    predecessors = _predecessor_stubs(study_uid, supersedes)
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[*source_datasets, seg],
+        content=report[0],
+        series_instance_uid=series_instance_uid or hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=instance_number,
+        manufacturer=manufacturer,
+        is_complete=True,
+        is_final=False,  # automatic, unreviewed measurements
+        is_verified=False,
+        previous_versions=predecessors or None,
+        series_description=series_description,
+        software_versions=SOFTWARE_VERSION,
+        coding_schemes=[codes.private_coding_scheme_item()],
+    )
+    log.info(
+        "sr_built",
+        sop_instance_uid=str(sr.SOPInstanceUID),
+        seg_sop_instance_uid=str(seg.SOPInstanceUID),
+        source_series_uid=source_series_uid,
+        risk_computed=None if risk is None else bool(risk.computed),
+        supersedes=len(supersedes),
+    )
+    return sr
