@@ -1,0 +1,210 @@
+"""The node's settings: one pydantic schema, loaded from TOML, overridden by environment.
+
+Environment overrides use `LDCT_<SECTION>__<KEY>`, e.g. `LDCT_NODE__PORT=11113`,
+`LDCT_DATABASE__URL=postgresql+psycopg://...`, `LDCT_INFERENCE__DEVICE=cpu`. Destinations
+(a list) come from the file only. Every problem is reported at start, all at once, with the
+key that holds it: a node never starts on a half-valid configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "LDCT_"
+AE_TITLE_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default repertoire, no backslash
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message lists every problem."""
+
+
+def _check_ae_title(value: str) -> str:
+    if not AE_TITLE_PATTERN.match(value) or not value.strip():
+        raise ValueError("an AE title is 1 to 16 printable characters, no backslash")
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NodeSettings(_Section):
+    ae_title: str = "LDCTNODE"
+    port: int = Field(11112, ge=1, le=65535)
+    bind_address: str = "0.0.0.0"
+    data_dir: Path = Path("ldct-data")
+    min_free_disk_mb: int = Field(500, ge=0, description="below this, C-STORE answers 0xA700")
+    allowed_calling_ae_titles: list[str] = Field(
+        default_factory=list, description="empty: any calling AE title is accepted"
+    )
+    max_pdu_size: int = Field(0, ge=0, description="0: unlimited")
+    workers: int = Field(1, ge=0, description="in-process workers started by `serve`")
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+    @field_validator("allowed_calling_ae_titles")
+    @classmethod
+    def _check_allowed(cls, values: list[str]) -> list[str]:
+        return [_check_ae_title(v) for v in values]
+
+
+class SeriesSettings(_Section):
+    idle_seconds: float = Field(10.0, gt=0)
+    min_slices: int = Field(20, ge=1)
+    include_descriptions: list[str] = Field(
+        default_factory=list, description="regexes; when set, a series must match one"
+    )
+    exclude_descriptions: list[str] = Field(default_factory=list, description="regexes")
+    spacing_tolerance: float = Field(0.05, gt=0, lt=1, description="relative slice-step tolerance")
+
+    @field_validator("include_descriptions", "exclude_descriptions")
+    @classmethod
+    def _check_regex(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
+        return patterns
+
+
+class Destination(_Section):
+    name: str = Field(min_length=1)
+    ae_title: str
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+
+class InferenceSettings(_Section):
+    engine: Literal["cnn", "threshold"] = "cnn"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class ReportSettings(_Section):
+    key_images: bool = True
+    omit_empty_seg_frames: bool = Field(
+        False, description="False keeps empty frames: OHIF misplaces masks otherwise (highdicom#214)"
+    )
+
+
+class RiskSettings(_Section):
+    model: Path | None = Field(None, description="risk model JSON; empty: the shipped default")
+    missing: Literal["omit", "assume-absent"] = "omit"
+
+
+class JobSettings(_Section):
+    lease_seconds: float = Field(300.0, gt=0)
+    heartbeat_seconds: float = Field(30.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+
+
+class DispatchSettings(_Section):
+    first_retry_seconds: float = Field(30.0, gt=0)
+    max_retry_seconds: float = Field(900.0, gt=0)
+    max_age_hours: float = Field(24.0, gt=0)
+    timeout_seconds: float = Field(30.0, gt=0)
+
+
+class RetentionSettings(_Section):
+    keep_days: float = Field(7.0, gt=0, description="spool and results of finished jobs")
+
+
+class DatabaseSettings(_Section):
+    url: str = Field("", description="empty: SQLite file jobs.sqlite3 in data_dir")
+
+
+class LoggingSettings(_Section):
+    format: Literal["console", "json"] = "console"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(_Section):
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    series: SeriesSettings = Field(default_factory=SeriesSettings)
+    destinations: list[Destination] = Field(default_factory=list)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
+    risk: RiskSettings = Field(default_factory=RiskSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @model_validator(mode="after")
+    def _unique_destinations(self) -> "Settings":
+        names = [d.name for d in self.destinations]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"destination names must be unique: {', '.join(dupes)}")
+        return self
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{(self.node.data_dir / 'jobs.sqlite3').resolve()}"
+
+    def destination(self, name: str) -> Destination:
+        for dest in self.destinations:
+            if dest.name == name:
+                return dest
+        known = ", ".join(d.name for d in self.destinations) or "none configured"
+        raise ConfigError(f"no destination named {name!r} (known: {known})")
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Collect LDCT_<SECTION>__<KEY>=value pairs; lists are comma-separated."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        section, _, field = key[len(ENV_PREFIX):].lower().partition("__")
+        section_model = Settings.model_fields.get(section)
+        if section_model is None or section == "destinations":
+            raise ConfigError(f"{key}: no such settings section {section!r}")
+        annotation = section_model.annotation
+        field_info = getattr(annotation, "model_fields", {}).get(field)
+        if field_info is None:
+            raise ConfigError(f"{key}: section [{section}] has no key {field!r}")
+        if "list" in str(field_info.annotation):
+            overrides.setdefault(section, {})[field] = [v.strip() for v in value.split(",") if v.strip()]
+        else:
+            overrides.setdefault(section, {})[field] = value
+    return overrides
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | str | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Load settings from an optional TOML file, then apply environment overrides."""
+    environ = dict(os.environ if environ is None else environ)
+    data: dict[str, Any] = {}
+    source = "built-in defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"configuration file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    for section, values in _env_overrides(environ).items():
+        data.setdefault(section, {}).update(values)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None

@@ -1,0 +1,411 @@
+"""`ldct-node`: the node, its workers and the admin commands.
+
+Every command takes `--config FILE` (or LDCT_CONFIG) and prints readable tables; `--json`
+gives machine-readable output. Errors are one clear line and a non-zero exit, not a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from config.settings import ConfigError, Settings, load_settings
+from dicom_node.logging import configure_logging
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="ldct-node: COVID-19 lung lesion quantification on low-dose chest CT, as a DICOM node.")
+config_app = typer.Typer(no_args_is_help=True, help="Check configuration files.")
+clinical_app = typer.Typer(no_args_is_help=True, help="Clinical covariates for the risk model.")
+app.add_typer(config_app, name="config")
+app.add_typer(clinical_app, name="clinical")
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = typer.Option(None, "--config", "-c", envvar="LDCT_CONFIG", help="TOML configuration file.")
+JsonOption = typer.Option(False, "--json", help="Machine-readable JSON output.")
+
+
+def fail(message: str, code: int = 1) -> None:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def settings_from(config: Optional[Path]) -> Settings:
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    configure_logging(settings.logging.format, settings.logging.level)
+    return settings
+
+
+def open_store(settings: Settings):
+    from dicom_node.jobstore import JobStore
+    from dicom_node.node import prepare_data_dir
+
+    prepare_data_dir(settings.node.data_dir)
+    return JobStore(settings.database_url)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err_console, transient=False)
+
+
+def _when(value: Optional[datetime]) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _wait_for_signal(stop: threading.Event) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+
+
+# ---- running ------------------------------------------------------------------------------
+@app.command()
+def serve(config: Optional[Path] = ConfigOption,
+          no_workers: bool = typer.Option(False, "--no-workers", help="Receive and dispatch only; workers run elsewhere.")) -> None:
+    """Run the node: Store SCP, completeness sweeps, workers and dispatch to PACS."""
+    from dicom_node.node import Node
+
+    settings = settings_from(config)
+    try:
+        node = Node(settings, workers=0 if no_workers else None)
+        node.start()
+    except OSError as exc:
+        fail(f"cannot start the node: {exc}")
+    stop = threading.Event()
+    try:
+        _wait_for_signal(stop)
+    finally:
+        node.stop()
+
+
+@app.command()
+def worker(config: Optional[Path] = ConfigOption,
+           count: int = typer.Option(1, help="Worker threads in this process.")) -> None:
+    """Run workers only (a GPU host), against the shared job store and spool."""
+    from dicom_node.node import Node
+
+    settings = settings_from(config)
+    node = Node(settings, workers=count, receive=False)
+    node.start()
+    stop = threading.Event()
+    try:
+        _wait_for_signal(stop)
+    finally:
+        node.stop()
+
+
+# ---- queue inspection ----------------------------------------------------------------------
+@app.command()
+def status(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Queue counts by state, workers and their heartbeats, recent series, last errors, free disk."""
+    settings = settings_from(config)
+    store = open_store(settings)
+    counts = store.counts()
+    workers = store.workers()
+    series = store.recent_series(10)
+    errors = store.last_errors()
+    free = shutil.disk_usage(settings.node.data_dir).free
+    if as_json:
+        print(json.dumps({
+            "jobs": counts.jobs, "dispatches": counts.dispatches, "free_disk_bytes": free,
+            "workers": [{"name": w.name, "heartbeat_at": _when(w.heartbeat_at), "current_job": w.current_job_id}
+                        for w in workers],
+            "recent_series": [{"series_uid": s.series_uid, "outcome": s.outcome, "reason": s.reason,
+                               "instances": s.instance_count, "job_id": s.job_id} for s in series],
+            "last_errors": [{"kind": k, "job_id": j, "error": e} for k, j, e in errors],
+        }, indent=2))
+        return
+    table = Table(title="Queue")
+    for name in ("what", *counts.jobs.keys()):
+        table.add_column(name)
+    table.add_row("jobs", *(str(v) for v in counts.jobs.values()))
+    dispatch_row = [str(counts.dispatches.get(k, 0)) for k in ("pending", "sending", "sent", "dead")]
+    console.print(table)
+    console.print("dispatches: " + ", ".join(f"{k} {v}" for k, v in zip(("pending", "sending", "sent", "dead"), dispatch_row)))
+    console.print(f"free disk in data dir: {free / 2**30:.1f} GiB")
+    wt = Table(title="Workers")
+    for col in ("name", "last heartbeat (UTC)", "current job"):
+        wt.add_column(col)
+    for w in workers:
+        wt.add_row(w.name, _when(w.heartbeat_at), str(w.current_job_id or "-"))
+    console.print(wt)
+    st = Table(title="Recent series decisions")
+    for col in ("series UID", "instances", "outcome", "reason", "job"):
+        st.add_column(col)
+    for s in series:
+        st.add_row(s.series_uid, str(s.instance_count), s.outcome, s.reason or "-", str(s.job_id or "-"))
+    console.print(st)
+    for kind, job_id, error in errors:
+        console.print(f"[yellow]last error[/yellow] {kind} of job {job_id}: {error}", highlight=False)
+
+
+@app.command()
+def jobs(config: Optional[Path] = ConfigOption, state: Optional[str] = typer.Option(None, help="queued, running, failed, done or dead."),
+         limit: int = 50, as_json: bool = JsonOption) -> None:
+    """List jobs, newest first."""
+    from dicom_node.jobstore import JOB_STATES
+
+    if state and state not in JOB_STATES:
+        fail(f"unknown state {state!r}; choose one of {', '.join(JOB_STATES)}", 2)
+    store = open_store(settings_from(config))
+    rows = store.list_jobs(state, limit)
+    if as_json:
+        print(json.dumps([_job_dict(store, j) for j in rows], indent=2))
+        return
+    table = Table(title="Jobs")
+    for col in ("id", "state", "attempts", "series UID", "instances", "created (UTC)", "lesion %", "error"):
+        table.add_column(col)
+    for j in rows:
+        q = j.summary_dict().get("quantification", {})
+        table.add_row(str(j.id), j.state + (" (superseded)" if j.superseded_by else ""), str(j.attempts),
+                      j.series_uid, str(j.instance_count), _when(j.created_at),
+                      f"{q['lesion_pct']:.1f}" if q else "-", (j.error or "")[:60])
+    console.print(table)
+
+
+def _job_dict(store, job) -> dict:
+    return {
+        "id": job.id, "state": job.state, "attempts": job.attempts, "series_uid": job.series_uid,
+        "study_uid": job.study_uid, "instances": job.instance_count, "created_at": _when(job.created_at),
+        "finished_at": _when(job.finished_at), "error": job.error, "superseded_by": job.superseded_by,
+        "lease_owner": job.lease_owner, "result_dir": job.result_dir, "summary": job.summary_dict(),
+        "dispatches": [{"destination": d.destination, "state": d.state, "attempts": d.attempts,
+                        "next_try_at": _when(d.next_try_at), "sent_at": _when(d.sent_at),
+                        "last_error": d.last_error} for d in store.dispatches_for(job.id)],
+    }
+
+
+@app.command()
+def show(job_id: int, config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Everything about one job: state, results, dispatches."""
+    store = open_store(settings_from(config))
+    job = store.get_job(job_id)
+    if job is None:
+        fail(f"no job {job_id}")
+    info = _job_dict(store, job)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    for key in ("id", "state", "attempts", "series_uid", "study_uid", "instances", "created_at",
+                "finished_at", "error", "superseded_by", "result_dir"):
+        console.print(f"{key:>14}: {info[key]}", highlight=False)
+    summary = info["summary"]
+    if summary:
+        q = summary["quantification"]
+        console.print(f"{'lung':>14}: {q['lung_cm3']:.1f} cm3")
+        for name in ("ggo", "consolidation", "lesion"):
+            console.print(f"{name:>14}: {q[f'{name}_cm3']:.1f} cm3, {q[f'{name}_pct']:.2f} % of lung")
+        if summary.get("risk"):
+            console.print(f"{'risk':>14}: {summary['risk']}", highlight=False)
+        console.print(f"{'timings':>14}: {summary.get('timings')}", highlight=False)
+    for d in info["dispatches"]:
+        console.print(f"{'dispatch':>14}: {d['destination']} {d['state']} attempts={d['attempts']} "
+                      f"next={d['next_try_at']} sent={d['sent_at']} error={d['last_error']}", highlight=False)
+
+
+@app.command()
+def retry(job_id: int, config: Optional[Path] = ConfigOption) -> None:
+    """Re-queue a failed or dead job and revive its dead dispatches."""
+    store = open_store(settings_from(config))
+    try:
+        console.print(store.retry_job(job_id))
+    except KeyError:
+        fail(f"no job {job_id}")
+
+
+@app.command()
+def audit(config: Optional[Path] = ConfigOption, series: Optional[str] = typer.Option(None, help="Only this series UID."),
+          limit: int = 100, as_json: bool = JsonOption) -> None:
+    """Audit trail: who sent which series when, which job produced what, where it went."""
+    store = open_store(settings_from(config))
+    events = store.audit_events(limit, series)
+    if as_json:
+        print(json.dumps([{"at": _when(e.at), "kind": e.kind, "series_uid": e.series_uid, "job_id": e.job_id,
+                           "detail": json.loads(e.detail)} for e in events], indent=2))
+        return
+    table = Table(title="Audit")
+    for col in ("at (UTC)", "event", "series UID", "job", "detail"):
+        table.add_column(col)
+    for e in events:
+        table.add_row(_when(e.at), e.kind, e.series_uid or "-", str(e.job_id or "-"), e.detail)
+    console.print(table)
+
+
+# ---- network tools --------------------------------------------------------------------------
+def _resolve_peer(settings: Settings, target: str) -> tuple[str, int, str]:
+    """A destination name, or host:port[:AE]."""
+    if any(d.name == target for d in settings.destinations):
+        d = settings.destination(target)
+        return d.host, d.port, d.ae_title
+    parts = target.split(":")
+    if len(parts) in (2, 3) and parts[1].isdigit():
+        return parts[0], int(parts[1]), parts[2] if len(parts) == 3 else "ANY-SCP"
+    fail(f"{target!r} is neither a configured destination nor host:port[:AE_TITLE]", 2)
+
+
+@app.command()
+def echo(destination: str = typer.Argument(..., help="Destination name or host:port[:AE_TITLE]."),
+         config: Optional[Path] = ConfigOption) -> None:
+    """C-ECHO a destination to check connectivity."""
+    from dicom_node.scu import SendError, echo as c_echo
+
+    settings = settings_from(config)
+    host, port, ae_title = _resolve_peer(settings, destination)
+    try:
+        c_echo(host, port, ae_title, calling_ae=settings.node.ae_title)
+    except SendError as exc:
+        fail(str(exc))
+    console.print(f"C-ECHO {ae_title}@{host}:{port}: success")
+
+
+@app.command()
+def send(path: Path = typer.Argument(..., exists=True, help="A DICOM file or a folder (searched recursively)."),
+         to: str = typer.Option(..., "--to", help="Destination name or host:port[:AE_TITLE]."),
+         config: Optional[Path] = ConfigOption) -> None:
+    """Push DICOM files to a peer by C-STORE (for example a series to the node)."""
+    from dicom_node.scu import SendError, send_files
+
+    settings = settings_from(config)
+    host, port, ae_title = _resolve_peer(settings, to)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        fail(f"no files in {path}")
+    with _progress() as progress:
+        task = progress.add_task(f"C-STORE to {ae_title}@{host}:{port}", total=len(files))
+        try:
+            result = send_files(files, host, port, ae_title, calling_ae=settings.node.ae_title,
+                                progress=lambda done, total: progress.update(task, completed=done))
+        except SendError as exc:
+            fail(str(exc))
+        except Exception as exc:  # noqa: BLE001 - unreadable file etc.
+            fail(f"cannot send: {exc}")
+    console.print(f"sent {result.sent} of {len(files)}")
+    for name, why in result.failed[:20]:
+        console.print(f"  failed {name}: {why}", highlight=False)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+# ---- offline analysis -----------------------------------------------------------------------
+@app.command()
+def segment(path: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of one CT series."),
+            out: Path = typer.Option(..., "--out", help="Folder for SEG, SR, key images and summary.json."),
+            config: Optional[Path] = ConfigOption,
+            engine: Optional[str] = typer.Option(None, help="cnn or threshold (default: from config)."),
+            as_json: bool = JsonOption) -> None:
+    """Analyse a series folder offline: SEG + SR files and a summary, no network."""
+    from dicom_node.pipeline import analyse_series
+    from dicom_node.worker import report_options
+    from inference.engines import UnknownEngineError, get_engine
+    from inference.volume import SeriesError
+
+    settings = settings_from(config)
+    try:
+        seg_engine = get_engine(engine or settings.inference.engine, settings.inference.device)
+    except (UnknownEngineError, RuntimeError) as exc:
+        fail(str(exc), 2)
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    with _progress() as progress:
+        task = progress.add_task("segmenting slices", total=None)
+        try:
+            result = analyse_series(files, out, engine=seg_engine, options=report_options(settings),
+                                    progress=lambda stage, done, total: progress.update(task, completed=done, total=total))
+        except SeriesError as exc:
+            fail(f"not a usable series: {exc}")
+    if as_json:
+        print(json.dumps(result.summary, indent=2))
+        return
+    print_summary(result.summary)
+
+
+def print_summary(summary: dict) -> None:
+    q = summary["quantification"]
+    table = Table(title=f"Series {summary['series_uid']} ({summary['slices']} slices, engine {summary['engine']['name']})")
+    for col in ("", "volume (cm3)", "extent (% of lung)"):
+        table.add_column(col)
+    table.add_row("lung", f"{q['lung_cm3']:.1f}", "100")
+    table.add_row("normal lung", f"{q['normal_lung_cm3']:.1f}", "-")
+    for name in ("ggo", "consolidation", "lesion"):
+        table.add_row(name, f"{q[f'{name}_cm3']:.1f}", f"{q[f'{name}_pct']:.2f}")
+    console.print(table)
+    risk = summary.get("risk")
+    if risk:
+        if risk["computed"]:
+            console.print(f"risk of severe course: {100 * risk['probability']:.1f} % ({risk['category']}), "
+                          f"{risk['model']}, {risk['calibration_status']}", highlight=False)
+        else:
+            console.print(f"risk not computed; missing: {', '.join(risk['missing'])}", highlight=False)
+    console.print(f"outputs: {', '.join(summary['outputs'])}; timings (s): {summary['timings']}", highlight=False)
+
+
+@app.command()
+def demo(workdir: Path = typer.Option(Path("ldct-demo"), help="Folder for the demo's data, PACS inbox and config."),
+         port: int = typer.Option(0, help="Node port (0: a free one)."),
+         engine: Optional[str] = typer.Option(None, help="cnn or threshold (default: cnn).")) -> None:
+    """Push a synthetic low-dose chest CT through a running node end to end and print the result."""
+    from dicom_node.demo import run_demo
+
+    configure_logging("console", "warning")
+    try:
+        summary = run_demo(workdir, port=port, engine=engine, console=err_console)
+    except Exception as exc:  # noqa: BLE001
+        fail(f"demo failed: {exc}")
+    print_summary(summary)
+
+
+# ---- configuration and clinical data --------------------------------------------------------
+@config_app.command("check")
+def config_check(path: Path = typer.Argument(..., help="TOML configuration file.")) -> None:
+    """Validate a configuration file (and environment overrides) and print the result."""
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    console.print(f"{path}: valid", highlight=False)
+    console.print(f"  node {settings.node.ae_title} on port {settings.node.port}, data in {settings.node.data_dir}", highlight=False)
+    console.print(f"  engine {settings.inference.engine} on {settings.inference.device}; database {settings.database_url.split('://')[0]}", highlight=False)
+    for d in settings.destinations:
+        console.print(f"  destination {d.name}: {d.ae_title}@{d.host}:{d.port}", highlight=False)
+    if not settings.destinations:
+        console.print("  [yellow]no destinations: results stay in the data directory[/yellow]")
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+def _register_optional_commands() -> None:
+    """Commands owned by inference/ and reporting/ (train, evaluate, risk, clinical import)."""
+    try:
+        from inference.commands import evaluate_command, train_command
+    except ImportError:
+        pass
+    else:
+        app.command("train")(train_command)
+        app.command("evaluate")(evaluate_command)
+    try:
+        from reporting.commands import risk_app
+    except ImportError:
+        pass
+    else:
+        app.add_typer(risk_app, name="risk")
+
+
+_register_optional_commands()

@@ -1,0 +1,98 @@
+"""`ldct-node demo`: a synthetic series through a real node and back to a stand-in PACS.
+
+Everything runs locally: a node on a free port with its embedded defaults (SQLite, bundled
+weights), a small receiving AE playing the PACS, and the same C-STORE path a scanner uses.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+
+from config.settings import Destination, Settings
+from dicom_node.jobstore import DEAD, DONE, SENT
+from dicom_node.node import Node
+from dicom_node.scu import send_files
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_inbox_pacs(inbox: Path, port: int):
+    """A minimal storage SCP standing in for the PACS in the demo (not used by tests)."""
+    from pynetdicom import AllStoragePresentationContexts
+
+    inbox.mkdir(parents=True, exist_ok=True)
+
+    def on_store(event):
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        ds.save_as(inbox / f"{ds.Modality}_{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+        return 0x0000
+
+    ae = AE(ae_title="DEMOPACS")
+    ae.supported_contexts = AllStoragePresentationContexts
+    ae.add_supported_context(Verification)
+    return ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+
+
+def run_demo(workdir: Path, *, port: int = 0, engine: str | None = None, console=None,
+             timeout: float = 600) -> dict:
+    from inference.synthetic import demo_series
+
+    workdir = Path(workdir).resolve()
+    series_dir = workdir / "sample-series"
+    if not series_dir.exists() or not any(series_dir.iterdir()):
+        _say(console, "generating a synthetic low-dose chest CT series with known lesions ...")
+        demo_series(series_dir)
+    pacs_port = free_port()
+    node_port = port or free_port()
+    settings = Settings.model_validate({
+        "node": {"ae_title": "LDCTNODE", "port": node_port, "bind_address": "127.0.0.1",
+                 "data_dir": str(workdir / "data"), "min_free_disk_mb": 50},
+        "series": {"idle_seconds": 2},
+        "destinations": [{"name": "demo-pacs", "ae_title": "DEMOPACS", "host": "127.0.0.1", "port": pacs_port}],
+        "inference": {"engine": engine or "cnn", "device": "auto"},
+        "dispatch": {"first_retry_seconds": 2},
+    })
+    pacs = start_inbox_pacs(workdir / "pacs-inbox", pacs_port)
+    node = Node(settings)
+    node.start()
+    try:
+        files = sorted(series_dir.glob("*.dcm"))
+        _say(console, f"sending {len(files)} instances to the node ({settings.node.ae_title}@127.0.0.1:{node_port}) ...")
+        result = send_files(files, "127.0.0.1", node_port, "LDCTNODE", calling_ae="DEMOSCANNER")
+        if not result.ok:
+            raise RuntimeError(f"the node refused {len(result.failed)} instance(s): {result.failed[0]}")
+        _say(console, "waiting for completeness, segmentation and dispatch to the demo PACS ...")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            jobs = node.store.list_jobs(limit=5)
+            job = next((j for j in jobs), None)
+            if job is not None and job.state == DEAD:
+                raise RuntimeError(f"job {job.id} failed: {job.error}")
+            if job is not None and job.state == DONE:
+                dispatches = node.store.dispatches_for(job.id)
+                if dispatches and all(d.state == SENT for d in dispatches):
+                    summary = job.summary_dict()
+                    _say(console, f"results in {job.result_dir}; received by the demo PACS in {workdir / 'pacs-inbox'}")
+                    return summary
+                if any(d.state == DEAD for d in dispatches):
+                    raise RuntimeError(f"dispatch failed: {dispatches[0].last_error}")
+            time.sleep(0.5)
+        raise TimeoutError(f"no result within {timeout:.0f} s; see `ldct-node status`")
+    finally:
+        node.stop()
+        pacs.shutdown()
+
+
+def _say(console, message: str) -> None:
+    if console is not None:
+        console.print(message, highlight=False)

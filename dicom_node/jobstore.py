@@ -1,0 +1,505 @@
+"""The durable job store: series, jobs, dispatches, workers, clinical covariates, audit.
+
+SQLAlchemy 2. SQLite (WAL) by default; PostgreSQL by URL. Claims are written to be safe on
+both: a candidate is selected (`FOR UPDATE SKIP LOCKED` where the database supports it) and
+then taken with a conditional UPDATE whose row count says who won, so two workers never run
+the same job at once and a job whose lease expires goes back to the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterator
+
+from sqlalchemy import (
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+# Job states
+QUEUED, RUNNING, FAILED, DONE, DEAD = "queued", "running", "failed", "done", "dead"
+JOB_STATES = (QUEUED, RUNNING, FAILED, DONE, DEAD)
+# Dispatch states
+PENDING, SENDING, SENT = "pending", "sending", "sent"
+DISPATCH_STATES = (PENDING, SENDING, SENT, DEAD)
+# Series outcomes
+SERIES_QUEUED, SERIES_INELIGIBLE, SERIES_INCONSISTENT, SERIES_DUPLICATE = (
+    "queued", "ineligible", "inconsistent", "identical re-send")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes: read them back as UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SeriesRecord(Base):
+    """One evaluation of a received series (each completeness decision is kept)."""
+
+    __tablename__ = "series"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_uid: Mapped[str] = mapped_column(String(64), index=True)
+    study_uid: Mapped[str] = mapped_column(String(64))
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    description: Mapped[str] = mapped_column(String(128), default="")
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    instance_set_hash: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("series_uid", "instance_set_hash", name="uq_job_instance_set"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_uid: Mapped[str] = mapped_column(String(64), index=True)
+    study_uid: Mapped[str] = mapped_column(String(64))
+    instance_set_hash: Mapped[str] = mapped_column(String(64))
+    instance_uids: Mapped[str] = mapped_column(Text)  # JSON list, in no particular order
+    instance_count: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), index=True, default=QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    summary: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
+    superseded_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    def summary_dict(self) -> dict[str, Any]:
+        return json.loads(self.summary) if self.summary else {}
+
+    def instance_uid_list(self) -> list[str]:
+        return json.loads(self.instance_uids)
+
+
+class Dispatch(Base):
+    __tablename__ = "dispatches"
+    __table_args__ = (UniqueConstraint("job_id", "destination", name="uq_dispatch_job_destination"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), index=True, default=PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_try_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    current_job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class ClinicalRecordRow(Base):
+    """Clinical covariates imported by `ldct-node clinical import`, keyed as the CSV says."""
+
+    __tablename__ = "clinical"
+    key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    data: Mapped[str] = mapped_column(Text)
+    imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    series_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    detail: Mapped[str] = mapped_column(Text, default="")  # JSON, UIDs and AE titles only
+
+
+def worker_identity() -> str:
+    """host:pid, so a restarted node can tell its own dead leases from live remote ones."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class QueueCounts:
+    jobs: dict[str, int]
+    dispatches: dict[str, int]
+
+
+class JobStore:
+    """All reads and writes of the node's durable state."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: Engine = create_engine(url, future=True, **_engine_options(url))
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        Base.metadata.create_all(self.engine)
+        self.supports_skip_locked = self.engine.dialect.name == "postgresql"
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- series and jobs -------------------------------------------------------------
+    def record_series(self, *, series_uid: str, study_uid: str, calling_ae: str, description: str,
+                      instance_count: int, instance_set_hash: str, outcome: str, reason: str = "",
+                      job_id: int | None = None) -> int:
+        with self.session() as s:
+            row = SeriesRecord(series_uid=series_uid, study_uid=study_uid, calling_ae=calling_ae,
+                               description=description[:128], instance_count=instance_count,
+                               instance_set_hash=instance_set_hash, outcome=outcome, reason=reason,
+                               job_id=job_id)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def known_instance_set(self, series_uid: str, instance_set_hash: str) -> bool:
+        """True when this exact set of instances was already decided on (job or skip)."""
+        with self.session() as s:
+            found = s.scalar(select(func.count()).select_from(SeriesRecord).where(
+                SeriesRecord.series_uid == series_uid,
+                SeriesRecord.instance_set_hash == instance_set_hash,
+                SeriesRecord.outcome != SERIES_DUPLICATE))
+            return bool(found)
+
+    def enqueue_job(self, *, series_uid: str, study_uid: str, instance_uids: list[str],
+                    instance_set_hash: str, max_attempts: int) -> int | None:
+        """Queue a job; None when the same instance set already has one (identical re-send)."""
+        with self.session() as s:
+            exists = s.scalar(select(Job.id).where(Job.series_uid == series_uid,
+                                                   Job.instance_set_hash == instance_set_hash))
+            if exists is not None:
+                return None
+            job = Job(series_uid=series_uid, study_uid=study_uid,
+                      instance_uids=json.dumps(sorted(instance_uids)),
+                      instance_count=len(instance_uids), instance_set_hash=instance_set_hash,
+                      state=QUEUED)
+            s.add(job)
+            s.flush()
+            return job.id
+
+    def claim_job(self, owner: str, lease_seconds: float) -> Job | None:
+        """Take the oldest runnable job for `owner`, or None when the queue is empty."""
+        now = utcnow()
+        for _ in range(5):
+            with self.session() as s:
+                query = (select(Job.id)
+                         .where(Job.state.in_((QUEUED, FAILED)), Job.not_before <= now)
+                         .order_by(Job.id).limit(1))
+                if self.supports_skip_locked:
+                    query = query.with_for_update(skip_locked=True)
+                job_id = s.scalar(query)
+                if job_id is None:
+                    return None
+                taken = s.execute(
+                    update(Job).where(Job.id == job_id, Job.state.in_((QUEUED, FAILED)))
+                    .values(state=RUNNING, lease_owner=owner, attempts=Job.attempts + 1,
+                            lease_expires_at=now + timedelta(seconds=lease_seconds),
+                            heartbeat_at=now, started_at=now)
+                ).rowcount
+                if taken:
+                    return s.get(Job, job_id)
+        return None
+
+    def heartbeat(self, job_id: int, owner: str, lease_seconds: float) -> bool:
+        """Extend a lease; False when the job is no longer ours (lease lost)."""
+        now = utcnow()
+        with self.session() as s:
+            return bool(s.execute(
+                update(Job).where(Job.id == job_id, Job.state == RUNNING, Job.lease_owner == owner)
+                .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
+            ).rowcount)
+
+    def complete_job(self, job_id: int, owner: str, *, result_dir: str, summary: dict,
+                     destinations: list[str]) -> bool:
+        """Mark done and create one dispatch row per destination, in one transaction.
+
+        Returns False (and changes nothing) when the lease was lost meanwhile: another worker
+        owns the job now, and only one completion may count.
+        """
+        now = utcnow()
+        with self.session() as s:
+            done = s.execute(
+                update(Job).where(Job.id == job_id, Job.state == RUNNING, Job.lease_owner == owner)
+                .values(state=DONE, finished_at=now, result_dir=result_dir, error=None,
+                        summary=json.dumps(summary), lease_owner=None, lease_expires_at=None)
+            ).rowcount
+            if not done:
+                return False
+            job = s.get(Job, job_id)
+            older = s.scalars(select(Job).where(Job.series_uid == job.series_uid, Job.id < job_id,
+                                                Job.state == DONE, Job.superseded_by.is_(None)))
+            for previous in older:
+                previous.superseded_by = job_id
+            for name in destinations:
+                s.add(Dispatch(job_id=job_id, destination=name, state=PENDING, next_try_at=now))
+            return True
+
+    def fail_job(self, job_id: int, owner: str, error: str, max_attempts: int,
+                 retry_delay_seconds: float = 30.0) -> str | None:
+        """Record a failure: back to the queue after a delay, or dead after max attempts."""
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None or job.state != RUNNING or job.lease_owner != owner:
+                return None
+            job.error = error[:4000]
+            job.lease_owner = None
+            job.lease_expires_at = None
+            job.finished_at = utcnow()
+            if job.attempts >= max_attempts:
+                job.state = DEAD
+            else:
+                job.state = FAILED
+                job.not_before = utcnow() + timedelta(seconds=retry_delay_seconds * job.attempts)
+            return job.state
+
+    def requeue_expired_leases(self, max_attempts: int) -> list[int]:
+        """Jobs whose worker vanished (lease expired) go back to the queue, or die."""
+        now = utcnow()
+        with self.session() as s:
+            expired = s.scalars(select(Job).where(Job.state == RUNNING, Job.lease_expires_at < now)).all()
+            return [self._release(job, "lease expired (worker stopped or crashed)", max_attempts)
+                    for job in expired]
+
+    def requeue_own_dead_leases(self, max_attempts: int) -> list[int]:
+        """At start: jobs leased by a dead process on this host are re-queued at once."""
+        host = socket.gethostname()
+        with self.session() as s:
+            running = s.scalars(select(Job).where(Job.state == RUNNING,
+                                                  Job.lease_owner.like(f"{host}:%"))).all()
+            released = []
+            for job in running:
+                pid = int(job.lease_owner.rsplit(":", 1)[1])
+                if pid != os.getpid() and not _pid_alive(pid):
+                    released.append(self._release(job, "node restarted while running", max_attempts))
+            return released
+
+    @staticmethod
+    def _release(job: Job, reason: str, max_attempts: int) -> int:
+        job.error = reason
+        job.lease_owner = None
+        job.lease_expires_at = None
+        job.state = DEAD if job.attempts >= max_attempts else QUEUED
+        return job.id
+
+    def retry_job(self, job_id: int) -> str:
+        """`ldct-node retry`: re-queue a failed/dead job and revive its dead dispatches."""
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise KeyError(f"no job {job_id}")
+            actions = []
+            if job.state in (FAILED, DEAD):
+                job.state, job.attempts, job.not_before = QUEUED, 0, utcnow()
+                actions.append("job re-queued")
+            for d in s.scalars(select(Dispatch).where(Dispatch.job_id == job_id,
+                                                      Dispatch.state.in_((DEAD, PENDING)))):
+                d.state, d.next_try_at, d.created_at, d.attempts = PENDING, utcnow(), utcnow(), 0
+                actions.append(f"dispatch to {d.destination} re-queued")
+            return "; ".join(actions) or f"nothing to retry (job is {job.state})"
+
+    def get_job(self, job_id: int) -> Job | None:
+        with self.session() as s:
+            return s.get(Job, job_id)
+
+    def list_jobs(self, state: str | None = None, limit: int = 100) -> list[Job]:
+        with self.session() as s:
+            query = select(Job).order_by(Job.id.desc()).limit(limit)
+            if state:
+                query = query.where(Job.state == state)
+            return list(s.scalars(query))
+
+    def superseded_results(self, job: Job) -> list[dict]:
+        """Summaries of earlier finished jobs of the same series that `job` replaces."""
+        with self.session() as s:
+            rows = s.scalars(select(Job).where(Job.series_uid == job.series_uid, Job.id < job.id,
+                                               Job.state == DONE).order_by(Job.id)).all()
+            return [r.summary_dict() for r in rows if r.summary]
+
+    # ---- dispatch ----------------------------------------------------------------------
+    def claim_dispatches(self, lease_seconds: float, limit: int = 10) -> list[Dispatch]:
+        """Take due dispatches (pending and due, or sending with an expired lease)."""
+        now = utcnow()
+        claimed = []
+        with self.session() as s:
+            query = (select(Dispatch.id).where(or_(
+                (Dispatch.state == PENDING) & (Dispatch.next_try_at <= now),
+                (Dispatch.state == SENDING) & (Dispatch.lease_expires_at < now)))
+                .order_by(Dispatch.id).limit(limit))
+            if self.supports_skip_locked:
+                query = query.with_for_update(skip_locked=True)
+            for dispatch_id in s.scalars(query).all():
+                taken = s.execute(
+                    update(Dispatch).where(Dispatch.id == dispatch_id, or_(
+                        Dispatch.state == PENDING,
+                        (Dispatch.state == SENDING) & (Dispatch.lease_expires_at < now)))
+                    .values(state=SENDING, lease_expires_at=now + timedelta(seconds=lease_seconds))
+                ).rowcount
+                if taken:
+                    claimed.append(s.get(Dispatch, dispatch_id))
+        return claimed
+
+    def dispatch_sent(self, dispatch_id: int) -> None:
+        with self.session() as s:
+            d = s.get(Dispatch, dispatch_id)
+            d.state, d.sent_at, d.last_error, d.attempts = SENT, utcnow(), None, d.attempts + 1
+
+    def dispatch_failed(self, dispatch_id: int, error: str, *, first_retry: float,
+                        max_retry: float, max_age_hours: float) -> str:
+        """Exponential backoff; dead once the dispatch is older than the maximum age."""
+        now = utcnow()
+        with self.session() as s:
+            d = s.get(Dispatch, dispatch_id)
+            d.attempts += 1
+            d.last_error = error[:2000]
+            if now - _aware(d.created_at) > timedelta(hours=max_age_hours):
+                d.state = DEAD
+            else:
+                d.state = PENDING
+                delay = min(first_retry * 2 ** (d.attempts - 1), max_retry)
+                d.next_try_at = now + timedelta(seconds=delay)
+            return d.state
+
+    def dispatches_for(self, job_id: int) -> list[Dispatch]:
+        with self.session() as s:
+            return list(s.scalars(select(Dispatch).where(Dispatch.job_id == job_id).order_by(Dispatch.id)))
+
+    # ---- workers, status, audit, clinical -----------------------------------------------
+    def worker_heartbeat(self, name: str, current_job_id: int | None) -> None:
+        with self.session() as s:
+            row = s.get(Worker, name)
+            if row is None:
+                s.add(Worker(name=name, current_job_id=current_job_id))
+            else:
+                row.heartbeat_at, row.current_job_id = utcnow(), current_job_id
+
+    def workers(self) -> list[Worker]:
+        with self.session() as s:
+            return list(s.scalars(select(Worker).order_by(Worker.heartbeat_at.desc())))
+
+    def counts(self) -> QueueCounts:
+        with self.session() as s:
+            jobs = dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+            disp = dict(s.execute(select(Dispatch.state, func.count()).group_by(Dispatch.state)).all())
+        return QueueCounts(jobs={k: jobs.get(k, 0) for k in JOB_STATES},
+                           dispatches={k: disp.get(k, 0) for k in DISPATCH_STATES})
+
+    def recent_series(self, limit: int = 20) -> list[SeriesRecord]:
+        with self.session() as s:
+            return list(s.scalars(select(SeriesRecord).order_by(SeriesRecord.id.desc()).limit(limit)))
+
+    def last_errors(self, limit: int = 5) -> list[tuple[str, int, str]]:
+        with self.session() as s:
+            jobs = s.execute(select(Job.id, Job.error).where(Job.error.is_not(None))
+                             .order_by(Job.id.desc()).limit(limit)).all()
+            disp = s.execute(select(Dispatch.job_id, Dispatch.last_error)
+                             .where(Dispatch.last_error.is_not(None))
+                             .order_by(Dispatch.id.desc()).limit(limit)).all()
+        return [("job", j, e) for j, e in jobs] + [("dispatch", j, e) for j, e in disp]
+
+    def audit(self, kind: str, *, series_uid: str | None = None, job_id: int | None = None,
+              **detail: Any) -> None:
+        with self.session() as s:
+            s.add(AuditEvent(kind=kind, series_uid=series_uid, job_id=job_id,
+                             detail=json.dumps(detail, default=str)))
+
+    def audit_events(self, limit: int = 100, series_uid: str | None = None) -> list[AuditEvent]:
+        with self.session() as s:
+            query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+            if series_uid:
+                query = query.where(AuditEvent.series_uid == series_uid)
+            return list(s.scalars(query))
+
+    def put_clinical(self, key: str, data: dict) -> None:
+        with self.session() as s:
+            row = s.get(ClinicalRecordRow, key)
+            if row is None:
+                s.add(ClinicalRecordRow(key=key, data=json.dumps(data)))
+            else:
+                row.data, row.imported_at = json.dumps(data), utcnow()
+
+    def get_clinical(self, key: str) -> dict | None:
+        with self.session() as s:
+            row = s.get(ClinicalRecordRow, key)
+            return json.loads(row.data) if row else None
+
+    def purge_finished_before(self, cutoff: datetime) -> list[Job]:
+        """Finished jobs older than the retention cutoff whose dispatches are all settled."""
+        with self.session() as s:
+            jobs = s.scalars(select(Job).where(Job.state.in_((DONE, DEAD)), Job.finished_at < cutoff,
+                                               Job.result_dir.is_not(None))).all()
+            settled = []
+            for job in jobs:
+                open_dispatch = s.scalar(select(func.count()).select_from(Dispatch).where(
+                    Dispatch.job_id == job.id, Dispatch.state.in_((PENDING, SENDING))))
+                if not open_dispatch:
+                    settled.append(job)
+            return settled
+
+    def mark_purged(self, job_id: int) -> None:
+        with self.session() as s:
+            s.get(Job, job_id).result_dir = None
+
+
+def _engine_options(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    return {"pool_pre_ping": True}
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

@@ -1,0 +1,57 @@
+"""Structured logging (structlog), console or JSON, with no patient identifiers.
+
+Log UIDs, never names, IDs or birth dates. As a second line of defence a processor drops
+any event key that names a patient identifier, so a careless `log.info(..., patient_name=x)`
+cannot leak it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+PHI_KEYS = frozenset(
+    {"patient_name", "patientname", "patient_id", "patientid", "patient_birth_date",
+     "patientbirthdate", "birth_date", "name", "accession_number", "accessionnumber"}
+)
+
+
+def _drop_phi(_logger, _method, event_dict):
+    for key in list(event_dict):
+        if key.lower() in PHI_KEYS:
+            event_dict[key] = "[removed]"
+    return event_dict
+
+
+def configure_logging(fmt: str = "console", level: str = "info", stream=None) -> None:
+    """Configure structlog and the stdlib loggers (pynetdicom, apscheduler) once."""
+    stream = stream or sys.stderr
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _drop_phi,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+    # pynetdicom logs whole datasets (with patient names) at debug level: keep it quiet.
+    for noisy in ("pynetdicom", "apscheduler", "highdicom", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric, logging.WARNING))

@@ -1,0 +1,175 @@
+"""The node process: Store SCP + scheduler sweeps + in-process workers, started and stopped together.
+
+Sweeps (APScheduler): completeness (every second), expired leases, dispatch retries,
+retention purge. On start the node cleans partial spool files, re-queues jobs its previous
+process left running, and re-examines every spooled series that has no decision yet, so a
+restart resumes where the crash stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from config.settings import Settings
+from dicom_node.dispatch import Dispatcher
+from dicom_node.jobstore import SERIES_DUPLICATE, JobStore, utcnow
+from dicom_node.series import SeriesTracker, evaluate_series, instance_set_hash
+from dicom_node.spool import Spool
+from dicom_node.store_scp import StoreSCP
+from dicom_node.worker import Worker
+
+log = structlog.get_logger(__name__)
+
+
+def prepare_data_dir(data_dir: Path) -> Path:
+    """Create the data directory with owner-only permissions (it holds patient data)."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data_dir, 0o700)
+    return data_dir
+
+
+class Node:
+    def __init__(self, settings: Settings, *, workers: int | None = None, receive: bool = True,
+                 engine=None) -> None:
+        self.settings = settings
+        self.data_dir = prepare_data_dir(settings.node.data_dir)
+        self.store = JobStore(settings.database_url)
+        self.spool = Spool(self.data_dir / "spool", settings.node.min_free_disk_mb * 1024 * 1024)
+        self.tracker = SeriesTracker()
+        self.dispatcher = Dispatcher(settings, self.store)
+        self.receive = receive
+        self.scp = StoreSCP(ae_title=settings.node.ae_title, spool=self.spool, tracker=self.tracker,
+                            allowed_calling_ae_titles=settings.node.allowed_calling_ae_titles,
+                            max_pdu_size=settings.node.max_pdu_size,
+                            on_stored=self._on_first_instance) if receive else None
+        count = settings.node.workers if workers is None else workers
+        self.workers = [Worker(settings, self.store, engine=engine, name=f"{_identity()}-{i}",
+                               on_done=self._on_job_done)
+                        for i in range(count)]
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self._dispatch_lock = threading.Lock()
+        self._series_seen: set[str] = set()
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        removed = self.spool.clean_temporary()
+        if removed:
+            log.warning("removed partial files left by a previous crash", count=removed)
+        requeued = self.store.requeue_own_dead_leases(self.settings.jobs.max_attempts)
+        if requeued:
+            log.warning("re-queued jobs left running by a previous process", job_ids=requeued)
+        if self.receive:
+            self._resume_undecided_series()
+            self.scp.start(self.settings.node.bind_address, self.settings.node.port)
+            self.scheduler.add_job(self.sweep_completeness, "interval", seconds=1, id="completeness",
+                                   max_instances=1, coalesce=True)
+        self.scheduler.add_job(self.reap_leases, "interval", seconds=10, id="leases",
+                               max_instances=1, coalesce=True)
+        self.scheduler.add_job(self.run_dispatch, "interval", seconds=2, id="dispatch",
+                               max_instances=1, coalesce=True)
+        self.scheduler.add_job(self.purge_retention, "interval", hours=1, id="retention",
+                               max_instances=1, coalesce=True)
+        self.scheduler.start()
+        for worker in self.workers:
+            worker.start()
+        log.info("node started", ae_title=self.settings.node.ae_title, port=self.settings.node.port,
+                 workers=len(self.workers), database=self.store.engine.dialect.name,
+                 receive=self.receive)
+
+    def stop(self) -> None:
+        if self.scp is not None:
+            self.scp.stop()
+        self.scheduler.shutdown(wait=False)
+        for worker in self.workers:
+            worker.stop()
+        self.store.close()
+        log.info("node stopped")
+
+    # ---- sweeps ----------------------------------------------------------------------
+    def _on_first_instance(self, calling_ae: str, series_uid: str, sop_uid: str) -> None:
+        if series_uid not in self._series_seen:
+            self._series_seen.add(series_uid)
+            self.store.audit("receiving", series_uid=series_uid, calling_ae=calling_ae)
+
+    def _resume_undecided_series(self) -> None:
+        """Series spooled before a crash but never decided on are swept again."""
+        for study_uid, series_uid, folder in self.spool.series_dirs():
+            uids = [p.stem for p in self.spool.instance_files(folder)]
+            if uids and not self.store.known_instance_set(series_uid, instance_set_hash(uids)):
+                self.tracker.touch(study_uid, series_uid, "", at=time.monotonic() - self.settings.series.idle_seconds)
+                log.info("resuming undecided series", series_uid=series_uid, instances=len(uids))
+
+    def sweep_completeness(self) -> None:
+        for activity in self.tracker.pop_idle(self.settings.series.idle_seconds):
+            try:
+                self.decide_series(activity.study_uid, activity.series_uid, activity.calling_ae)
+            except Exception:  # noqa: BLE001 - one bad series must not stop the sweep
+                log.exception("completeness check failed", series_uid=activity.series_uid)
+
+    def decide_series(self, study_uid: str, series_uid: str, calling_ae: str) -> None:
+        self._series_seen.discard(series_uid)
+        folder = self.spool.series_dir(study_uid, series_uid)
+        files = self.spool.instance_files(folder)
+        decision = evaluate_series(files, self.settings.series)
+        common = dict(series_uid=series_uid, study_uid=study_uid, calling_ae=calling_ae,
+                      description=decision.description, instance_count=len(files),
+                      instance_set_hash=decision.instance_set_hash)
+        bound = log.bind(series_uid=series_uid, instances=len(files), calling_ae=calling_ae)
+        if self.store.known_instance_set(series_uid, decision.instance_set_hash):
+            self.store.record_series(**common, outcome=SERIES_DUPLICATE,
+                                     reason="same set of instances as an earlier decision: not processed again")
+            bound.info("identical re-send ignored")
+            return
+        if not decision.eligible:
+            self.store.record_series(**common, outcome=decision.outcome, reason=decision.reason)
+            bound.warning("series not processed", outcome=decision.outcome, reason=decision.reason)
+            return
+        job_id = self.store.enqueue_job(series_uid=series_uid, study_uid=study_uid,
+                                        instance_uids=decision.instance_uids,
+                                        instance_set_hash=decision.instance_set_hash,
+                                        max_attempts=self.settings.jobs.max_attempts)
+        self.store.record_series(**common, outcome="queued", job_id=job_id)
+        self.store.audit("series_complete", series_uid=series_uid, job_id=job_id, calling_ae=calling_ae,
+                         instances=len(decision.instance_uids))
+        bound.info("series complete: job queued", job_id=job_id)
+
+    def reap_leases(self) -> None:
+        released = self.store.requeue_expired_leases(self.settings.jobs.max_attempts)
+        if released:
+            log.warning("expired leases released", job_ids=released)
+
+    def run_dispatch(self) -> None:
+        if not self._dispatch_lock.acquire(blocking=False):
+            return
+        try:
+            self.dispatcher.run_due()
+        finally:
+            self._dispatch_lock.release()
+
+    def _on_job_done(self, job_id: int) -> None:
+        """Send at once instead of waiting for the next dispatch sweep."""
+        self.run_dispatch()
+
+    def purge_retention(self) -> None:
+        cutoff = utcnow() - timedelta(days=self.settings.retention.keep_days)
+        for job in self.store.purge_finished_before(cutoff):
+            shutil.rmtree(job.result_dir, ignore_errors=True)
+            if not self.tracker.is_active(job.series_uid):
+                shutil.rmtree(self.spool.series_dir(job.study_uid, job.series_uid), ignore_errors=True)
+            self.store.mark_purged(job.id)
+            log.info("retention purge", job_id=job.id, series_uid=job.series_uid)
+
+
+def _identity() -> str:
+    from dicom_node.jobstore import worker_identity
+
+    return worker_identity()

@@ -1,0 +1,135 @@
+"""One series in, result files out: load -> segment -> quantify -> risk -> SEG + SR (+ key images).
+
+Shared by the node's workers and the offline `ldct-node segment` command, so both give the
+same numbers for the same files. No networking here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import structlog
+
+from inference.engines import Engine
+from inference.quantify import Quantification, quantify
+from inference.volume import load_series
+
+log = structlog.get_logger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class AnalysisResult:
+    quantification: Quantification
+    outputs: list[Path]
+    summary: dict = field(default_factory=dict)
+
+
+@dataclass
+class ReportOptions:
+    key_images: bool = True
+    omit_empty_seg_frames: bool = False
+    risk_model_path: Path | None = None
+    risk_missing_policy: str = "omit"
+
+
+def analyse_series(files: Sequence[Path], out_dir: Path, *, engine: Engine,
+                   options: ReportOptions | None = None, clinical: dict | None = None,
+                   supersedes: Sequence[dict] = (), progress: Progress | None = None) -> AnalysisResult:
+    """Segment one series and write SEG, SR and key images into `out_dir`.
+
+    `clinical` holds imported covariates for the risk model (None: header only).
+    `supersedes` are the summaries of earlier results for the same series that this replaces.
+    """
+    from reporting.seg import build_segmentation
+    from reporting.sr import build_measurement_report
+    from reporting.validate import write_dataset
+
+    options = options or ReportOptions()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    volume = load_series(list(files))
+    timings["load_s"] = time.perf_counter() - t0
+    series_uid = volume.series_instance_uid
+    log.info("series loaded", series_uid=series_uid, slices=volume.hu.shape[0],
+             spacing_mm=[round(s, 3) for s in volume.spacing])
+
+    t0 = time.perf_counter()
+    labels = engine.segment(volume, progress=(lambda d, t: progress("segment", d, t)) if progress else None)
+    timings["segment_s"] = time.perf_counter() - t0
+    quant = quantify(labels, volume.voxel_volume_ml)
+
+    t0 = time.perf_counter()
+    risk = assess_risk_for(volume.datasets[0], quant, clinical, options)
+    timings["risk_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    seg = build_segmentation(volume.datasets, labels, algorithm_name=f"ldct-node {engine.name}",
+                             algorithm_version=engine.version,
+                             omit_empty_frames=options.omit_empty_seg_frames)
+    seg_path = out_dir / "seg.dcm"
+    write_dataset(seg, seg_path)
+    timings["seg_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    superseded_uids = [tuple(s["sr"]) for s in supersedes if s.get("sr")]
+    sr = build_measurement_report(volume.datasets, seg, quant, algorithm_name=f"ldct-node {engine.name}",
+                                  algorithm_version=engine.version, risk=risk,
+                                  supersedes=superseded_uids)
+    sr_path = out_dir / "sr.dcm"
+    write_dataset(sr, sr_path)
+    timings["sr_s"] = time.perf_counter() - t0
+    outputs = [seg_path, sr_path]
+
+    if options.key_images:
+        from reporting.key_images import build_key_images
+
+        t0 = time.perf_counter()
+        for index, image in enumerate(build_key_images(volume.hu, labels, volume.datasets, quant, risk)):
+            path = out_dir / f"key_image_{index + 1}.dcm"
+            write_dataset(image, path)
+            outputs.append(path)
+        timings["key_images_s"] = time.perf_counter() - t0
+
+    summary = {
+        "series_uid": series_uid,
+        "study_uid": str(volume.datasets[0].StudyInstanceUID),
+        "slices": int(volume.hu.shape[0]),
+        "engine": {"name": engine.name, "version": engine.version},
+        "quantification": {k: round(v, 3) for k, v in quant.as_dict().items()},
+        "risk": _risk_summary(risk),
+        "seg": [str(seg.SOPClassUID), str(seg.SOPInstanceUID), str(seg.SeriesInstanceUID)],
+        "sr": [str(sr.SOPClassUID), str(sr.SOPInstanceUID), str(sr.SeriesInstanceUID)],
+        "supersedes": [list(u) for u in superseded_uids],
+        "outputs": [p.name for p in outputs],
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return AnalysisResult(quantification=quant, outputs=outputs, summary=summary)
+
+
+def assess_risk_for(header, quant: Quantification, clinical: dict | None, options: ReportOptions):
+    """The prognostic risk for this patient, or None when the risk module is absent."""
+    try:
+        from reporting import risk as risk_module
+    except ImportError:
+        return None
+    return risk_module.assess_for_series(header, quant.lesion_pct, clinical,
+                                         model_path=options.risk_model_path,
+                                         missing_policy=options.risk_missing_policy)
+
+
+def _risk_summary(risk) -> dict | None:
+    if risk is None:
+        return None
+    return {"computed": risk.computed, "probability": risk.probability, "category": risk.category,
+            "model": f"{risk.model_name} {risk.model_version}",
+            "calibration_status": risk.calibration_status,
+            "missing": list(risk.covariates_missing),
+            "assumed_absent": list(risk.covariates_assumed_absent)}

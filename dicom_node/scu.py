@@ -1,0 +1,90 @@
+"""C-ECHO and C-STORE as a service user: used by dispatch to PACS and by `ldct-node send`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pydicom
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+
+class SendError(RuntimeError):
+    """The peer could not be reached or refused; the message says which and why."""
+
+
+@dataclass
+class SendResult:
+    sent: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (file name, status or reason)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _associate(ae: AE, host: str, port: int, called_ae: str):
+    assoc = ae.associate(host, port, ae_title=called_ae)
+    if not assoc.is_established:
+        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not reachable"
+        raise SendError(f"association with {called_ae}@{host}:{port} failed: {why}")
+    return assoc
+
+
+def echo(host: str, port: int, called_ae: str, calling_ae: str = "LDCTNODE",
+         timeout: float = 10) -> None:
+    """C-ECHO; raises SendError when the peer does not answer success."""
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(Verification)
+    assoc = _associate(ae, host, port, called_ae)
+    try:
+        status = assoc.send_c_echo()
+        if not status or status.Status != 0:
+            raise SendError(f"C-ECHO to {called_ae}@{host}:{port} answered {status.get('Status') if status else 'nothing'}")
+    finally:
+        assoc.release()
+
+
+def send_files(paths: Sequence[Path], host: str, port: int, called_ae: str,
+               calling_ae: str = "LDCTNODE", timeout: float = 30,
+               progress: Callable[[int, int], None] | None = None) -> SendResult:
+    """C-STORE each file over one association, each in its own transfer syntax.
+
+    Raises SendError when no association can be made; per-instance failures are listed in
+    the result so the caller decides whether to retry.
+    """
+    headers = []
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        headers.append((Path(path), str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)))
+    contexts = sorted({(c, t) for _, c, t in headers})
+    if len(contexts) > 128:
+        raise SendError("more than 128 presentation contexts needed; send in smaller groups")
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.maximum_pdu_size = 0
+    for sop_class, syntax in contexts:
+        ae.add_requested_context(sop_class, syntax)
+    result = SendResult()
+    assoc = _associate(ae, host, port, called_ae)
+    try:
+        for index, (path, _, _) in enumerate(headers):
+            if not assoc.is_established:
+                result.failed.append((path.name, "association lost"))
+                continue
+            ds = pydicom.dcmread(path)
+            status = assoc.send_c_store(ds)
+            code = status.Status if status else None
+            if code in (0x0000, 0xB000, 0xB006, 0xB007):
+                result.sent += 1
+            else:
+                result.failed.append((path.name, f"status 0x{code:04X}" if code is not None else "no response"))
+            if progress:
+                progress(index + 1, len(headers))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return result

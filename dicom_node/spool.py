@@ -1,0 +1,95 @@
+"""The spool: received instances as raw files, written atomically.
+
+Layout: `<data_dir>/spool/<study uid>/<series uid>/<sop instance uid>.dcm`. Bytes are written
+to a temporary file in the same filesystem, fsynced and renamed into place, so a reader never
+sees half a file and a crash leaves at most a stray temporary file (cleaned at start).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+TMP_DIR_NAME = ".incoming"
+
+
+class InvalidUID(ValueError):
+    pass
+
+
+def check_uid(uid: str, what: str) -> str:
+    """UIDs become path components: accept only the UID grammar (digits and dots, 64 max)."""
+    uid = (uid or "").strip().rstrip("\x00")
+    if len(uid) > 64 or not UID_PATTERN.match(uid):
+        raise InvalidUID(f"{what} {uid[:70]!r} is not a valid UID")
+    return uid
+
+
+class Spool:
+    def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
+        self.root = Path(root)
+        self.tmp = self.root / TMP_DIR_NAME
+        self.min_free_bytes = min_free_bytes
+        self.tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def series_dir(self, study_uid: str, series_uid: str) -> Path:
+        return self.root / study_uid / series_uid
+
+    def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        return self.series_dir(study_uid, series_uid) / f"{sop_uid}.dcm"
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def has_room(self, incoming: int = 0) -> bool:
+        return self.free_bytes() - incoming >= self.min_free_bytes
+
+    def store(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
+        """Write one instance durably; returns its final path."""
+        study_uid = check_uid(study_uid, "StudyInstanceUID")
+        series_uid = check_uid(series_uid, "SeriesInstanceUID")
+        sop_uid = check_uid(sop_uid, "SOPInstanceUID")
+        target_dir = self.series_dir(study_uid, series_uid)
+        target_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp_path = self.tmp / f"{sop_uid}.{os.getpid()}.{id(data):x}.part"
+        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp_path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        final = target_dir / f"{sop_uid}.dcm"
+        os.replace(tmp_path, final)
+        return final
+
+    def clean_temporary(self) -> int:
+        """Remove partial files left by a crash; they were never acknowledged."""
+        removed = 0
+        for part in self.tmp.glob("*.part"):
+            part.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def series_dirs(self) -> list[tuple[str, str, Path]]:
+        """(study uid, series uid, folder) for every series in the spool."""
+        found = []
+        for study in self.root.iterdir():
+            if study.name == TMP_DIR_NAME or not study.is_dir():
+                continue
+            for series in study.iterdir():
+                if series.is_dir():
+                    found.append((study.name, series.name, series))
+        return found
+
+    @staticmethod
+    def instance_files(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.glob("*.dcm") if p.is_file())
