@@ -473,6 +473,7 @@ class FittedModel:
     c_statistic: CStatistic
     validation_probability: np.ndarray = field(repr=False)
     training_probability: np.ndarray = field(repr=False)
+    covariance: pd.DataFrame = field(repr=False)  # of the log odds, "const" included
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -641,6 +642,7 @@ def fit_cohort(
             c_statistic=c_statistic(y_valid.to_numpy(), p_valid),
             validation_probability=p_valid,
             training_probability=p_train,
+            covariance=result.cov_params(),
         )
 
     lr_tests: dict[str, dict[str, float]] = {}
