@@ -288,6 +288,7 @@ def read_cohort_csv(path: str | Path) -> pd.DataFrame:
             sep=_sniff_delimiter(path),
             encoding="utf-8-sig",
             skipinitialspace=True,
+            skip_blank_lines=False,  # keep the index aligned with the file's line numbers
         )
     except FileNotFoundError as exc:
         raise CohortError(f"{path}: no such file") from exc
@@ -307,7 +308,10 @@ def validate_cohort(raw: pd.DataFrame, source: str = "cohort") -> pd.DataFrame:
         )
     if raw.empty:
         raise CohortError(f"{source}: no data rows")
-    raw = raw.apply(lambda col: col.str.strip())
+    raw = raw.apply(lambda col: col.fillna("").astype(str).str.strip())
+    raw = raw[(raw != "").any(axis=1)]  # blank lines
+    if raw.empty:
+        raise CohortError(f"{source}: no data rows")
     line_of = raw.index.to_numpy() + 2
     problems: list[str] = []
     frame = pd.DataFrame(index=raw.index)
@@ -361,7 +365,7 @@ def validate_cohort(raw: pd.DataFrame, source: str = "cohort") -> pd.DataFrame:
         raise CohortError(f"{source}: " + "; ".join(problems))
     if frame["outcome"].nunique() < 2:
         raise CohortError(f"{source}: column 'outcome' has a single value; need events and non-events")
-    return frame
+    return frame.reset_index(drop=True)
 
 
 # --- Statistics ---------------------------------------------------------------------------
@@ -535,6 +539,7 @@ def split_indices(n: int, seed: int, train_fraction: float = TRAIN_FRACTION) -> 
 
 
 def _fit_logit(label: str, y: pd.Series, x: pd.DataFrame):
+    # imported here so that loading the CLI does not pay for statsmodels
     import statsmodels.api as sm
     from statsmodels.tools.sm_exceptions import (
         ConvergenceWarning,
@@ -627,9 +632,9 @@ def fit_cohort(
             }
             for name in columns
         }
-        import statsmodels.api as sm
-
-        p_valid = np.asarray(result.predict(sm.add_constant(features[columns].iloc[valid_idx], has_constant="add")))
+        x_valid = features[columns].iloc[valid_idx].copy()
+        x_valid.insert(0, "const", 1.0)
+        p_valid = np.asarray(result.predict(x_valid))
         p_train = np.asarray(result.predict())
         models[label] = FittedModel(
             label=label,

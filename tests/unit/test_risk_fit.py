@@ -233,6 +233,14 @@ def test_every_bad_value_is_reported_with_lines_and_columns(tmp_path):
     assert "column 'lesion_extent_pct': extent outside 0-100 % on line(s) 6" in message
 
 
+def test_line_numbers_survive_blank_lines(tmp_path):
+    path = write_csv(
+        tmp_path, [GOOD_HEADER, "50,M,0,0,0,0,0,0,3,5.0,0", "", "x,F,0,0,0,0,0,0,3,5.0,1"]
+    )
+    with pytest.raises(CohortError, match=r"'age': not a number on line\(s\) 4 "):
+        read_cohort_csv(path)
+
+
 def test_single_outcome_and_out_of_range_ct_ss(tmp_path):
     path = write_csv(tmp_path, [GOOD_HEADER, "50,M,0,0,0,0,0,0,3,5.0,0", "51,F,0,0,0,0,0,0,,1,0"])
     with pytest.raises(CohortError, match="single value"):
