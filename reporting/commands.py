@@ -7,8 +7,9 @@ a one-line "error: ..." on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,7 +17,9 @@ from rich.table import Table
 
 from reporting.clinical import ClinicalCsvError, ClinicalRecord, parse_clinical_csv
 from reporting.risk import COMORBIDITIES, RiskModelError, load_risk_model
-from reporting.risk_fit import CohortError, FitError, FitResult, fit_cohort_file
+
+if TYPE_CHECKING:  # pandas/scipy/statsmodels load only when a fit runs: fast CLI start
+    from reporting.risk_fit import FitResult
 
 risk_app = typer.Typer(
     help="Prognostic risk model (Bartoli et al. 2022 Model C): refit, inspect.",
@@ -110,6 +113,8 @@ def fit_command(
     ] = None,
 ) -> None:
     """Refit Models A, B (if ct_ss is present) and C on COHORT.csv and write Model C."""
+    from reporting.risk_fit import CohortError, FitError, fit_cohort_file
+
     try:
         result = fit_cohort_file(cohort, seed=seed, exclude=tuple(exclude or ()), model_name=name)
     except (CohortError, FitError) as exc:
@@ -140,8 +145,6 @@ def show_command(
     console = Console()
     console.print(f"{model.name} {model.version} ({model.calibration_status})")
     table = Table("Feature", "Odds ratio", "log odds")
-    import math
-
     for feature, beta in model.coefficients.items():
         table.add_row(FEATURE_LABELS.get(feature, feature), f"{math.exp(beta):.2f}", f"{beta:.4f}")
     table.add_row("Intercept", "", f"{model.intercept:.4f}")
