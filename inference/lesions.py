@@ -116,8 +116,8 @@ def _threshold_for_fraction(values: np.ndarray, fraction: float) -> float:
 
 
 def sample_target_extent(rng: np.random.Generator) -> float:
-    """Lesion extent (% of lung) drawn log-uniformly from tiny foci (0.3%) to half the lung."""
-    return float(np.exp(rng.uniform(np.log(0.3), np.log(50.0))))
+    """Lesion extent (% of lung) drawn log-uniformly from small foci (0.5%) to over half the lung (55%)."""
+    return float(np.exp(rng.uniform(np.log(0.5), np.log(55.0))))
 
 
 def insert_lesions(
@@ -134,7 +134,7 @@ def insert_lesions(
     """Insert GGO and consolidation into the lungs of a HU volume.
 
     hu: int16 (z, y, x) HU; lung_mask: bool, same shape; spacing (dz, dy, dx) mm.
-    target_extent_pct: lesion volume as % of lung (random log-uniform 0.3-50 if None; 0 gives
+    target_extent_pct: lesion volume as % of lung (random log-uniform 0.5-55 if None; 0 gives
     no lesion, only noise). consolidation_fraction: share of the lesion that is
     consolidation (random 0-0.6 if None). correlation_mm: blob size (random 5-16 mm).
     noise_sd_hu: added low-dose noise SD (random 0-35 HU if None; 0 for none).

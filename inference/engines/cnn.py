@@ -1,0 +1,174 @@
+"""The CNN engine: a 2D U-Net applied slice by slice (background, lung, GGO, consolidation).
+
+Weights ship in `inference/weights/` with their SHA-256 in `SHA256SUMS`; a file whose hash
+does not match is refused (a corrupted or swapped model must never segment patients).
+Slices are resampled to the training pixel size (~1.37 mm, i.e. 512 px at 0.68 mm -> 256),
+segmented in batches, and the logits are upsampled back to the source matrix before argmax.
+On CUDA: bf16/fp16 autocast and channels-last (code path present; untested on this CPU-only
+host). On CPU: float32, deterministic, `num_threads` torch threads.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import structlog
+import torch
+from torch.nn import functional as F
+
+from inference.engines import Progress
+from inference.unet import UNet2D, normalise_hu
+from inference.volume import CTVolume
+
+log = structlog.get_logger(__name__)
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "ldct-unet.pt"
+CHECKSUM_FILE = "SHA256SUMS"
+TRAINING_PIXEL_MM = 1.37
+EXPORT_LONG_SIDE_PX = 256
+
+
+class WeightsError(RuntimeError):
+    """Weights missing, unlisted in the checksum file, or not matching their checksum."""
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checksum(path: Path) -> str:
+    """Check `path` against the SHA256SUMS next to it; return the hash or raise WeightsError."""
+    if not path.is_file():
+        raise WeightsError(f"model weights not found: {path}")
+    sums = path.parent / CHECKSUM_FILE
+    if not sums.is_file():
+        raise WeightsError(f"no {CHECKSUM_FILE} next to {path}: cannot verify the weights")
+    expected = None
+    for line in sums.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("*") == path.name:
+            expected = parts[0].lower()
+    if expected is None:
+        raise WeightsError(f"{path.name} is not listed in {sums}")
+    actual = _sha256(path)
+    if actual != expected:
+        raise WeightsError(
+            f"checksum mismatch for {path}: expected {expected[:16]}..., found {actual[:16]}...;"
+            " the file is corrupted or was replaced"
+        )
+    return actual
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise WeightsError("device 'cuda' requested but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def _padded(size: int, divisor: int) -> int:
+    return int(np.ceil(size / divisor) * divisor)
+
+
+class CNNEngine:
+    """Slice-wise U-Net segmentation; see the module docstring."""
+
+    name = "cnn"
+
+    def __init__(
+        self,
+        device: str = "auto",
+        weights_path: Path | str | None = None,
+        batch_size: int = 16,
+        num_threads: int | None = None,
+    ) -> None:
+        path = Path(weights_path) if weights_path else DEFAULT_WEIGHTS
+        self.checksum = verify_checksum(path)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or "state_dict" not in payload:
+            raise WeightsError(f"{path} is not an ldct-node U-Net weights file")
+        self.model = UNet2D(**payload["architecture"])
+        self.model.load_state_dict(payload["state_dict"])
+        self.model.eval()
+        self.version = str(payload.get("version", "unknown"))
+        self.metadata = dict(payload.get("metadata", {}))
+        self.device = _pick_device(device)
+        self.batch_size = batch_size
+        if self.device.type == "cpu":
+            torch.set_num_threads(num_threads or max(1, min(os.cpu_count() or 1, 8)))
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        else:
+            self.model = self.model.to(self.device, memory_format=torch.channels_last)
+        log.info("cnn.loaded", weights=path.name, version=self.version, device=str(self.device),
+                 sha256=self.checksum[:16])
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits (float32) for a normalised (N, 1, H, W) batch on the engine's device."""
+        if self.device.type == "cuda":
+            batch = batch.to(self.device, memory_format=torch.channels_last)
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            with torch.autocast("cuda", dtype=dtype):
+                return self.model(batch).float()
+        return self.model(batch.to(self.device))
+
+    def predict_slices(
+        self,
+        hu: np.ndarray,
+        work_size: tuple[int, int],
+        progress: Progress | None = None,
+    ) -> np.ndarray:
+        """Labels (uint8, like `hu`) for (n, H, W) HU slices resampled to `work_size` for the net.
+
+        `work_size` is the (rows, cols) the network sees; it is padded to the U-Net's size
+        divisor with air (-1024 HU) and the padding cropped from the logits afterwards.
+        """
+        n, rows, cols = hu.shape
+        divisor = self.model.size_divisor
+        work_rows, work_cols = work_size
+        pad_rows = _padded(work_rows, divisor) - work_rows
+        pad_cols = _padded(work_cols, divisor) - work_cols
+        labels = np.empty((n, rows, cols), np.uint8)
+        with torch.inference_mode():
+            for start in range(0, n, self.batch_size):
+                chunk = torch.from_numpy(np.ascontiguousarray(hu[start:start + self.batch_size],
+                                                              dtype=np.float32))[:, None]
+                if (work_rows, work_cols) != (rows, cols):
+                    chunk = F.interpolate(chunk, size=(work_rows, work_cols), mode="area"
+                                          if work_rows <= rows else "bilinear")
+                chunk = F.pad(chunk, (0, pad_cols, 0, pad_rows), value=-1024.0)
+                logits = self._logits(normalise_hu(chunk))[..., :work_rows, :work_cols]
+                logits = F.interpolate(logits.float().cpu(), size=(rows, cols), mode="bilinear",
+                                       align_corners=False)
+                labels[start:start + len(chunk)] = logits.argmax(1).to(torch.uint8).numpy()
+                if progress:
+                    progress(min(start + self.batch_size, n), n)
+        return labels
+
+    def segment(self, volume: CTVolume, progress: Progress | None = None) -> np.ndarray:
+        """Label map (uint8 0 bg, 1 lung, 2 GGO, 3 consolidation) shaped like `volume.hu`."""
+        _, row_mm, col_mm = volume.spacing
+        rows, cols = volume.hu.shape[1:]
+        work = (max(16, round(rows * row_mm / TRAINING_PIXEL_MM)),
+                max(16, round(cols * col_mm / TRAINING_PIXEL_MM)))
+        return self.predict_slices(volume.hu, work, progress)
+
+    def segment_image(self, hu: np.ndarray) -> np.ndarray:
+        """Labels for one 2D image of unknown pixel size (a thorax-cropped export).
+
+        Such images are scaled so that their longer side is 256 px, the size a
+        thorax-tight field of view has at the training pixel size.
+        """
+        rows, cols = hu.shape
+        scale = EXPORT_LONG_SIDE_PX / max(rows, cols)
+        work = (max(16, round(rows * scale)), max(16, round(cols * scale)))
+        return self.predict_slices(hu[None].astype(np.float32), work)[0]

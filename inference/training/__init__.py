@@ -1,0 +1,1 @@
+"""Training of the CNN engine: lung references, the slice cache, augmentation, the train loop."""

@@ -1,0 +1,205 @@
+"""The train loop: sampling, loss (cross-entropy + soft Dice), checkpoints, resume, weights.
+
+Deterministic for a given seed on CPU: torch and numpy are seeded, the numpy generator
+state is stored in each checkpoint, so a resumed run continues the same sample stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import structlog
+import torch
+from torch.nn import functional as F
+
+from inference.training.augment import AugmentConfig, augment_slice
+from inference.training.cache import IGNORE_LABEL, CacheEntry
+from inference.unet import NUM_CLASSES, UNet2D, count_parameters, normalise_hu
+
+log = structlog.get_logger(__name__)
+
+WEIGHTS_FORMAT = "ldct-node-unet/1"
+CHECKSUM_FILE = "SHA256SUMS"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500
+    batch_size: int = 8
+    learning_rate: float = 2e-3
+    base_width: int = 16
+    levels: int = 4
+    crop: int = 192
+    checkpoint_every: int = 100
+    seed: int = 0
+    lesion_slice_weight: float = 3.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def select_device(device: str) -> torch.device:
+    """'auto' picks CUDA when available, else CPU; 'cuda' without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - mean soft Dice over the foreground classes, pooled over the batch; ignores 255."""
+    valid = (target != IGNORE_LABEL).unsqueeze(1)
+    probs = logits.softmax(1) * valid
+    onehot = F.one_hot(target.clamp(max=NUM_CLASSES - 1).long(), NUM_CLASSES).permute(0, 3, 1, 2)
+    onehot = onehot * valid
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    dice = (2 * inter + 1.0) / (denom + 1.0)
+    return 1.0 - dice[1:].mean()
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    ce = F.cross_entropy(logits, target.long(), ignore_index=IGNORE_LABEL)
+    return ce + soft_dice_loss(logits, target)
+
+
+class SliceSampler:
+    """Draws augmented batches; slices with lesions are drawn `lesion_slice_weight` x as often."""
+
+    def __init__(self, entries: list[CacheEntry], config: TrainConfig, rng: np.random.Generator):
+        self.entries = entries
+        self.config = config
+        self.rng = rng
+        index, weights = [], []
+        for e, entry in enumerate(entries):
+            lesion = ((entry.labels >= 2) & (entry.labels != IGNORE_LABEL)).reshape(len(entry.labels), -1).any(1)
+            for s in range(len(entry.labels)):
+                index.append((e, s))
+                weights.append(config.lesion_slice_weight if lesion[s] else 1.0)
+        self.index = index
+        self.p = np.asarray(weights) / np.sum(weights)
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        picks = self.rng.choice(len(self.index), size=self.config.batch_size, p=self.p)
+        images, labels = [], []
+        for i in picks:
+            e, s = self.index[i]
+            entry = self.entries[e]
+            hu, lab = augment_slice(entry.hu[s], entry.labels[s], self.rng, self.config.augment)
+            images.append(hu)
+            labels.append(lab)
+        x = normalise_hu(torch.from_numpy(np.stack(images))[:, None])
+        y = torch.from_numpy(np.stack(labels)).long()
+        return x, y
+
+
+def _lr_at(step: int, config: TrainConfig) -> float:
+    warmup = 50
+    if step < warmup:
+        return config.learning_rate * (step + 1) / warmup
+    progress = (step - warmup) / max(1, config.steps - warmup)
+    return 1e-5 + 0.5 * (config.learning_rate - 1e-5) * (1 + np.cos(np.pi * min(1.0, progress)))
+
+
+def save_checkpoint(path: Path, model, optimizer, step: int, rng: np.random.Generator,
+                    config: TrainConfig, losses: list[float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "rng": rng.bit_generator.state, "config": asdict(config), "losses": losses}, tmp)
+    tmp.replace(path)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_checksum(weights_path: Path) -> None:
+    """Record the weights' SHA-256 in SHA256SUMS next to them (one `hash  name` line each)."""
+    sums = weights_path.parent / CHECKSUM_FILE
+    lines = {}
+    if sums.exists():
+        for line in sums.read_text().splitlines():
+            if line.strip():
+                digest, name = line.split(maxsplit=1)
+                lines[name.strip().lstrip("*")] = digest
+    lines[weights_path.name] = sha256_of(weights_path)
+    sums.write_text("".join(f"{d}  {n}\n" for n, d in sorted(lines.items())))
+
+
+def save_weights(model: UNet2D, path: Path, version: str, metadata: dict) -> None:
+    """Write shipped weights (fp32 state dict + architecture + metadata) and their checksum."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save({"format": WEIGHTS_FORMAT, "version": version, "architecture": model.config,
+                "metadata": metadata, "state_dict": state}, path)
+    write_checksum(path)
+
+
+def train(
+    entries: list[CacheEntry],
+    config: TrainConfig,
+    checkpoint_path: Path,
+    device: str = "cpu",
+    resume: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+    init_weights: Path | None = None,
+) -> tuple[UNet2D, list[float]]:
+    """Train a UNet2D on cached entries; returns the model and the per-step losses.
+
+    init_weights: start from shipped weights (site fine-tuning) instead of random ones;
+    their architecture then overrides base_width/levels.
+    """
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    dev = select_device(device)
+    if init_weights is not None:
+        payload = torch.load(init_weights, map_location="cpu", weights_only=True)
+        model = UNet2D(**payload["architecture"])
+        model.load_state_dict(payload["state_dict"])
+        model = model.to(dev)
+    else:
+        model = UNet2D(base=config.base_width, levels=config.levels).to(dev)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    start, losses = 0, []
+    if resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=dev, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+        start, losses = int(state["step"]), list(state["losses"])
+        log.info("train.resume", step=start)
+    config.augment = config.augment if isinstance(config.augment, AugmentConfig) else AugmentConfig(**config.augment)
+    sampler = SliceSampler(entries, config, rng)
+    log.info("train.start", parameters=count_parameters(model), slices=len(sampler.index),
+             device=str(dev), steps=config.steps)
+    model.train()
+    t0 = time.time()
+    for step in range(start, config.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, config)
+        x, y = sampler.batch()
+        x, y = x.to(dev), y.to(dev)
+        loss = segmentation_loss(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        if on_step:
+            on_step(step + 1, losses[-1])
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            save_checkpoint(checkpoint_path, model, optimizer, step + 1, rng, config, losses)
+            recent = float(np.mean(losses[-config.checkpoint_every:]))
+            log.info("train.checkpoint", step=step + 1, loss=round(recent, 4),
+                     seconds=round(time.time() - t0, 1))
+    model.eval()
+    return model, losses

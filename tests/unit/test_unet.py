@@ -1,0 +1,71 @@
+"""U-Net shapes and the CNN engine: labels of the right shape, checksum verification."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inference.engines.cnn import CNNEngine, WeightsError
+from inference.training.loop import save_weights
+from inference.unet import UNet2D, count_parameters, normalise_hu
+from inference.volume import CTVolume
+
+torch.set_num_threads(1)
+
+
+def test_unet_output_shape_and_size():
+    model = UNet2D(base=4, levels=3)
+    out = model(torch.zeros(2, 1, 48, 40))
+    assert out.shape == (2, 4, 48, 40)
+    assert count_parameters(UNet2D()) < 25e6 / 4  # fp32 default model fits the 25 MB budget
+
+
+def test_normalise_hu_range():
+    x = normalise_hu(torch.tensor([-3000.0, -1024.0, 300.0, 2000.0]))
+    assert torch.allclose(x, torch.tensor([-1.0, -1.0, 1.0, 1.0]))
+
+
+@pytest.fixture()
+def tiny_weights(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    save_weights(UNet2D(base=4, levels=2), path, "test-1", {"note": "random"})
+    return path
+
+
+def test_engine_returns_uint8_labels_of_volume_shape(tiny_weights: Path):
+    engine = CNNEngine(device="cpu", weights_path=tiny_weights, batch_size=3, num_threads=1)
+    assert engine.version == "test-1"
+    hu = np.full((5, 40, 36), -1000, np.int16)
+    hu[:, 8:32, 6:30] = -850
+    calls = []
+    labels = engine.segment(CTVolume(hu=hu, spacing=(2.0, 1.4, 1.4), datasets=[]),
+                            progress=lambda done, total: calls.append((done, total)))
+    assert labels.dtype == np.uint8 and labels.shape == hu.shape
+    assert labels.max() <= 3
+    assert calls[-1] == (5, 5)
+    again = engine.segment(CTVolume(hu=hu, spacing=(2.0, 1.4, 1.4), datasets=[]))
+    assert np.array_equal(labels, again)  # deterministic on CPU
+    image = engine.segment_image(np.full((50, 30), -800.0, np.float32))
+    assert image.shape == (50, 30) and image.dtype == np.uint8
+
+
+def test_checksum_mismatch_is_a_clear_error(tiny_weights: Path):
+    with open(tiny_weights, "ab") as handle:
+        handle.write(b"tampered")
+    with pytest.raises(WeightsError, match="checksum mismatch"):
+        CNNEngine(device="cpu", weights_path=tiny_weights)
+
+
+def test_weights_missing_from_checksum_file(tiny_weights: Path, tmp_path: Path):
+    other = tmp_path / "other.pt"
+    other.write_bytes(tiny_weights.read_bytes())
+    with pytest.raises(WeightsError, match="not listed"):
+        CNNEngine(device="cpu", weights_path=other)
+
+
+def test_shipped_weights_fit_the_budget():
+    folder = Path(__file__).resolve().parents[2] / "inference" / "weights"
+    total = sum(p.stat().st_size for p in folder.glob("*.pt"))
+    assert total <= 25 * 1024 * 1024
