@@ -79,7 +79,10 @@ class ClinicalRecord:
     asymptomatic: bool | None = None
 
     def key(self) -> str:
-        """Join key: "accession:<AccessionNumber>" or "patient:<PatientID>|date:<StudyDate>"."""
+        """Join key: "accession:<AccessionNumber>" or "patient:<PatientID>:<StudyDate>".
+
+        The same form as `dicom_node.clinical.clinical_keys`, which looks records up.
+        """
         if self.accession_number:
             return study_key(accession_number=self.accession_number)
         return study_key(patient_id=self.patient_id, study_date=self.study_date)
@@ -134,7 +137,7 @@ def study_key(
         day = study_date if isinstance(study_date, date) else _parse_date(str(study_date).strip())
         if day is None:
             return None
-        return f"patient:{str(patient_id).strip()}|date:{_dicom_date(day)}"
+        return f"patient:{str(patient_id).strip()}:{_dicom_date(day)}"
     return None
 
 

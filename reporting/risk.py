@@ -479,6 +479,56 @@ def assess_risk(
     )
 
 
+_MODEL_CACHE: dict[tuple[str, float], RiskModel] = {}
+
+
+def _cached_model(path: str | Path | None) -> RiskModel:
+    """Load a model file once per (path, modification time): workers assess many series."""
+    model_path = Path(path) if path else DEFAULT_MODEL_PATH
+    try:
+        stamp = model_path.stat().st_mtime
+    except OSError:
+        stamp = -1.0
+    key = (str(model_path), stamp)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = load_risk_model(model_path)
+    return _MODEL_CACHE[key]
+
+
+def assess_for_series(
+    header: Any,
+    lesion_extent_pct: float | None,
+    clinical: dict[str, Any] | None,
+    model_path: str | Path | None = None,
+    missing_policy: MissingPolicy = "omit",
+) -> RiskAssessment:
+    """The node's entry point: header age/sex + imported clinical record -> risk.
+
+    `clinical` is a stored `ClinicalRecord.to_dict()` (or None when nothing was imported).
+    A model file that cannot be loaded does not fail the job: the assessment comes back
+    not computed, with the loader's message as the reason, so SEG and SR still go out.
+    """
+    from reporting.clinical import ClinicalRecord, covariates_for_study
+
+    record = ClinicalRecord.from_dict(clinical) if clinical else None
+    covariates = covariates_for_study(header, record)
+    try:
+        model = _cached_model(model_path)
+    except RiskModelError as exc:
+        log.error("risk_model_unavailable", error=str(exc))
+        return RiskAssessment(
+            computed=False,
+            probability=None,
+            category=None,
+            cutoff=None,
+            model_name="unavailable",
+            model_version="-",
+            calibration_status="not applicable",
+            reason_not_computed=f"risk model unavailable: {exc}",
+        )
+    return assess_risk(model, covariates, lesion_extent_pct, missing_policy=missing_policy)
+
+
 def parse_dicom_age(value: str) -> float | None:
     """A DICOM AS value ("055Y", "006M", "010W", "020D") in years; None when unparseable."""
     text = str(value).strip().upper()

@@ -50,7 +50,7 @@ def test_patient_and_date_key_dates_normalised_and_onset_date(tmp_path):
         "P002;20200411;;\n",
     )
     first, second = parse_clinical_csv(path)
-    assert first.key() == "patient:P001|date:20200410"
+    assert first.key() == "patient:P001:20200410"
     assert first.study_date == "20200410" and first.symptom_onset_date == "20200401"
     assert first.days_since_onset_at() == 9.0
     assert first.to_covariates("20200403").days_since_onset == 2.0
@@ -122,7 +122,7 @@ def header(**attributes) -> Dataset:
 
 def test_keys_from_header_match_record_keys():
     ds = header(AccessionNumber="ACC9", PatientID="P9", StudyDate="20200410")
-    assert candidate_keys(ds) == ["accession:ACC9", "patient:P9|date:20200410"]
+    assert candidate_keys(ds) == ["accession:ACC9", "patient:P9:20200410"]
     assert candidate_keys(header(PatientID="P9")) == []
     record = ClinicalRecord(patient_id="P9", study_date="20200410")
     assert record.key() in candidate_keys(ds)
@@ -170,3 +170,14 @@ def test_cli_helpers(tmp_path, capsys):
     assert caught.value.exit_code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "line(s) 2" in err[0]
+
+
+def test_keys_agree_with_the_node_lookup():
+    """The worker looks records up with dicom_node.clinical.clinical_keys: same key form."""
+    node_clinical = pytest.importorskip("dicom_node.clinical")
+    by_accession = ClinicalRecord(accession_number="ACC9")
+    by_patient = ClinicalRecord(patient_id="P9", study_date="20200410")
+    node_keys = node_clinical.clinical_keys("ACC9", "P9", "20200410")
+    assert by_accession.key() in node_keys and by_patient.key() in node_keys
+    ds = header(AccessionNumber="ACC9", PatientID="P9", StudyDate="20200410")
+    assert candidate_keys(ds) == node_keys

@@ -288,3 +288,31 @@ def test_merged_with_keeps_known_values_first():
     merged = header_part.merged_with(clinical)
     assert merged.age_years == 60 and merged.sex == "M"
     assert merged.hypertension is True and merged.asymptomatic is True and merged.cancer is None
+
+
+def test_assess_for_series_joins_header_and_stored_clinical_record(tmp_path):
+    from reporting.clinical import ClinicalRecord
+    from reporting.risk import assess_for_series
+
+    ds = header(PatientAge="070Y", PatientSex="M", StudyDate="20200410")
+    stored = ClinicalRecord(
+        accession_number="A1", hypertension=True, diabetes=False, cancer=False,
+        respiratory_disease=False, cardiac_disease=False, days_since_onset=3,
+    ).to_dict()
+    result = assess_for_series(ds, 12.0, json.loads(json.dumps(stored)))
+    model = load_risk_model()
+    expected = assess_risk(
+        model,
+        Covariates(age_years=70, sex="M", hypertension=True, diabetes=False, cancer=False,
+                   respiratory_disease=False, cardiac_disease=False, days_since_onset=3),
+        12.0,
+    )
+    assert result == expected and result.computed
+
+    header_only = assess_for_series(ds, 12.0, None, missing_policy="assume-absent")
+    assert header_only.computed and "hypertension" in header_only.covariates_assumed_absent
+
+    broken = tmp_path / "broken.json"
+    broken.write_text("{}")
+    unavailable = assess_for_series(ds, 12.0, stored, model_path=broken)
+    assert not unavailable.computed and "missing key" in unavailable.reason_not_computed
