@@ -88,6 +88,16 @@ def print_fit_report(result: FitResult, console: Console) -> None:
             f"Likelihood-ratio test {name.replace('_', ' ')}: chi2 {test['statistic']:.1f}, "
             f"df {test['df']}, p = {test['p_value']:.2g}"
         )
+    for label, tests in result.interaction_tests.items():
+        significant = [
+            f"{name} (p = {t['p_value']:.2g})"
+            for name, t in tests.items()
+            if "p_value" in t and t["p_value"] < 0.05
+        ]
+        console.print(
+            f"Model {label} score x covariate interactions with p < 0.05 (not in the model): "
+            + (", ".join(significant) if significant else "none")
+        )
     console.print(
         f"High-risk cutoff (Youden, training, Model C): probability >= {result.cutoff.threshold:.3f} "
         f"(sensitivity {result.cutoff.sensitivity:.2f}, specificity {result.cutoff.specificity:.2f}; "
@@ -111,12 +121,18 @@ def fit_command(
         list[str] | None,
         typer.Option("--exclude", help="leave a clinical covariate out (repeatable), e.g. obesity"),
     ] = None,
+    interactions: Annotated[
+        bool,
+        typer.Option("--interactions/--no-interactions", help="test score x covariate interactions"),
+    ] = True,
 ) -> None:
     """Refit Models A, B (if ct_ss is present) and C on COHORT.csv and write Model C."""
     from reporting.risk_fit import CohortError, FitError, fit_cohort_file
 
     try:
-        result = fit_cohort_file(cohort, seed=seed, exclude=tuple(exclude or ()), model_name=name)
+        result = fit_cohort_file(
+            cohort, seed=seed, exclude=tuple(exclude or ()), model_name=name, interactions=interactions
+        )
     except (CohortError, FitError) as exc:
         _fail(str(exc))
         return

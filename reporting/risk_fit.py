@@ -4,7 +4,8 @@ Reproduces the analysis of Bartoli et al. 2022 (section 2.4, Table 3) with stats
 a seeded random 70/30 split; Model A (clinical covariates), Model B (+ visual CT severity
 score `ct_ss`, when the cohort has it), Model C (+ automatic lesion extent); scores
 standardised with the training part's mean and SD; odds ratios with 95% Wald CIs;
-likelihood-ratio tests A vs B and A vs C (nested fits on the training part); C-statistic on
+likelihood-ratio tests A vs B and A vs C (nested fits on the training part), and of each
+second-order score x covariate interaction (reported, not kept); C-statistic on
 the validation part with a DeLong 95% CI; the Youden-optimal probability cutoff of Model C on
 the training part. Model C is written as a model file that `load_risk_model` reads.
 
@@ -14,6 +15,9 @@ dataset (used by the tests and by the derivation of the shipped default model).
 Cohort CSV columns: age (years), sex (M/F), hypertension, diabetes, cancer,
 respiratory_disease, cardiac_disease, obesity (0/1), days_since_onset (days; blank =
 asymptomatic), ct_ss (optional, 0-40), lesion_extent_pct (0-100), outcome (0/1).
+Clinical covariates are those of the study's methods (section 2.4), obesity included although
+Table 3 does not list it; `exclude` leaves any of them out. Every row must be complete:
+there is no imputation, so a blank comorbidity is an error here.
 """
 
 from __future__ import annotations
@@ -498,6 +502,7 @@ class FitResult:
 
     models: dict[str, FittedModel]
     lr_tests: dict[str, dict[str, float]]
+    interaction_tests: dict[str, dict[str, dict[str, Any]]]
     cutoff: YoudenCutoff
     validation_sensitivity: float
     validation_specificity: float
@@ -510,6 +515,7 @@ class FitResult:
         return {
             "models": {k: m.to_dict() for k, m in self.models.items()},
             "lr_tests": self.lr_tests,
+            "interaction_tests": self.interaction_tests,
             "cutoff": {
                 "probability": self.cutoff.threshold,
                 "youden_j": self.cutoff.youden_j,
@@ -577,6 +583,40 @@ def _fit_logit(label: str, y: pd.Series, x: pd.DataFrame):
     return result
 
 
+def _interaction_tests(
+    models: dict[str, FittedModel],
+    features: pd.DataFrame,
+    y_train: pd.Series,
+    train_idx: np.ndarray,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Second-order score x covariate interactions in Models B and C (as the study tested).
+
+    Each interaction is added alone to the model and judged by a likelihood-ratio test on
+    the training part; none is kept in the written model (the study reports none).
+    """
+    tests: dict[str, dict[str, dict[str, Any]]] = {}
+    for label, score in (("B", "ct_ss"), ("C", "lesion_extent_pct")):
+        if label not in models:
+            continue
+        base = models[label]
+        tests[label] = {}
+        for covariate in (f for f in base.features if f != score):
+            x = features[base.features].iloc[train_idx].copy()
+            x[f"{score}:{covariate}"] = x[score] * x[covariate]
+            try:
+                result = _fit_logit(f"{label} + {score}:{covariate}", y_train, x)
+            except FitError as exc:
+                tests[label][covariate] = {"error": str(exc)}
+                continue
+            statistic = 2.0 * (float(result.llf) - base.log_likelihood)
+            tests[label][covariate] = {
+                "statistic": statistic,
+                "df": 1,
+                "p_value": float(stats.chi2.sf(max(statistic, 0.0), 1)),
+            }
+    return tests
+
+
 def fit_cohort(
     frame: pd.DataFrame,
     seed: int = 2022,
@@ -584,8 +624,12 @@ def fit_cohort(
     source: str = "cohort",
     source_sha256: str | None = None,
     model_name: str = "model_c_local",
+    interactions: bool = True,
 ) -> FitResult:
-    """Fit Models A, B (when `ct_ss` is present) and C on a validated cohort frame."""
+    """Fit Models A, B (when `ct_ss` is present) and C on a validated cohort frame.
+
+    `interactions` also tests each score x covariate interaction (20 extra small fits).
+    """
     unknown = [e for e in exclude if e not in CLINICAL_MODEL_FEATURES]
     if unknown:
         raise FitError(
@@ -661,6 +705,10 @@ def fit_cohort(
                 "p_value": float(stats.chi2.sf(statistic, dof)),
             }
 
+    interaction_tests = (
+        _interaction_tests(models, features, y_train, train_idx) if interactions else {}
+    )
+
     model_c = models["C"]
     cutoff = youden_cutoff(y_train.to_numpy(), model_c.training_probability)
     valid_sens, valid_spec = sensitivity_specificity(y_valid.to_numpy(), model_c.validation_probability, cutoff.threshold)
@@ -714,6 +762,7 @@ def fit_cohort(
     return FitResult(
         models=models,
         lr_tests=lr_tests,
+        interaction_tests=interaction_tests,
         cutoff=cutoff,
         validation_sensitivity=valid_sens,
         validation_specificity=valid_spec,
@@ -729,11 +778,18 @@ def fit_cohort_file(
     seed: int = 2022,
     exclude: tuple[str, ...] = (),
     model_name: str = "model_c_local",
+    interactions: bool = True,
 ) -> FitResult:
     """Read, validate and fit a cohort CSV (CohortError / FitError on bad input)."""
     path = Path(path)
     frame = read_cohort_csv(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return fit_cohort(
-        frame, seed=seed, exclude=exclude, source=path.name, source_sha256=digest, model_name=model_name
+        frame,
+        seed=seed,
+        exclude=exclude,
+        source=path.name,
+        source_sha256=digest,
+        model_name=model_name,
+        interactions=interactions,
     )

@@ -99,6 +99,10 @@ def test_fit_nested_models_and_lr_tests(fitted):
         test = fitted.lr_tests[name]
         assert test["df"] == 1 and test["statistic"] > 0 and test["p_value"] < 0.001
     assert fitted.cohort["n_train"] == 2100 and fitted.cohort["n_validation"] == 900
+    # the simulation has no interactions: one test per clinical covariate, few significant
+    interactions = fitted.interaction_tests["C"]
+    assert set(interactions) == set(fitted.models["A"].features)
+    assert sum(t["p_value"] < 0.01 for t in interactions.values()) <= 1
 
 
 def test_fit_writes_a_loadable_locally_calibrated_model(fitted, tmp_path):
@@ -151,7 +155,7 @@ def test_cohort_without_ct_ss_fits_models_a_and_c(cohort_csv, tmp_path):
     _, frame = cohort_csv
     path = tmp_path / "no_ct_ss.csv"
     frame.drop(columns=["ct_ss"]).to_csv(path, index=False)
-    result = fit_cohort_file(path, seed=1)
+    result = fit_cohort_file(path, seed=1, interactions=False)
     assert list(result.models) == ["A", "C"] and list(result.lr_tests) == ["A_vs_C"]
 
 
@@ -264,8 +268,8 @@ def test_covariate_without_variation_is_a_clear_fit_error(cohort_csv, tmp_path):
     path = tmp_path / "no_cancer.csv"
     frame.assign(cancer=0).to_csv(path, index=False)
     with pytest.raises(FitError, match="cancer.*single value"):
-        fit_cohort_file(path)
-    result = fit_cohort_file(path, exclude=("cancer",))
+        fit_cohort_file(path, interactions=False)
+    result = fit_cohort_file(path, exclude=("cancer",), interactions=False)
     assert "cancer" not in result.model.coefficients
 
 
