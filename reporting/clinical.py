@@ -102,7 +102,10 @@ class ClinicalRecord:
         if self.symptom_onset_date is None:
             return None
         onset = _parse_date(self.symptom_onset_date)
-        scan = study_date if isinstance(study_date, date) else _parse_date(str(study_date or self.study_date or ""))
+        if isinstance(study_date, date):
+            scan: date | None = study_date
+        else:
+            scan = _parse_date(str(study_date or self.study_date or ""))
         if onset is None or scan is None or scan < onset:
             return None
         return float((scan - onset).days)

@@ -641,7 +641,8 @@ def fit_cohort(
     y_train, y_valid = outcome.iloc[train_idx], outcome.iloc[valid_idx]
     for part, y in (("training", y_train), ("validation", y_valid)):
         if y.nunique() < 2:
-            raise FitError(f"the {part} part has no {'events' if y.max() == 0 else 'non-events'}; use a larger cohort")
+            lacking = "events" if y.max() == 0 else "non-events"
+            raise FitError(f"the {part} part has no {lacking}; use a larger cohort")
 
     scores = ["lesion_extent_pct"] + (["ct_ss"] if "ct_ss" in features else [])
     standardisation: dict[str, dict[str, float]] = {}
@@ -711,8 +712,12 @@ def fit_cohort(
 
     model_c = models["C"]
     cutoff = youden_cutoff(y_train.to_numpy(), model_c.training_probability)
-    valid_sens, valid_spec = sensitivity_specificity(y_valid.to_numpy(), model_c.validation_probability, cutoff.threshold)
-    extent_cutoff = youden_cutoff(y_train.to_numpy(), frame["lesion_extent_pct"].iloc[train_idx].to_numpy())
+    valid_sens, valid_spec = sensitivity_specificity(
+        y_valid.to_numpy(), model_c.validation_probability, cutoff.threshold
+    )
+    extent_cutoff = youden_cutoff(
+        y_train.to_numpy(), frame["lesion_extent_pct"].iloc[train_idx].to_numpy()
+    )
 
     fitted_at = datetime.now(timezone.utc)
     cohort_info = {
