@@ -43,15 +43,23 @@ def start_inbox_pacs(inbox: Path, port: int):
     return ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
 
 
+def write_demo_series(folder: Path) -> list[Path]:
+    """A synthetic low-dose chest CT with one GGO and one consolidation of known volume."""
+    from inference.synthetic import LesionSpec, generate_phantom, write_series
+
+    phantom = generate_phantom(shape=(60, 256, 256), spacing=(5.0, 1.4, 1.4), seed=7, lesions=[
+        LesionSpec("ggo", volume_ml=120.0), LesionSpec("ggo", volume_ml=60.0),
+        LesionSpec("consolidation", volume_ml=40.0)])
+    return write_series(phantom, folder, series_description="LOW DOSE CHEST (synthetic demo)")
+
+
 def run_demo(workdir: Path, *, port: int = 0, engine: str | None = None, console=None,
              timeout: float = 600) -> dict:
-    from inference.synthetic import demo_series
-
     workdir = Path(workdir).resolve()
     series_dir = workdir / "sample-series"
     if not series_dir.exists() or not any(series_dir.iterdir()):
         _say(console, "generating a synthetic low-dose chest CT series with known lesions ...")
-        demo_series(series_dir)
+        write_demo_series(series_dir)
     pacs_port = free_port()
     node_port = port or free_port()
     settings = Settings.model_validate({

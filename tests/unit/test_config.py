@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import pytest
+
+from config.settings import ConfigError, load_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_file():
+    s = load_settings(environ={})
+    assert (s.node.ae_title, s.node.port, s.series.idle_seconds, s.series.min_slices) == ("LDCTNODE", 11112, 10, 20)
+    assert s.inference.engine == "cnn" and s.inference.device == "auto"
+    assert s.database_url.startswith("sqlite:///") and s.database_url.endswith("jobs.sqlite3")
+
+
+def test_file_and_environment_override(tmp_path):
+    path = write(tmp_path, '[node]\nport = 104\n[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "pacs.local"\nport = 4242\n')
+    s = load_settings(path, environ={"LDCT_NODE__PORT": "11113", "LDCT_DATABASE__URL": "postgresql+psycopg://u@h/db",
+                                     "LDCT_NODE__ALLOWED_CALLING_AE_TITLES": "CT1, CT2"})
+    assert s.node.port == 11113
+    assert s.node.allowed_calling_ae_titles == ["CT1", "CT2"]
+    assert s.database_url == "postgresql+psycopg://u@h/db"
+    assert s.destination("pacs").port == 4242
+
+
+def test_every_problem_reported_with_its_key(tmp_path):
+    path = write(tmp_path, '[node]\nport = 0\nae_title = "THIS_IS_FAR_TOO_LONG"\n[inference]\ndevice = "tpu"\n[series]\nunknown = 1\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, environ={})
+    message = str(err.value)
+    for key in ("node.port", "node.ae_title", "inference.device", "series.unknown"):
+        assert key in message
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[node\n"), environ={})
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_unknown_environment_key_is_an_error():
+    with pytest.raises(ConfigError, match="has no key"):
+        load_settings(environ={"LDCT_NODE__PROT": "1"})
+
+
+def test_duplicate_destination_names(tmp_path):
+    dest = '[[destinations]]\nname = "pacs"\nae_title = "A"\nhost = "h"\nport = 1\n'
+    with pytest.raises(ConfigError, match="unique"):
+        load_settings(write(tmp_path, dest + dest), environ={})
+
+
+def test_config_check_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from dicom_node.cli import app
+
+    good = write(tmp_path, '[node]\nport = 11112\n')
+    result = CliRunner().invoke(app, ["config", "check", str(good)])
+    assert result.exit_code == 0 and "valid" in result.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[node]\nport = -1\n")
+    result = CliRunner().invoke(app, ["config", "check", str(bad)])
+    assert result.exit_code == 2 and "node.port" in result.output

@@ -1,0 +1,113 @@
+"""The Store SCP in-process, driven by a pynetdicom SCU: what is stored, what is refused and why."""
+
+import socket
+
+import pydicom
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, EnhancedCTImageStorage
+
+from dicom_node.series import SeriesTracker
+from dicom_node.spool import Spool
+from dicom_node.store_scp import StoreSCP
+from inference.synthetic import generate_phantom, write_series
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ct_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ct")
+    return write_series(generate_phantom(shape=(8, 32, 32), spacing=(5, 10, 10), seed=1), folder)
+
+
+@pytest.fixture
+def scp(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    tracker = SeriesTracker()
+    server = StoreSCP(ae_title="LDCTNODE", spool=spool, tracker=tracker, allowed_calling_ae_titles=["SCANNER"])
+    port = free_port()
+    server.start("127.0.0.1", port)
+    yield server, port
+    server.stop()
+
+
+def send(port, datasets, calling="SCANNER", sop_class=CTImageStorage):
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(sop_class)
+    assoc = ae.associate("127.0.0.1", port, ae_title="LDCTNODE")
+    if not assoc.is_established:
+        return None
+    statuses = [assoc.send_c_store(ds).Status for ds in datasets]
+    assoc.release()
+    return statuses
+
+
+def test_stores_atomically_and_tracks_the_series(scp, ct_files):
+    server, port = scp
+    datasets = [pydicom.dcmread(p) for p in ct_files]
+    assert send(port, datasets) == [0] * len(datasets)
+    ds = datasets[0]
+    stored = server.spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert pydicom.dcmread(stored).PixelData == ds.PixelData
+    assert list(server.spool.tmp.iterdir()) == []
+    assert server.tracker.is_active(ds.SeriesInstanceUID)
+
+
+def test_unknown_calling_ae_is_refused_at_association(scp, ct_files):
+    _, port = scp
+    assert send(port, [pydicom.dcmread(ct_files[0])], calling="STRANGER") is None
+
+
+def test_low_disk_answers_out_of_resources_and_writes_nothing(scp, ct_files):
+    server, port = scp
+    server.spool.min_free_bytes = 10**18
+    assert send(port, [pydicom.dcmread(ct_files[0])]) == [0xA700]
+    assert server.spool.series_dirs() == []
+
+
+def test_dataset_not_matching_negotiated_class(scp, ct_files):
+    """A C-STORE under the CT context whose dataset says MR is refused with 0xA900."""
+    from io import BytesIO
+
+    from pynetdicom.dsutils import encode
+    from pynetdicom.dimse_primitives import C_STORE
+
+    server, port = scp
+    ds = pydicom.dcmread(ct_files[0])
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="LDCTNODE")
+    context = assoc.accepted_contexts[0]
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = CTImageStorage
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 2
+    request.DataSet = BytesIO(encode(ds, is_implicit_vr=False, is_little_endian=True))
+    assoc.dimse.send_msg(request, context.context_id)
+    _, response = assoc.dimse.get_msg(block=True)
+    assoc.release()
+    assert response.Status == 0xA900
+    assert server.spool.series_dirs() == []
+
+
+def test_hostile_uid_cannot_escape_the_spool(scp, ct_files, tmp_path):
+    server, port = scp
+    ds = pydicom.dcmread(ct_files[0])
+    ds.SeriesInstanceUID = "../../../../tmp/evil"
+    assert send(port, [ds])[0] == 0xC000
+    assert not (tmp_path / "evil").exists() and server.spool.series_dirs() == []
+
+
+def test_enhanced_ct_is_refused_with_a_reason(scp, ct_files):
+    _, port = scp
+    ds = pydicom.dcmread(ct_files[0])
+    ds.SOPClassUID = EnhancedCTImageStorage
+    ds.file_meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    assert send(port, [ds], sop_class=EnhancedCTImageStorage) == [0xC000]
