@@ -6,9 +6,10 @@ consolidation red) and a text band under the image: which slice and why, volumes
 the risk with its calibration status, and "NOT FOR DIAGNOSTIC USE". No patient identifiers are
 burnt in.
 
-Slices: the ones with the most lesion voxels (spread apart), plus one near the carina. The
-carina is not detected: it is approximated by the slice 20% of the lung's cranio-caudal extent
-below the lung apex, which in adults lies close to the tracheal bifurcation.
+Slices: the ones with the most lesion voxels (spread apart), plus one at the carina. The
+carina is found by tracking the trachea (air column between the lungs, not labelled lung)
+down from the apex until it splits; when that fails it is approximated by the slice 20% of
+the lung's cranio-caudal extent below the apex, close to the bifurcation in adults.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Sequence
 import highdicom as hd
 import numpy as np
 import structlog
+from scipy import ndimage
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -56,33 +58,129 @@ def _superior_order(source_datasets: Sequence[Dataset]) -> np.ndarray:
     return positions * direction
 
 
-def choose_slices(labels: np.ndarray, heights: np.ndarray, max_images: int) -> list[tuple[int, str]]:
+def approximate_carina(labels: np.ndarray, heights: np.ndarray) -> int:
+    """Slice 20% of the lung's cranio-caudal extent below the lung apex."""
+    lung_per_slice = (labels > 0).reshape(labels.shape[0], -1).sum(axis=1)
+    lung_slices = np.nonzero(lung_per_slice)[0]
+    if lung_slices.size == 0:
+        return int(np.argmin(np.abs(heights - float(np.median(heights)))))
+    apex_height = heights[lung_slices].max()
+    base_height = heights[lung_slices].min()
+    carina_height = apex_height - CARINA_FRACTION_BELOW_APEX * (apex_height - base_height)
+    return int(np.argmin(np.abs(heights - carina_height)))
+
+
+def _trachea_start(
+    air: np.ndarray, components: np.ndarray, areas: np.ndarray, lung: np.ndarray,
+    min_area: float, max_area: float,
+) -> np.ndarray | None:
+    """The single trachea-sized air component between the lungs of a slice, if exactly one."""
+    columns = np.nonzero(lung.any(axis=0))[0]
+    if columns.size == 0:
+        return None
+    left, right = columns.min(), columns.max()
+    centre_low, centre_high = left + (right - left) / 3, right - (right - left) / 3
+    candidates = []
+    for label_value, area in enumerate(areas, start=1):
+        if not min_area <= area <= max_area:
+            continue
+        mask = components == label_value
+        if mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any():
+            continue
+        if centre_low <= np.nonzero(mask)[1].mean() <= centre_high:
+            candidates.append(mask)
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def detect_carina(
+    volume_hu: np.ndarray, labels: np.ndarray, heights: np.ndarray, pixel_area_mm2: float
+) -> int | None:
+    """Slice where the trachea splits into the main bronchi, or None when not found.
+
+    The trachea is an air column (< -900 HU) not labelled lung, 0.5-8 cm2 in cross section,
+    between the lungs. It is tracked from the lung apex downwards: each slice keeps the air
+    components touching the previous slice's airway. The carina is the last single-lumen
+    slice before the airway becomes two components of >= 0.15 cm2 each, or one component
+    under 60% of the trachea's area (the other bronchus left the air mask), or disappears
+    into voxels labelled lung for more than ~10 mm (models that count the main bronchi as
+    lung). A shorter disappearance is bridged when a trachea-sized lumen comes back.
+    Tracking stops at the lung's mid-height; losing the airway otherwise gives None.
+    """
+    lung_per_slice = (labels > 0).reshape(labels.shape[0], -1).sum(axis=1)
+    lung_slices = np.nonzero(lung_per_slice)[0]
+    if lung_slices.size < 3:
+        return None
+    apex_height, base_height = heights[lung_slices].max(), heights[lung_slices].min()
+    mid_height = (apex_height + base_height) / 2
+    order = [int(i) for i in np.argsort(-heights) if mid_height <= heights[i] <= apex_height]
+    steps = np.abs(np.diff(np.sort(heights)))
+    slice_mm = float(np.median(steps)) if steps.size and np.median(steps) > 0 else 1.0
+    max_missing = max(1, round(10.0 / slice_mm))
+    min_area = 50.0 / pixel_area_mm2  # 0.5 cm2
+    max_area = 800.0 / pixel_area_mm2  # 8 cm2
+    min_bronchus = 15.0 / pixel_area_mm2  # 0.15 cm2
+    tracked: np.ndarray | None = None
+    trachea_area = 0.0
+    last_index: int | None = None
+    missing = 0
+    for index in order:
+        lung = labels[index] > 0
+        air = (volume_hu[index] < -900) & ~lung
+        components, count = ndimage.label(air)
+        areas = ndimage.sum_labels(air, components, index=np.arange(1, count + 1)) if count else np.zeros(0)
+        if tracked is None:
+            tracked = _trachea_start(air, components, areas, lung, min_area, max_area)
+            if tracked is not None:
+                trachea_area, last_index = float(tracked.sum()), index
+            continue
+        reach = ndimage.binary_dilation(tracked, iterations=2)
+        touching = [int(v) for v in np.unique(components[reach & air]) if v != 0]
+        kept = [v for v in touching if areas[v - 1] >= min_bronchus]
+        if not kept:
+            if missing == 0 and (reach & lung).sum() < min_bronchus:
+                return None  # lost in soft tissue: not an airway we can follow
+            missing += 1
+            if missing > max_missing:
+                return last_index
+            continue
+        if len(kept) >= 2:
+            return last_index
+        area = float(areas[kept[0] - 1])
+        if area > max_area:
+            return None  # ran into a large air space
+        if area < 0.6 * trachea_area:
+            return last_index  # one main bronchus left, the other went into the lung label
+        missing = 0
+        tracked, last_index = components == kept[0], index
+        trachea_area = 0.7 * trachea_area + 0.3 * area  # follows the slow change of calibre
+    return last_index if missing else None  # went into the lung label and stayed there
+
+
+def choose_slices(
+    labels: np.ndarray, heights: np.ndarray, max_images: int, carina: int | None = None
+) -> list[tuple[int, str]]:
     """(slice index, reason) of the key slices, from superior to inferior.
 
-    One slot goes to the carina level, the others to the slices with the most lesion voxels,
-    at least ~10% of the stack apart so that they show different lesions. Without lesions the
-    free slots show the slices with the largest lung cross-section.
+    One slot goes to the carina level (`carina` when detected, else `approximate_carina`),
+    the others to the slices with the most lesion voxels, at least ~10% of the stack apart so
+    that they show different lesions. Without lesions the free slots show the slices with the
+    largest lung cross-section.
     """
     n_slices = labels.shape[0]
     if max_images <= 0 or n_slices == 0:
         return []
     lung_per_slice = (labels > 0).reshape(n_slices, -1).sum(axis=1)
     lesion_per_slice = (labels >= GGO).reshape(n_slices, -1).sum(axis=1)
-
-    lung_slices = np.nonzero(lung_per_slice)[0]
-    if lung_slices.size:
-        apex_height = heights[lung_slices].max()
-        base_height = heights[lung_slices].min()
-        carina_height = apex_height - CARINA_FRACTION_BELOW_APEX * (apex_height - base_height)
+    if carina is None:
+        carina, carina_reason = approximate_carina(labels, heights), "near carina (approx.)"
     else:
-        carina_height = float(np.median(heights))
-    carina = int(np.argmin(np.abs(heights - carina_height)))
+        carina_reason = "carina"
 
     if max_images == 1:  # a single image shows the lesion, if there is one
         if lesion_per_slice.max() > 0:
             return [(int(np.argmax(lesion_per_slice)), "most lesion")]
-        return [(carina, "near carina (approx.)")]
-    chosen: list[tuple[int, str]] = [(carina, "near carina (approx.)")]
+        return [(carina, carina_reason)]
+    chosen: list[tuple[int, str]] = [(carina, carina_reason)]
     min_gap = max(1, n_slices // 10)
 
     def far_enough(index: int) -> bool:
@@ -231,7 +329,12 @@ def build_key_images(
             f"{volume_hu.shape[0]} slices but {len(source_datasets)} source images"
         )
     heights = _superior_order(source_datasets)
-    slices = choose_slices(labels, heights, max_images)
+    try:
+        row_mm, column_mm = (float(v) for v in source_datasets[0].PixelSpacing)
+    except (AttributeError, ValueError):
+        row_mm = column_mm = 1.0
+    carina = detect_carina(volume_hu, labels, heights, row_mm * column_mm)
+    slices = choose_slices(labels, heights, max_images, carina=carina)
     series_uid = series_instance_uid or hd.UID()
     summary = (
         f"Lung {quant.lung_cm3:.0f} cm3 | GGO {quant.ggo_pct:.1f}% | Consolidation "

@@ -181,3 +181,35 @@ def make_hu_volume(n_slices: int = 16, size: int = 64, labels: np.ndarray | None
     hu[labels == 2] = -500
     hu[labels == 3] = 20
     return hu
+
+
+def make_trachea_phantom(
+    n_slices: int = 40, size: int = 64, split_index: int = 24, bronchi_labelled_lung: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """(hu, labels) with two lung columns and a trachea that splits at `split_index`.
+
+    Slice index grows towards the head. The trachea (radius 3 px, -1000 HU, not lung) runs
+    from the top slice down to `split_index`, the last single-lumen slice; below it two
+    bronchi (radius 2 px) diverge by 1 px per slice. With `bronchi_labelled_lung` the bronchi
+    carry label 1, as a model that counts the main bronchi as lung would give.
+    """
+    labels = np.zeros((n_slices, size, size), np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    left_lung = ((yy - size / 2) / (size * 0.35)) ** 2 + ((xx - size * 0.22) / (size * 0.16)) ** 2 <= 1
+    right_lung = ((yy - size / 2) / (size * 0.35)) ** 2 + ((xx - size * 0.78) / (size * 0.16)) ** 2 <= 1
+    labels[:, left_lung | right_lung] = 1
+    hu = np.full(labels.shape, 40, np.int16)
+    hu[labels == 1] = -850
+    centre_y, centre_x = size // 2, size // 2
+    for index in range(n_slices):
+        if index >= split_index:
+            lumens = [((yy - centre_y) ** 2 + (xx - centre_x) ** 2) <= 9]
+        else:
+            offset = 3 + (split_index - index)
+            lumens = [((yy - centre_y) ** 2 + (xx - (centre_x - offset)) ** 2) <= 4,
+                      ((yy - centre_y) ** 2 + (xx - (centre_x + offset)) ** 2) <= 4]
+        for lumen in lumens:
+            hu[index][lumen] = -1000
+            if index < split_index and bronchi_labelled_lung:
+                labels[index][lumen] = 1
+    return hu, labels

@@ -17,12 +17,19 @@ from reporting.key_images import (  # noqa: E402
     KeyImageInputError,
     build_key_images,
     choose_slices,
+    detect_carina,
     overlay_rgb,
 )
 from reporting.risk import RiskAssessment  # noqa: E402
 from reporting.seg import SEGMENT_COLOURS_RGB  # noqa: E402
 from reporting.validate import dciodvfy_report, write_dataset  # noqa: E402
-from tests.reporting_fixtures import headers_only, make_ct_series, make_hu_volume, make_label_map  # noqa: E402
+from tests.reporting_fixtures import (  # noqa: E402
+    headers_only,
+    make_ct_series,
+    make_hu_volume,
+    make_label_map,
+    make_trachea_phantom,
+)
 
 needs_dciodvfy = pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools not installed")
 
@@ -124,3 +131,19 @@ def test_key_images_reject_mismatched_inputs():
         build_key_images(np.zeros((4, 32, 32)), np.zeros((4, 16, 32), np.uint8), headers, quant)
     with pytest.raises(KeyImageInputError, match="3 slices but 4 source images"):
         build_key_images(np.zeros((3, 32, 32)), np.zeros((3, 32, 32), np.uint8), headers, quant)
+
+
+@pytest.mark.parametrize("bronchi_labelled_lung", [False, True])
+def test_detect_carina_on_trachea_phantom(bronchi_labelled_lung):
+    hu, labels = make_trachea_phantom(40, 64, split_index=24, bronchi_labelled_lung=bronchi_labelled_lung)
+    heights = np.arange(40, dtype=float) * 2.5
+    assert detect_carina(hu, labels, heights, pixel_area_mm2=4.0) == 24
+    # the same stack stored head first
+    flipped = detect_carina(hu[::-1], labels[::-1], heights[::-1], pixel_area_mm2=4.0)
+    assert flipped == 40 - 1 - 24
+
+
+def test_detect_carina_gives_none_without_airway():
+    hu, labels = make_trachea_phantom(40, 64, split_index=24)
+    hu[hu == -1000] = 40  # no air column at all
+    assert detect_carina(hu, labels, np.arange(40, dtype=float) * 2.5, pixel_area_mm2=4.0) is None
