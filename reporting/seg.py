@@ -18,6 +18,7 @@ import structlog
 from pydicom.dataset import Dataset
 
 from inference.quantify import CONSOLIDATION, GGO, NORMAL_LUNG
+from inference.volume import SeriesError, slice_normal, slice_position
 from reporting import codes
 
 log = structlog.get_logger(__name__)
@@ -129,6 +130,18 @@ def _check_inputs(source_datasets: Sequence[Dataset], labels: np.ndarray) -> Non
         )
     if len({str(ds.SeriesInstanceUID) for ds in source_datasets}) != 1:
         raise SegmentationInputError("source images belong to more than one series")
+    # Frame i of the SEG is placed on source image i: a shuffled list would misplace masks
+    # silently, so insist on a monotonic stack (either direction).
+    try:
+        normal = slice_normal(source_datasets[0])
+        positions = np.array([slice_position(ds, normal) for ds in source_datasets])
+    except SeriesError as exc:
+        raise SegmentationInputError(f"source image geometry: {exc}") from exc
+    steps = np.diff(positions)
+    if steps.size and not (np.all(steps > 0) or np.all(steps < 0)):
+        raise SegmentationInputError(
+            "source images are not sorted by slice position (sort them as the label map is)"
+        )
 
 
 def build_segmentation(

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from inference.volume import load_series  # noqa: E402
 from reporting import codes  # noqa: E402
 from reporting.seg import SegmentationInputError, build_segmentation  # noqa: E402
-from reporting.validate import dciodvfy_report, write_dataset  # noqa: E402
+from reporting import validate  # noqa: E402
+from reporting.validate import dciodvfy_errors, dciodvfy_report, write_dataset  # noqa: E402
 from tests.reporting_fixtures import (  # noqa: E402
     headers_only,
     make_ct_series,
@@ -124,7 +125,7 @@ def test_seg_round_trip(loaded, tmp_path, omit_empty_frames):
         np.testing.assert_array_equal(mask.astype(bool), labels == number)
 
 
-def test_seg_from_unsorted_headers_without_pixels():
+def test_seg_from_headers_without_pixels():
     """Headers read without pixel data are enough; the default series UID is fresh."""
     series = make_ct_series(4, 32)
     labels = np.zeros((4, 32, 32), np.uint8)
@@ -149,6 +150,16 @@ def test_seg_rejects_mismatched_labels(labels, message):
         build_segmentation(series, labels, algorithm_name="a", algorithm_version="1")
 
 
+def test_seg_rejects_unsorted_source_images():
+    series = headers_only(make_ct_series(4, 32))
+    series[1], series[2] = series[2], series[1]
+    with pytest.raises(SegmentationInputError, match="not sorted"):
+        build_segmentation(series, np.zeros((4, 32, 32), np.uint8), algorithm_name="a", algorithm_version="1")
+    descending = headers_only(make_ct_series(4, 32))[::-1]  # head-first order is fine
+    seg = build_segmentation(descending, np.zeros((4, 32, 32), np.uint8), algorithm_name="a", algorithm_version="1")
+    assert int(seg.NumberOfFrames) == 12
+
+
 @pytest.mark.slow
 def test_seg_encoding_time_full_size_series():
     """261 slices of 512x512 x 3 segments, empty frames kept: encoded in <= 2 s."""
@@ -167,3 +178,37 @@ def test_seg_encoding_time_full_size_series():
     print(f"SEG 261x512x512x3 built in {best:.2f} s")
     assert int(seg.NumberOfFrames) == 3 * n
     assert best <= 2.0
+
+
+@needs_dciodvfy
+def test_dciodvfy_reports_errors_of_a_broken_object(tmp_path):
+    """The validator is not a no-op: a CT image without required attributes gives errors."""
+    broken = make_ct_series(1, 16)[0]
+    del broken.ImagePositionPatient
+    del broken.Rows
+    errors = dciodvfy_errors(write_dataset(broken, tmp_path / "broken.dcm"))
+    assert errors and all(line.startswith("Error") for line in errors)
+    assert any("ImagePositionPatient" in line or "Image Position" in line for line in errors)
+    assert dciodvfy_errors(make_ct_series(1, 16)[0]) == []  # a Dataset is written for the check
+
+
+def test_dciodvfy_missing_binary_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(validate.shutil, "which", lambda name: None)
+    with pytest.raises(validate.ValidatorMissingError, match="dicom3tools"):
+        dciodvfy_errors(make_ct_series(1, 16)[0])
+
+
+def test_write_dataset_enforces_explicit_little_endian(tmp_path):
+    ds = make_ct_series(1, 16)[0]
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    del ds.file_meta.MediaStorageSOPInstanceUID
+    path = write_dataset(ds, tmp_path / "sub" / "ct.dcm")
+    assert path.read_bytes()[128:132] == b"DICM"
+    back = pydicom.dcmread(path)
+    assert back.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert back.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert back.Rows == 16
+    no_uid = make_ct_series(1, 16)[0]
+    del no_uid.SOPInstanceUID
+    with pytest.raises(validate.DicomWriteError, match="SOPInstanceUID"):
+        write_dataset(no_uid, tmp_path / "x.dcm")
