@@ -166,6 +166,8 @@ def test_sr_round_trip_measurements_and_references(study, tmp_path):
         assert reference.ReferencedSOPClassUID == seg.SOPClassUID
         assert reference.ReferencedSOPInstanceUID == seg.SOPInstanceUID
         assert int(reference.ReferencedSegmentNumber) == number
+        segment = next(item for item in seg.SegmentSequence if int(item.SegmentNumber) == number)
+        assert group.tracking_uid == segment.TrackingUID  # same lesion identity in SEG and SR
         source_series = [i.UID for i in _items(group[0], "Source Series for Segmentation", "UIDREF")]
         assert source_series == [source.SeriesInstanceUID]
         values = {m.name.value: (m.value, m.unit.value) for m in group.get_measurements()}
