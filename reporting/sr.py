@@ -37,7 +37,6 @@ import highdicom as hd
 import structlog
 from highdicom.sr import (
     AlgorithmIdentification,
-    CodeContentItem,
     ContainerContentItem,
     FindingSite,
     Measurement,

@@ -6,6 +6,7 @@ give no "Error" lines. Warnings are returned separately for information.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -31,8 +32,9 @@ class DicomWriteError(ValueError):
 def write_dataset(ds: Dataset, path: str | Path) -> Path:
     """Write `ds` as a Part 10 file in Explicit VR Little Endian (preamble + file meta).
 
-    File meta is completed from the dataset (SOP class/instance) when missing. Datasets that
-    carry compressed (encapsulated) pixel data keep their transfer syntax.
+    File meta is completed from the dataset (SOP class/instance; `ds.file_meta` is updated in
+    place). Datasets that carry compressed (encapsulated) pixel data keep their transfer
+    syntax. The file appears atomically (temporary name, then rename).
     """
     path = Path(path)
     for keyword in ("SOPClassUID", "SOPInstanceUID"):
@@ -50,7 +52,13 @@ def write_dataset(ds: Dataset, path: str | Path) -> Path:
     if "ImplementationClassUID" not in meta:
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    # write next to the target and rename, so a reader (the dispatcher) never sees half a file
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        ds.save_as(partial, enforce_file_format=True)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 
