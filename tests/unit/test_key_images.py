@@ -147,3 +147,23 @@ def test_detect_carina_gives_none_without_airway():
     hu, labels = make_trachea_phantom(40, 64, split_index=24)
     hu[hu == -1000] = 40  # no air column at all
     assert detect_carina(hu, labels, np.arange(40, dtype=float) * 2.5, pixel_area_mm2=4.0) is None
+
+
+def test_detect_carina_on_synthetic_chest_ct():
+    """The synthetic CT's trachea splits where its airway mask becomes two lumens."""
+    synthetic = pytest.importorskip("inference.synthetic")
+    from scipy import ndimage
+
+    phantom = synthetic.generate_phantom((40, 128, 128), (7.5, 2.8, 2.8), seed=3)
+    lumens = [ndimage.label(phantom.airway[z])[1] for z in range(40)]
+    truth = min(z for z in range(40) if lumens[z] == 1)  # lowest single-lumen slice
+    assert lumens[truth - 1] == 2
+    heights = np.arange(40) * 7.5
+    assert detect_carina(phantom.hu, phantom.labels, heights, 2.8 * 2.8) == truth
+
+    headers = headers_only(make_ct_series(hu=phantom.hu, slice_spacing_mm=7.5, pixel_spacing_mm=2.8))
+    quant = quantify(phantom.labels, phantom.voxel_volume_ml)
+    images = build_key_images(phantom.hu, phantom.labels, headers, quant)
+    carina_images = [im for im in images if im.ImageComments.startswith("carina;")]
+    assert len(carina_images) == 1
+    assert carina_images[0].SourceImageSequence[0].ReferencedSOPInstanceUID == headers[truth].SOPInstanceUID
