@@ -387,6 +387,21 @@ def config_check(path: Path = typer.Argument(..., help="TOML configuration file.
         console.print("  [yellow]no destinations: results stay in the data directory[/yellow]")
 
 
+@clinical_app.command("import")
+def clinical_import(path: Path = typer.Argument(..., help="CSV keyed by accession_number or patient_id + study_date."),
+                    config: Optional[Path] = ConfigOption) -> None:
+    """Import clinical covariates (comorbidities, symptom onset) for the risk model."""
+    from reporting.commands import clinical_import_parse, clinical_import_summary
+
+    settings = settings_from(config)
+    records = clinical_import_parse(path)
+    store = open_store(settings)
+    for record in records:
+        store.put_clinical(record.key(), record.to_dict())
+    store.audit("clinical_import", records=len(records))
+    console.print(f"imported {clinical_import_summary(records)}", highlight=False)
+
+
 def main() -> None:  # pragma: no cover - console script entry
     app()
 

@@ -17,6 +17,7 @@ import structlog
 from inference.engines import Engine
 from inference.quantify import Quantification, quantify
 from inference.volume import load_series
+from reporting.risk import assess_for_series
 
 log = structlog.get_logger(__name__)
 
@@ -115,14 +116,9 @@ def analyse_series(files: Sequence[Path], out_dir: Path, *, engine: Engine,
 
 
 def assess_risk_for(header, quant: Quantification, clinical: dict | None, options: ReportOptions):
-    """The prognostic risk for this patient, or None when the risk module is absent."""
-    try:
-        from reporting import risk as risk_module
-    except ImportError:
-        return None
-    return risk_module.assess_for_series(header, quant.lesion_pct, clinical,
-                                         model_path=options.risk_model_path,
-                                         missing_policy=options.risk_missing_policy)
+    """The prognostic risk for this patient (computed, or not computed with the reason)."""
+    return assess_for_series(header, quant.lesion_pct, clinical, model_path=options.risk_model_path,
+                             missing_policy=options.risk_missing_policy)
 
 
 def _risk_summary(risk) -> dict | None:

@@ -81,7 +81,7 @@ class ClinicalRecord:
     def key(self) -> str:
         """Join key: "accession:<AccessionNumber>" or "patient:<PatientID>:<StudyDate>".
 
-        The same form as `dicom_node.clinical.clinical_keys`, which looks records up.
+        The node looks records up with `candidate_keys` of the study's header.
         """
         if self.accession_number:
             return study_key(accession_number=self.accession_number)

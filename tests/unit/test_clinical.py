@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pydicom
+
 import json
 
 import pytest
@@ -172,12 +174,24 @@ def test_cli_helpers(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error:") and "line(s) 2" in err[0]
 
 
-def test_keys_agree_with_the_node_lookup():
-    """The worker looks records up with dicom_node.clinical.clinical_keys: same key form."""
-    node_clinical = pytest.importorskip("dicom_node.clinical")
-    by_accession = ClinicalRecord(accession_number="ACC9")
-    by_patient = ClinicalRecord(patient_id="P9", study_date="20200410")
-    node_keys = node_clinical.clinical_keys("ACC9", "P9", "20200410")
-    assert by_accession.key() in node_keys and by_patient.key() in node_keys
-    ds = header(AccessionNumber="ACC9", PatientID="P9", StudyDate="20200410")
-    assert candidate_keys(ds) == node_keys
+def test_node_finds_imported_records_by_accession_then_patient_and_date(tmp_path):
+    """Records stored under `key()` are found by the worker's lookup from a DICOM file."""
+    from dicom_node.clinical import lookup_clinical
+    from dicom_node.jobstore import JobStore
+
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
+    by_patient = ClinicalRecord(patient_id="P9", study_date="20200410", hypertension=1)
+    store.put_clinical(by_patient.key(), by_patient.to_dict())
+    ds = header(AccessionNumber="", PatientID="P9", StudyDate="20200410")
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = "1.2.3.4"
+    ds.save_as(tmp_path / "i.dcm", enforce_file_format=True)
+    assert ClinicalRecord.from_dict(lookup_clinical(store, tmp_path / "i.dcm")).hypertension == 1
+    by_accession = ClinicalRecord(accession_number="ACC9", hypertension=0)
+    store.put_clinical(by_accession.key(), by_accession.to_dict())
+    ds.AccessionNumber = "ACC9"
+    ds.save_as(tmp_path / "i.dcm", enforce_file_format=True)
+    assert ClinicalRecord.from_dict(lookup_clinical(store, tmp_path / "i.dcm")).hypertension == 0
+    store.close()
