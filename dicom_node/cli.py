@@ -337,13 +337,16 @@ def segment(path: Path = typer.Argument(..., exists=True, file_okay=False, help=
 
 def print_summary(summary: dict) -> None:
     q = summary["quantification"]
-    table = Table(title=f"Series {summary['series_uid']} ({summary['slices']} slices, engine {summary['engine']['name']})")
-    for col in ("", "volume (cm3)", "extent (% of lung)"):
+    truth = summary.get("truth")
+    table = Table(title=f"{summary['slices']} slices, engine {summary['engine']['name']} {summary['engine']['version']}")
+    for col in ("", "volume (cm3)", "extent (% of lung)", *(("true volume (cm3)",) if truth else ())):
         table.add_column(col)
-    table.add_row("lung", f"{q['lung_cm3']:.1f}", "100")
-    table.add_row("normal lung", f"{q['normal_lung_cm3']:.1f}", "-")
-    for name in ("ggo", "consolidation", "lesion"):
-        table.add_row(name, f"{q[f'{name}_cm3']:.1f}", f"{q[f'{name}_pct']:.2f}")
+    rows = [("lung", "lung_cm3", None), ("normal lung", "normal_lung_cm3", None),
+            ("ggo", "ggo_cm3", "ggo_pct"), ("consolidation", "consolidation_cm3", "consolidation_pct"),
+            ("lesion", "lesion_cm3", "lesion_pct")]
+    for name, volume_key, pct_key in rows:
+        table.add_row(name, f"{q[volume_key]:.1f}", f"{q[pct_key]:.2f}" if pct_key else "-",
+                      *((f"{truth[volume_key]:.1f}",) if truth else ()))
     console.print(table)
     risk = summary.get("risk")
     if risk:
@@ -352,7 +355,9 @@ def print_summary(summary: dict) -> None:
                           f"{risk['model']}, {risk['calibration_status']}", highlight=False)
         else:
             console.print(f"risk not computed; missing: {', '.join(risk['missing'])}", highlight=False)
-    console.print(f"outputs: {', '.join(summary['outputs'])}; timings (s): {summary['timings']}", highlight=False)
+    console.print(f"series {summary['series_uid']}", highlight=False)
+    console.print(f"outputs: {', '.join(summary['outputs'])}", highlight=False)
+    console.print("timings (s): " + ", ".join(f"{k[:-2]} {v:.2f}" for k, v in summary["timings"].items()), highlight=False)
 
 
 @app.command()

@@ -6,6 +6,7 @@ weights), a small receiving AE playing the PACS, and the same C-STORE path a sca
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -43,14 +44,31 @@ def start_inbox_pacs(inbox: Path, port: int):
     return ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
 
 
+DEMO_ACCESSION = "DEMO0001"
+#: Clinical covariates of the synthetic demo patient, as `ldct-node clinical import` stores them.
+DEMO_CLINICAL = {"accession_number": DEMO_ACCESSION, "hypertension": 1, "diabetes": 0, "cancer": 0,
+                 "respiratory_disease": 0, "cardiac_disease": 0, "obesity": 0, "days_since_onset": 5}
+
+
 def write_demo_series(folder: Path) -> list[Path]:
-    """A synthetic low-dose chest CT with one GGO and one consolidation of known volume."""
+    """A synthetic low-dose chest CT with GGO and consolidation of known volume.
+
+    The truth (volumes from the generator's own label map) is written beside the series as
+    truth.json, so the demo can show measured against true volumes.
+    """
+    import json
+
+    from inference.quantify import quantify
     from inference.synthetic import LesionSpec, generate_phantom, write_series
 
     phantom = generate_phantom(shape=(60, 256, 256), spacing=(5.0, 1.4, 1.4), seed=7, lesions=[
         LesionSpec("ggo", volume_ml=120.0), LesionSpec("ggo", volume_ml=60.0),
         LesionSpec("consolidation", volume_ml=40.0)])
-    return write_series(phantom, folder, series_description="LOW DOSE CHEST (synthetic demo)")
+    files = write_series(phantom, folder, series_description="LOW DOSE CHEST (synthetic demo)",
+                         accession_number=DEMO_ACCESSION, patient_age="067Y", patient_sex="M")
+    truth = quantify(phantom.labels, phantom.voxel_volume_ml)
+    (Path(folder) / "truth.json").write_text(json.dumps(truth.as_dict(), indent=2))
+    return files
 
 
 def run_demo(workdir: Path, *, port: int = 0, engine: str | None = None, console=None,
@@ -72,6 +90,10 @@ def run_demo(workdir: Path, *, port: int = 0, engine: str | None = None, console
     })
     pacs = start_inbox_pacs(workdir / "pacs-inbox", pacs_port)
     node = Node(settings)
+    from reporting.clinical import ClinicalRecord
+
+    record = ClinicalRecord.from_dict(DEMO_CLINICAL)
+    node.store.put_clinical(record.key(), record.to_dict())
     node.start()
     try:
         files = sorted(series_dir.glob("*.dcm"))
@@ -90,6 +112,9 @@ def run_demo(workdir: Path, *, port: int = 0, engine: str | None = None, console
                 dispatches = node.store.dispatches_for(job.id)
                 if dispatches and all(d.state == SENT for d in dispatches):
                     summary = job.summary_dict()
+                    truth_file = series_dir / "truth.json"
+                    if truth_file.exists():
+                        summary["truth"] = json.loads(truth_file.read_text())
                     _say(console, f"results in {job.result_dir}; received by the demo PACS in {workdir / 'pacs-inbox'}")
                     return summary
                 if any(d.state == DEAD for d in dispatches):
