@@ -4,16 +4,23 @@ SQLAlchemy 2. SQLite (WAL) by default; PostgreSQL by URL. Claims are written to 
 both: a candidate is selected (`FOR UPDATE SKIP LOCKED` where the database supports it) and
 then taken with a conditional UPDATE whose row count says who won, so two workers never run
 the same job at once and a job whose lease expires goes back to the queue.
+
+The schema is owned by Alembic migrations (`dicom_node/migrations`): every process brings
+the database to the newest revision when it opens the store (under a lock, so several
+workers starting together do not race), and an upgrade keeps the queue.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Iterator
 
 from sqlalchemy import (
@@ -27,11 +34,13 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     or_,
     select,
+    text,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 # Job states
@@ -154,6 +163,101 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+_OWNER_PID = re.compile(r":(\d+)(?:-[^:]*)?$")
+
+
+def owner_pid(owner: str) -> int | None:
+    """The process id in a lease owner `host:pid` or `host:pid-<thread>`; None if absent."""
+    match = _OWNER_PID.search(owner or "")
+    return int(match.group(1)) if match else None
+
+
+# ---- schema migrations ---------------------------------------------------------------------
+MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
+INITIAL_REVISION = "0001"
+_PG_MIGRATION_LOCK = 0x1DC7_0001  # pg_advisory_xact_lock key: one migrator at a time
+
+
+class MigrationError(RuntimeError):
+    """The database schema cannot be brought to the version this code needs."""
+
+
+def _alembic_config(connection: Connection):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration this code ships."""
+    from alembic.script import ScriptDirectory
+
+    config = _alembic_config(None)
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at (None: no schema or one made before migrations)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+@contextmanager
+def _migration_lock(engine: Engine, connection: Connection) -> Iterator[None]:
+    """Serialise migrators: an advisory lock on PostgreSQL, a lock file next to SQLite."""
+    if engine.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+        yield
+        return
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def migrate(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
+    """Upgrade the schema to `revision` (default: newest); returns (before, after).
+
+    A database created by an older release without migration bookkeeping (tables present,
+    no alembic_version) is stamped as the initial revision first, so its queue is kept.
+    """
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from alembic.util.exc import CommandError
+
+    try:
+        if engine.dialect.name == "sqlite":
+            # SQLite: the lock file must be held before the transaction starts.
+            with _migration_lock(engine, None), engine.begin() as connection:
+                return _upgrade(connection, revision, command, MigrationContext)
+        with engine.begin() as connection, _migration_lock(engine, connection):
+            return _upgrade(connection, revision, command, MigrationContext)
+    except CommandError as exc:
+        raise MigrationError(f"cannot migrate the job store to {revision!r}: {exc}") from exc
+
+
+def _upgrade(connection: Connection, revision: str, command, MigrationContext):
+    before = MigrationContext.configure(connection).get_current_revision()
+    config = _alembic_config(connection)
+    if before is None and inspect(connection).has_table("jobs"):
+        command.stamp(config, INITIAL_REVISION)
+        before = INITIAL_REVISION
+    command.upgrade(config, revision)
+    after = MigrationContext.configure(connection).get_current_revision()
+    return before, after
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -173,14 +277,19 @@ class QueueCounts:
 class JobStore:
     """All reads and writes of the node's durable state."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, upgrade: bool = True) -> None:
+        """Open the store; `upgrade` brings the schema to the newest migration first."""
         self.url = url
         self.engine: Engine = create_engine(url, future=True, **_engine_options(url))
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        Base.metadata.create_all(self.engine)
+        if upgrade:
+            migrate(self.engine)
         self.supports_skip_locked = self.engine.dialect.name == "postgresql"
+
+    def schema_revision(self) -> str | None:
+        return current_revision(self.engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -307,7 +416,10 @@ class JobStore:
         """Jobs whose worker vanished (lease expired) go back to the queue, or die."""
         now = utcnow()
         with self.session() as s:
-            expired = s.scalars(select(Job).where(Job.state == RUNNING, Job.lease_expires_at < now)).all()
+            query = select(Job).where(Job.state == RUNNING, Job.lease_expires_at < now)
+            if self.supports_skip_locked:  # another process may be releasing or heartbeating
+                query = query.with_for_update(skip_locked=True)
+            expired = s.scalars(query).all()
             return [self._release(job, "lease expired (worker stopped or crashed)", max_attempts)
                     for job in expired]
 
@@ -315,12 +427,13 @@ class JobStore:
         """At start: jobs leased by a dead process on this host are re-queued at once."""
         host = socket.gethostname()
         with self.session() as s:
-            running = s.scalars(select(Job).where(Job.state == RUNNING,
-                                                  Job.lease_owner.like(f"{host}:%"))).all()
+            query = select(Job).where(Job.state == RUNNING, Job.lease_owner.like(f"{host}:%"))
+            if self.supports_skip_locked:
+                query = query.with_for_update(skip_locked=True)
             released = []
-            for job in running:
-                pid = int(job.lease_owner.rsplit(":", 1)[1])
-                if pid != os.getpid() and not _pid_alive(pid):
+            for job in s.scalars(query).all():
+                pid = owner_pid(job.lease_owner)
+                if pid is not None and pid != os.getpid() and not _pid_alive(pid):
                     released.append(self._release(job, "node restarted while running", max_attempts))
             return released
 

@@ -101,3 +101,71 @@ def test_dispatch_backoff_then_dead_after_max_age(store):
     store.dispatch_sent(d.id)
     assert store.dispatches_for(job.id)[0].state == SENT
     assert store.counts().jobs[DONE] == 1
+
+
+def test_migrations_build_exactly_the_models_schema(store):
+    """The Alembic head matches the SQLAlchemy models: no drift between the two."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from dicom_node.jobstore import Base, head_revision
+
+    assert store.schema_revision() == head_revision()
+    with store.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_database_from_before_migrations_keeps_its_queue(tmp_path):
+    """A store created with create_all (no alembic_version) is stamped, not recreated."""
+    from sqlalchemy import create_engine
+
+    from dicom_node.jobstore import INITIAL_REVISION, Base, head_revision
+
+    url = f"sqlite:///{tmp_path / 'legacy.sqlite3'}"
+    legacy = create_engine(url)
+    Base.metadata.create_all(legacy)
+    legacy.dispose()
+    old = JobStore(url, upgrade=False)
+    job_id = enqueue(old)
+    assert old.schema_revision() is None
+    old.close()
+    upgraded = JobStore(url)
+    assert upgraded.schema_revision() == head_revision()
+    assert upgraded.get_job(job_id).state == QUEUED and INITIAL_REVISION <= head_revision()
+    assert upgraded.claim_job("w", 60).id == job_id
+    upgraded.close()
+
+
+def test_concurrent_openers_migrate_once(tmp_path):
+    """Several processes opening a new SQLite store at once: one migrates, none fails."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'race.sqlite3'}"
+    code = f"from dicom_node.jobstore import JobStore; JobStore({url!r}).close()"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    errors = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    assert JobStore(url).schema_revision() is not None
+
+
+def test_owner_pid_reads_thread_suffixed_names():
+    from dicom_node.jobstore import owner_pid
+
+    assert owner_pid("host:123") == 123
+    assert owner_pid("host:123-0") == 123
+    assert owner_pid("no pid here") is None
+
+
+def test_restart_requeues_own_dead_leases_of_worker_threads(store):
+    """Worker threads lease as host:pid-N; a dead pid's jobs return to the queue at start."""
+    import socket
+    import subprocess
+
+    job_id = enqueue(store)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    store.claim_job(f"{socket.gethostname()}:{dead.pid}-0", 600)
+    assert store.requeue_own_dead_leases(max_attempts=3) == [job_id]
+    assert store.get_job(job_id).state == QUEUED
