@@ -30,6 +30,8 @@ config_app = typer.Typer(no_args_is_help=True, help="Check configuration files."
 clinical_app = typer.Typer(no_args_is_help=True, help="Clinical covariates for the risk model.")
 app.add_typer(config_app, name="config")
 app.add_typer(clinical_app, name="clinical")
+db_app = typer.Typer(no_args_is_help=True, help="Job store schema (Alembic migrations).")
+app.add_typer(db_app, name="db")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -109,6 +111,42 @@ def worker(config: Optional[Path] = ConfigOption,
         _wait_for_signal(stop)
     finally:
         node.stop()
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: Optional[Path] = ConfigOption,
+               revision: str = typer.Option("head", help="Target revision (default: the newest).")) -> None:
+    """Bring the job store schema to the newest revision; the queue is kept."""
+    from dicom_node.jobstore import JobStore, MigrationError, migrate
+
+    settings = settings_from(config)
+    from dicom_node.node import prepare_data_dir
+
+    prepare_data_dir(settings.node.data_dir)
+    store = JobStore(settings.database_url, upgrade=False)
+    try:
+        before, after = migrate(store.engine, revision)
+    except MigrationError as exc:
+        fail(str(exc))
+    finally:
+        store.close()
+    console.print(f"job store schema: {before or 'empty'} -> {after}", highlight=False)
+
+
+@db_app.command("current")
+def db_current(config: Optional[Path] = ConfigOption) -> None:
+    """Show the schema revision of the job store and the newest one this release ships."""
+    from dicom_node.jobstore import JobStore, head_revision
+
+    settings = settings_from(config)
+    from dicom_node.node import prepare_data_dir
+
+    prepare_data_dir(settings.node.data_dir)
+    store = JobStore(settings.database_url, upgrade=False)
+    try:
+        console.print(f"database: {store.schema_revision() or 'none'}; newest: {head_revision()}", highlight=False)
+    finally:
+        store.close()
 
 
 # ---- queue inspection ----------------------------------------------------------------------
