@@ -1,9 +1,14 @@
 """Lung reference masks for training on real anatomy.
 
-The shared classical engine (`inference.engines.threshold.ThresholdEngine`) is used when
-it can be imported; `quick_lung_mask` is the fallback and the cross-check: air-like voxels
-inside the body, the outside air removed per slice, the largest 3D components kept,
-vessels filled in per slice.
+The shared classical engine (`inference.engines.threshold.ThresholdEngine`) gives the lung
+(all its labels > 0), checked against `quick_lung_mask` (air-like voxels inside the body, the
+outside air removed per slice, the largest 3D components kept, vessels filled per slice).
+Checked visually on both LIDC series (PNG overlays), each has one known failure: the
+classical engine's 15 mm closing adds hilar / mediastinal soft tissue (heart border, aorta,
+paratracheal tissue) on some slices; the quick mask keeps the trachea and main bronchi. The
+reference is their intersection, which drops both failures (0.975 Dice between the two on
+LIDC-IDRI-0002; the intersection is 95% of the classical lung volume). On normal lungs (no
+dense lesions) nothing of the parenchyma is lost by intersecting.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ def quick_lung_mask(hu: np.ndarray, air_hu: float = -320.0) -> np.ndarray:
 
 
 def reference_lung_mask(hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-    """The lung mask used as training truth: the shared threshold engine when available."""
+    """The lung used as training truth: classical engine AND quick mask (see module doc)."""
     try:
         from inference.engines.threshold import ThresholdEngine
         from inference.volume import CTVolume
@@ -52,4 +57,4 @@ def reference_lung_mask(hu: np.ndarray, spacing: tuple[float, float, float]) -> 
         return quick_lung_mask(hu)
     volume = CTVolume(hu=hu, spacing=spacing, datasets=[])
     labels = ThresholdEngine().segment(volume)
-    return labels > 0
+    return (labels > 0) & quick_lung_mask(hu)

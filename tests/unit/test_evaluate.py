@@ -133,3 +133,39 @@ def test_image_mode_cli_writes_json(tmp_path: Path):
     bad = CliRunner().invoke(app, ["evaluate-command", "--images", str(images), "--weights",
                                    str(weights)])
     assert bad.exit_code == 2 and "image mode needs" in bad.output
+
+
+def test_volume_mode_with_nifti_reference(tmp_path: Path):
+    """Volume mode end to end: a phantom series, its truth as NIfTI, JSON and Bland-Altman PNG."""
+    import nibabel as nib
+
+    from inference.commands import evaluate_command
+    from inference.synthetic import LesionSpec, generate_phantom, write_series
+    from inference.training.loop import save_weights
+    from inference.unet import UNet2D
+
+    series_root, refs = tmp_path / "series", tmp_path / "refs"
+    refs.mkdir()
+    for i in range(2):
+        phantom = generate_phantom(shape=(12, 64, 64), spacing=(10.0, 5.0, 5.0), seed=i,
+                                   lesions=[LesionSpec("ggo", radius_mm=25.0)])
+        write_series(phantom, series_root / f"case{i}")
+        labels = np.transpose(phantom.labels, (2, 1, 0)).astype(np.uint8)  # (z,y,x) -> NIfTI (x,y,z)
+        nib.save(nib.Nifti1Image(labels, np.eye(4)), refs / f"case{i}.nii.gz")
+    weights = tmp_path / "w.pt"
+    save_weights(UNet2D(base=4, levels=2), weights, "t", {})
+    app = typer.Typer()
+    app.command()(evaluate_command)
+    app.command("noop")(lambda: None)
+    out = tmp_path / "v.json"
+    args = ["evaluate-command", "--references", str(refs), "--label-values",
+            "lung=1,ggo=2,consolidation=3", "--json", str(out), "--weights", str(weights),
+            "--device", "cpu"]
+    for i in range(2):
+        args += ["--series", str(series_root / f"case{i}")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["dice"]["lung"]["n"] == 2 and data["dice"]["ggo"]["n"] == 2
+    assert data["volume_cm3"]["lesion"]["n"] == 2
+    assert Path(data["bland_altman_png"]).stat().st_size > 1000
