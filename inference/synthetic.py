@@ -80,8 +80,9 @@ class LesionSpec:
 
     kind: "ggo" or "consolidation".
     centre: (z, y, x) as fractions of the volume extent (0..1; z=0 the lowest slice,
-        y=0 anterior, x=0 patient's right), or "random peripheral": a random subpleural
-        site, where COVID-19 lesions usually are.
+        y=0 anterior, x=0 patient's right; a point outside the lungs moves to the nearest
+        lung voxel; the lungs span about x 0.15-0.42 and 0.58-0.85, y 0.25-0.65, z 0.1-0.9),
+        or "random peripheral": a random subpleural site, where COVID-19 lesions usually are.
     radius_mm or volume_ml: size; give one. volume_ml is the target volume inside the lung
         (the blob is rescaled until its part inside the lung has that volume, within ~10%).
     """
@@ -355,7 +356,8 @@ def _build_anatomy(
     stomach &= ~lung & body2d[None] & (wall_depth >= cavity)[None]
     hu[stomach] = -1000.0
 
-    # Airway: trachea from the top down to the carina, two main bronchi to the hila.
+    # Airway: trachea from the top down to the carina, two main bronchi that end at the
+    # medial surface of the lungs (the hila); intrapulmonary airways are not modelled.
     carina = np.array([0.66 * height, body_cy - 0.05 * body_b, 0.0], dtype=np.float32)
     top = np.array([(nz - 1) * dz + 5.0, carina[1] - 0.08 * body_b, 0.0], dtype=np.float32)
     origin = np.array([0.0, -(ny - 1) / 2 * dy, -(nx - 1) / 2 * dx], dtype=np.float32)
@@ -367,7 +369,7 @@ def _build_anatomy(
     _paint_tube(outer, top - origin, carina - origin, trachea_r + wall, trachea_r + wall, sp)
     for side in (-1, 1):
         end = np.array(
-            [carina[0] - 25.0 * scale, lung_cy, side * (0.52 * body_a - 0.55 * lung_ax)], dtype=np.float32
+            [carina[0] - 25.0 * scale, lung_cy, side * (0.52 * body_a - 0.95 * lung_ax)], dtype=np.float32
         )
         radius = (6.5 if side < 0 else 5.5) * scale
         _paint_tube(lumen, carina - origin, end - origin, radius, radius, sp)
@@ -427,7 +429,11 @@ def _lesion_centre_mm(
     rel = np.asarray(spec.centre, dtype=float)
     if rel.shape != (3,) or np.any(rel < 0) or np.any(rel > 1):
         raise PhantomError(f"lesion centre {spec.centre} must be three fractions in 0..1")
-    return rel * (shape - 1) * spacing
+    voxel = np.rint(rel * (shape - 1)).astype(int)
+    if not anatomy.lung[tuple(voxel)]:  # outside the lungs: the nearest lung voxel
+        lung_voxels = np.argwhere(anatomy.lung)
+        voxel = lung_voxels[np.argmin((((lung_voxels - voxel) * spacing) ** 2).sum(axis=1))]
+    return voxel * spacing
 
 
 def _place_lesion(
@@ -444,7 +450,7 @@ def _place_lesion(
     centre = _lesion_centre_mm(spec, anatomy, radius, spacing, rng)
     state = rng.bit_generator.state
     mask = np.zeros(anatomy.lung.shape, dtype=bool)
-    for _ in range(6):  # rescale until the part inside the lung has the target volume
+    for _ in range(8):  # rescale until the part inside the lung has the target volume
         rng.bit_generator.state = state  # same shape, only the size changes
         mask = _lesion_blob(anatomy.lung.shape, spacing, centre, radius, rng) & anatomy.lung
         volume = mask.sum() * voxel_ml
