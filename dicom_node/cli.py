@@ -259,6 +259,27 @@ def show(job_id: int, config: Optional[Path] = ConfigOption, as_json: bool = Jso
 
 
 @app.command()
+def report(job_id: int, reissue: bool = typer.Option(False, "--reissue", help="Send an amended SR (risk recomputed with the covariates known now)."),
+           config: Optional[Path] = ConfigOption) -> None:
+    """Reissue a job's report after clinical covariates arrived (amended SR supersedes the old one)."""
+    from dicom_node.reissue import ReissueError, reissue_report
+    from dicom_node.worker import report_options
+
+    if not reissue:
+        fail("nothing to do: use --reissue to send an amended SR", 2)
+    settings = settings_from(config)
+    store = open_store(settings)
+    try:
+        new_job = reissue_report(settings, store, job_id, report_options(settings))
+    except ReissueError as exc:
+        fail(str(exc))
+    risk = new_job.summary_dict().get("risk") or {}
+    state = f"{100 * risk['probability']:.1f} % ({risk['category']})" if risk.get("computed") else "not computed"
+    console.print(f"amended SR written as job {new_job.id} (supersedes job {job_id}); risk {state}; "
+                  f"queued for {len(settings.destinations)} destination(s): the running node sends it", highlight=False)
+
+
+@app.command()
 def retry(job_id: int, config: Optional[Path] = ConfigOption) -> None:
     """Re-queue a failed or dead job and revive its dead dispatches."""
     store = open_store(settings_from(config))

@@ -7,6 +7,7 @@ weights), a small receiving AE playing the PACS, and the same C-STORE path a sca
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -50,14 +51,12 @@ DEMO_CLINICAL = {"accession_number": DEMO_ACCESSION, "hypertension": 1, "diabete
                  "respiratory_disease": 0, "cardiac_disease": 0, "obesity": 0, "days_since_onset": 5}
 
 
-def write_demo_series(folder: Path) -> list[Path]:
+def write_demo_series(folder: Path):
     """A synthetic low-dose chest CT with GGO and consolidation of known volume.
 
-    The truth (volumes from the generator's own label map) is written beside the series as
-    truth.json, so the demo can show measured against true volumes.
+    Returns the files and the truth (volumes from the generator's own label map), so the demo
+    can show measured against true volumes.
     """
-    import json
-
     from inference.quantify import quantify
     from inference.synthetic import LesionSpec, generate_phantom, write_series
 
@@ -66,18 +65,19 @@ def write_demo_series(folder: Path) -> list[Path]:
         LesionSpec("consolidation", volume_ml=40.0)])
     files = write_series(phantom, folder, series_description="LOW DOSE CHEST (synthetic demo)",
                          accession_number=DEMO_ACCESSION, patient_age="067Y", patient_sex="M")
-    truth = quantify(phantom.labels, phantom.voxel_volume_ml)
-    (Path(folder) / "truth.json").write_text(json.dumps(truth.as_dict(), indent=2))
-    return files
+    return files, quantify(phantom.labels, phantom.voxel_volume_ml)
 
 
 def run_demo(workdir: Path, *, port: int = 0, engine: str | None = None, console=None,
              timeout: float = 600) -> dict:
     workdir = Path(workdir).resolve()
     series_dir = workdir / "sample-series"
-    if not series_dir.exists() or not any(series_dir.iterdir()):
+    truth_file = workdir / "sample-series-truth.json"
+    if not truth_file.exists():
         _say(console, "generating a synthetic low-dose chest CT series with known lesions ...")
-        write_demo_series(series_dir)
+        shutil.rmtree(series_dir, ignore_errors=True)
+        _, truth = write_demo_series(series_dir)
+        truth_file.write_text(json.dumps(truth.as_dict(), indent=2))
     pacs_port = free_port()
     node_port = port or free_port()
     settings = Settings.model_validate({
@@ -112,9 +112,7 @@ def run_demo(workdir: Path, *, port: int = 0, engine: str | None = None, console
                 dispatches = node.store.dispatches_for(job.id)
                 if dispatches and all(d.state == SENT for d in dispatches):
                     summary = job.summary_dict()
-                    truth_file = series_dir / "truth.json"
-                    if truth_file.exists():
-                        summary["truth"] = json.loads(truth_file.read_text())
+                    summary["truth"] = json.loads(truth_file.read_text())
                     _say(console, f"results in {job.result_dir}; received by the demo PACS in {workdir / 'pacs-inbox'}")
                     return summary
                 if any(d.state == DEAD for d in dispatches):

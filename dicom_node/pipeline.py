@@ -48,7 +48,6 @@ def analyse_series(files: Sequence[Path], out_dir: Path, *, engine: Engine,
     `supersedes` are the summaries of earlier results for the same series that this replaces.
     """
     from reporting.seg import build_segmentation
-    from reporting.sr import build_measurement_report
     from reporting.validate import write_dataset
 
     options = options or ReportOptions()
@@ -79,12 +78,10 @@ def analyse_series(files: Sequence[Path], out_dir: Path, *, engine: Engine,
     timings["seg_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    superseded_uids = [tuple(s["sr"]) for s in supersedes if s.get("sr")]
-    sr = build_measurement_report(volume.datasets, seg, quant, algorithm_name=f"ldct-node {engine.name}",
-                                  algorithm_version=engine.version, risk=risk,
-                                  supersedes=superseded_uids)
+    superseded_uids = superseded_objects(supersedes)
     sr_path = out_dir / "sr.dcm"
-    write_dataset(sr, sr_path)
+    engine_info = {"name": engine.name, "version": engine.version}
+    sr = write_report(volume.datasets, seg, quant, engine_info, risk, superseded_uids, sr_path)
     timings["sr_s"] = time.perf_counter() - t0
     outputs = [seg_path, sr_path]
 
@@ -102,9 +99,9 @@ def analyse_series(files: Sequence[Path], out_dir: Path, *, engine: Engine,
         "series_uid": series_uid,
         "study_uid": str(volume.datasets[0].StudyInstanceUID),
         "slices": int(volume.hu.shape[0]),
-        "engine": {"name": engine.name, "version": engine.version},
+        "engine": engine_info,
         "quantification": {k: round(v, 3) for k, v in quant.as_dict().items()},
-        "risk": _risk_summary(risk),
+        "risk": risk_summary(risk),
         "seg": [str(seg.SOPClassUID), str(seg.SOPInstanceUID), str(seg.SeriesInstanceUID)],
         "sr": [str(sr.SOPClassUID), str(sr.SOPInstanceUID), str(sr.SeriesInstanceUID)],
         "supersedes": [list(u) for u in superseded_uids],
@@ -115,13 +112,33 @@ def analyse_series(files: Sequence[Path], out_dir: Path, *, engine: Engine,
     return AnalysisResult(quantification=quant, outputs=outputs, summary=summary)
 
 
+def superseded_objects(summaries: Sequence[dict]) -> list[tuple[str, str, str]]:
+    """(SOP class, SOP instance, series) UIDs of the SEGs and SRs in earlier result summaries."""
+    return [tuple(s[kind]) for s in summaries for kind in ("seg", "sr") if s.get(kind)]
+
+
+def write_report(source_datasets, seg, quant: Quantification, engine: dict, risk,
+                 supersedes: Sequence[tuple[str, str, str]], path: Path):
+    """Build the TID 1500 SR for one analysis and write it to `path`.
+
+    `engine` is the summary's {"name", "version"} of the segmentation engine.
+    """
+    from reporting.sr import build_measurement_report
+    from reporting.validate import write_dataset
+
+    sr = build_measurement_report(source_datasets, seg, quant, algorithm_name=f"ldct-node {engine['name']}",
+                                  algorithm_version=engine["version"], risk=risk, supersedes=supersedes)
+    write_dataset(sr, path)
+    return sr
+
+
 def assess_risk_for(header, quant: Quantification, clinical: dict | None, options: ReportOptions):
     """The prognostic risk for this patient (computed, or not computed with the reason)."""
     return assess_for_series(header, quant.lesion_pct, clinical, model_path=options.risk_model_path,
                              missing_policy=options.risk_missing_policy)
 
 
-def _risk_summary(risk) -> dict | None:
+def risk_summary(risk) -> dict | None:
     if risk is None:
         return None
     return {"computed": risk.computed, "probability": risk.probability, "category": risk.category,
