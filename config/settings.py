@@ -126,6 +126,11 @@ class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class MetricsSettings(_Section):
+    port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0: off")
+    bind_address: str = "127.0.0.1"
+
+
 class Settings(_Section):
     node: NodeSettings = Field(default_factory=NodeSettings)
     series: SeriesSettings = Field(default_factory=SeriesSettings)
@@ -138,6 +143,7 @@ class Settings(_Section):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @model_validator(mode="after")
     def _unique_destinations(self) -> "Settings":
