@@ -1,0 +1,69 @@
+"""load_series on synthetic DICOM series: order, geometry, HU, and readable refusals."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import RLELossless
+
+from inference.synthetic import write_series
+from inference.volume import SeriesError, load_series
+
+
+def test_shuffled_files_give_the_phantom_back(small_phantom, tmp_path):
+    paths = write_series(small_phantom, tmp_path)
+    random.Random(0).shuffle(paths)
+    volume = load_series(paths)
+    assert volume.hu.dtype == np.int16
+    assert np.array_equal(volume.hu, small_phantom.hu)
+    assert volume.spacing == pytest.approx(small_phantom.spacing)
+    z = [float(ds.ImagePositionPatient[2]) for ds in volume.datasets]
+    assert z == sorted(z)
+    assert volume.voxel_volume_ml == pytest.approx(small_phantom.voxel_volume_ml)
+
+
+def test_spacing_comes_from_positions_not_slice_thickness(small_phantom, tmp_path):
+    paths = write_series(small_phantom, tmp_path)
+    for path in paths:  # a reconstruction with overlapping thick slices
+        ds = pydicom.dcmread(path)
+        ds.SliceThickness = "15"
+        ds.save_as(path)
+    assert load_series(tmp_path).spacing[0] == pytest.approx(small_phantom.spacing[0])
+
+
+def test_rle_compressed_folder_loads_losslessly(small_phantom, tmp_path):
+    paths = write_series(small_phantom, tmp_path, transfer_syntax=RLELossless)
+    assert pydicom.dcmread(paths[0], stop_before_pixels=True).file_meta.TransferSyntaxUID == RLELossless
+    volume = load_series(tmp_path)
+    assert np.array_equal(volume.hu, small_phantom.hu)
+
+
+def test_missing_slice_is_refused_naming_the_spacing(small_phantom, tmp_path):
+    paths = write_series(small_phantom, tmp_path)
+    paths[10].unlink()
+    with pytest.raises(SeriesError, match="spacing"):
+        load_series(tmp_path)
+
+
+def test_missing_pixel_spacing_is_refused(small_phantom, tmp_path):
+    for path in write_series(small_phantom, tmp_path):
+        ds = pydicom.dcmread(path)
+        del ds.PixelSpacing
+        ds.save_as(path)
+    with pytest.raises(SeriesError, match="PixelSpacing"):
+        load_series(tmp_path)
+
+
+def test_two_series_in_one_folder_are_refused(small_phantom, tmp_path):
+    write_series(small_phantom, tmp_path / "a")
+    write_series(small_phantom, tmp_path / "b")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for source in ("a", "b"):
+        for path in sorted((tmp_path / source).iterdir())[:5]:
+            path.rename(mixed / f"{source}_{path.name}")
+    with pytest.raises(SeriesError, match="2 series"):
+        load_series(mixed)
