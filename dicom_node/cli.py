@@ -195,6 +195,55 @@ def status(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) ->
 
 
 @app.command()
+def health(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption,
+           stale_seconds: float = typer.Option(120, help="A worker heartbeat older than this is stale."),
+           destinations: bool = typer.Option(False, "--destinations", help="Also C-ECHO every destination.")) -> None:
+    """Health check for monitoring: exit 0 when healthy, 1 otherwise (one line per check)."""
+    from datetime import timezone
+
+    from dicom_node.jobstore import utcnow
+    from dicom_node.scu import SendError, echo as c_echo
+
+    settings = settings_from(config)
+    checks: list[tuple[str, bool, str]] = []
+    try:
+        store = open_store(settings)
+        counts = store.counts()
+        checks.append(("job store", True, f"{settings.database_url.split('://')[0]}, "
+                       f"{counts.jobs['queued']} queued, {counts.jobs['dead']} dead jobs, {counts.dispatches['dead']} dead dispatches"))
+        fresh = [w for w in store.workers()
+                 if (utcnow() - w.heartbeat_at.replace(tzinfo=w.heartbeat_at.tzinfo or timezone.utc)).total_seconds() < stale_seconds]
+        checks.append(("workers", bool(fresh) or counts.jobs["queued"] == 0,
+                       f"{len(fresh)} with a heartbeat in the last {stale_seconds:.0f} s"))
+    except Exception as exc:  # noqa: BLE001 - any database failure is a failed check
+        checks.append(("job store", False, f"{type(exc).__name__}: {exc}"))
+    free_mb = shutil.disk_usage(settings.node.data_dir).free / 2**20 if Path(settings.node.data_dir).exists() else 0
+    checks.append(("disk", free_mb >= settings.node.min_free_disk_mb,
+                   f"{free_mb:.0f} MB free, threshold {settings.node.min_free_disk_mb} MB"))
+    host = "127.0.0.1" if settings.node.bind_address in ("0.0.0.0", "") else settings.node.bind_address
+    try:
+        c_echo(host, settings.node.port, settings.node.ae_title, calling_ae=settings.node.ae_title, timeout=5)
+        checks.append(("store scp", True, f"C-ECHO {settings.node.ae_title}@{host}:{settings.node.port} answered"))
+    except SendError as exc:
+        checks.append(("store scp", False, str(exc)))
+    if destinations:
+        for d in settings.destinations:
+            try:
+                c_echo(d.host, d.port, d.ae_title, calling_ae=settings.node.ae_title, timeout=5)
+                checks.append((f"destination {d.name}", True, "C-ECHO answered"))
+            except SendError as exc:
+                checks.append((f"destination {d.name}", False, str(exc)))
+    healthy = all(ok for _, ok, _ in checks)
+    if as_json:
+        print(json.dumps({"healthy": healthy, "checks": [{"check": c, "ok": ok, "detail": d} for c, ok, d in checks]}, indent=2))
+    else:
+        for name, ok, detail in checks:
+            console.print(f"{'[green]ok[/green]' if ok else '[red]FAIL[/red]'}  {name}: {detail}", highlight=False)
+    if not healthy:
+        raise typer.Exit(1)
+
+
+@app.command()
 def jobs(config: Optional[Path] = ConfigOption, state: Optional[str] = typer.Option(None, help="queued, running, failed, done or dead."),
          limit: int = 50, as_json: bool = JsonOption) -> None:
     """List jobs, newest first."""

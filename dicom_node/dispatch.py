@@ -11,6 +11,7 @@ from pathlib import Path
 import structlog
 
 from config.settings import Settings
+from dicom_node import metrics
 from dicom_node.jobstore import DEAD, JobStore
 from dicom_node.scu import SendError, send_files
 
@@ -43,10 +44,12 @@ class Dispatcher:
                                                    first_retry=cfg.first_retry_seconds,
                                                    max_retry=cfg.max_retry_seconds,
                                                    max_age_hours=cfg.max_age_hours)
+                metrics.DISPATCH_ATTEMPTS.labels("failed").inc()
                 (bound.error if state == DEAD else bound.warning)(
                     "dispatch failed", error=str(exc), state=state, attempt=dispatch.attempts + 1)
                 continue
             self.store.dispatch_sent(dispatch.id)
+            metrics.DISPATCH_ATTEMPTS.labels("sent").inc()
             self.store.audit("dispatched", job_id=dispatch.job_id, destination=dispatch.destination,
                              ae_title=destination.ae_title, instances=result.sent)
             bound.info("results sent", instances=result.sent)

@@ -19,6 +19,7 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from config.settings import Settings
+from dicom_node import metrics
 from dicom_node.dispatch import Dispatcher
 from dicom_node.jobstore import SERIES_DUPLICATE, JobStore, utcnow
 from dicom_node.series import SeriesTracker, evaluate_series, instance_set_hash
@@ -50,7 +51,7 @@ class Node:
         self.scp = StoreSCP(ae_title=settings.node.ae_title, spool=self.spool, tracker=self.tracker,
                             allowed_calling_ae_titles=settings.node.allowed_calling_ae_titles,
                             max_pdu_size=settings.node.max_pdu_size,
-                            on_stored=self._on_first_instance) if receive else None
+                            on_stored=self._on_instance_stored) if receive else None
         count = settings.node.workers if workers is None else workers
         self.workers = [Worker(settings, self.store, engine=engine, name=f"{_identity()}-{i}",
                                on_done=self._on_job_done)
@@ -58,6 +59,8 @@ class Node:
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._dispatch_lock = threading.Lock()
         self._series_seen: set[str] = set()
+        self.metrics = (metrics.MetricsEndpoint(self.store, self.data_dir, settings.metrics.bind_address,
+                                                settings.metrics.port) if settings.metrics.port else None)
 
     # ---- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -79,6 +82,8 @@ class Node:
         self.scheduler.add_job(self.purge_retention, "interval", hours=1, id="retention",
                                max_instances=1, coalesce=True)
         self.scheduler.start()
+        if self.metrics is not None:
+            self.metrics.start()
         for worker in self.workers:
             worker.start()
         log.info("node started", ae_title=self.settings.node.ae_title, port=self.settings.node.port,
@@ -91,11 +96,14 @@ class Node:
         self.scheduler.shutdown(wait=False)
         for worker in self.workers:
             worker.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         self.store.close()
         log.info("node stopped")
 
     # ---- sweeps ----------------------------------------------------------------------
-    def _on_first_instance(self, calling_ae: str, series_uid: str, sop_uid: str) -> None:
+    def _on_instance_stored(self, calling_ae: str, series_uid: str, sop_uid: str) -> None:
+        metrics.INSTANCES_RECEIVED.inc()
         if series_uid not in self._series_seen:
             self._series_seen.add(series_uid)
             self.store.audit("receiving", series_uid=series_uid, calling_ae=calling_ae)
@@ -125,10 +133,12 @@ class Node:
                       instance_set_hash=decision.instance_set_hash)
         bound = log.bind(series_uid=series_uid, instances=len(files), calling_ae=calling_ae)
         if self.store.known_instance_set(series_uid, decision.instance_set_hash):
+            metrics.SERIES_DECIDED.labels(SERIES_DUPLICATE).inc()
             self.store.record_series(**common, outcome=SERIES_DUPLICATE,
                                      reason="same set of instances as an earlier decision: not processed again")
             bound.info("identical re-send ignored")
             return
+        metrics.SERIES_DECIDED.labels(decision.outcome).inc()
         if not decision.eligible:
             self.store.record_series(**common, outcome=decision.outcome, reason=decision.reason)
             bound.warning("series not processed", outcome=decision.outcome, reason=decision.reason)

@@ -13,6 +13,7 @@ from pathlib import Path
 import structlog
 
 from config.settings import Settings
+from dicom_node import metrics
 from dicom_node.jobstore import Job, JobStore, worker_identity
 from dicom_node.pipeline import ReportOptions, analyse_series
 from inference.engines import Engine, get_engine
@@ -108,6 +109,7 @@ class Worker:
             stop_beat.set()
             state = self.store.fail_job(job.id, self.name, f"{type(exc).__name__}: {exc}",
                                         jobs.max_attempts)
+            metrics.JOBS_FINISHED.labels(state or "lost").inc()
             bound.error("job failed", error=f"{type(exc).__name__}: {exc}", state=state,
                         trace=traceback.format_exc(limit=5))
             return
@@ -120,6 +122,8 @@ class Worker:
         destinations = [d.name for d in self.settings.destinations]
         if self.store.complete_job(job.id, self.name, result_dir=str(out_dir), summary=result.summary,
                                    destinations=destinations):
+            metrics.JOBS_FINISHED.labels("done").inc()
+            metrics.observe_job(result.summary)
             self.store.audit("job_done", series_uid=job.series_uid, job_id=job.id,
                              seg=result.summary["seg"][1], sr=result.summary["sr"][1])
             bound.info("job done", lesion_pct=round(result.quantification.lesion_pct, 2),
