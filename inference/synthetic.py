@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
-import pydicom
 import structlog
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
@@ -340,7 +339,9 @@ def _build_anatomy(
         12 * scale
     ) ** 2
     heart = _ellipsoid(
-        z, y, x, (0.33 * height, body_cy - 0.12 * body_b, 0.12 * body_a), (0.13 * height, 0.45 * body_b, 0.3 * body_a)
+        z, y, x,
+        (0.33 * height, body_cy - 0.12 * body_b, 0.12 * body_a),
+        (0.13 * height, 0.45 * body_b, 0.3 * body_a),
     )
     hu[heart] = 40.0
     below_right_dome = (t <= base_t + dome_h + 0.03) & (x < 0) & body2d[None] & ~lung
@@ -352,7 +353,9 @@ def _build_anatomy(
         z, y, x, (0.33 * height, body_cy - 0.12 * body_b, 0.12 * body_a),
         (0.13 * height + 4 * scale, 0.45 * body_b + 4 * scale, 0.3 * body_a + 4 * scale),
     )
-    stomach = _ellipsoid(z, y, x, (0.04 * height, body_cy, 0.45 * body_a), (12 * scale, 18 * scale, 25 * scale))
+    stomach = _ellipsoid(
+        z, y, x, (0.04 * height, body_cy, 0.45 * body_a), (12 * scale, 18 * scale, 25 * scale)
+    )
     stomach &= ~lung & body2d[None] & (wall_depth >= cavity)[None]
     hu[stomach] = -1000.0
 
@@ -389,8 +392,9 @@ def _build_anatomy(
     vessels = np.zeros(shape, dtype=np.float32)
     for side, hilum in zip((-1, 1), bronchus_end):
         # Root: the lung voxel nearest to the bronchus end, where the artery enters.
-        lung_voxels = np.argwhere(lung[max(0, int((hilum[0] - 30 * scale) / dz)) : int((hilum[0] + 30 * scale) / dz) + 1])
-        lung_voxels[:, 0] += max(0, int((hilum[0] - 30 * scale) / dz))
+        z_lo = max(0, int((hilum[0] - 30 * scale) / dz))
+        lung_voxels = np.argwhere(lung[z_lo : int((hilum[0] + 30 * scale) / dz) + 1])
+        lung_voxels[:, 0] += z_lo
         if lung_voxels.size == 0:
             continue
         nearest = lung_voxels[np.argmin(((lung_voxels * sp - hilum) ** 2).sum(axis=1))]

@@ -17,13 +17,18 @@ can be explained line by line. Steps, on an int16 HU volume (z, y, x), slice 0 t
    and removed, so the trachea and main bronchi are not lung.
 4. Lungs: 3D components of the remaining air; components touching the in-plane border are
    dropped; the largest is kept, and the second if it has at least 15% of the largest's
-   volume (two lungs, or one merged component; stomach/bowel gas is smaller).
-5. Dense lesions inside the pleura are not air, so they are added back per slice and per
-   lung: a closing with a 15 mm disk (fills bites up to ~30 mm across made by subpleural
-   consolidation), then hole filling (fills vessels and dense lesions enclosed by lung).
-   What the closing adds must be body, not bone (<= +300 HU), and not in the mediastinal
-   gap: columns between the two lungs on rows in front of the vertebral body, where the
-   closing would otherwise add hila and the heart border.
+   volume (stomach/bowel gas is smaller). One merged component (lungs touching at the
+   anterior junction line) is cut per slice at its thinnest neck across the midline
+   (erosion until it falls apart) so that the two lungs are handled apart.
+5. Dense lesions are not air, so they are added back per slice and per lung: the lung's
+   holes (vessels, enclosed lesions) and its bites (2D convex hull minus the filled lung:
+   consolidation against the pleura), without bone (> +300 HU) and without the
+   mediastinal gap (columns between the two lungs on rows in front of the vertebral
+   body: hila, heart, great vessels). Going up from the lowest slice, a hole or bite is
+   kept only if at most half of its footprint on the slice below is non-lung body: what
+   rises from the abdomen (diaphragm domes, seen as islands or bays of the lung bases,
+   liver, aorta, paravertebral muscle) is rejected, lesions sitting on lung are kept.
+   Holes under 80 mm2 (vessels seen across) are always kept.
 6. Classes inside the lung by density (bands below), then an in-plane opening with a 3 mm
    disk and removal of pieces < 20 mm2 per slice, so that vessels and bronchial walls
    (tubes < ~6 mm wide) are not called lesion; dense voxels inside GGO that do not survive
@@ -32,18 +37,22 @@ can be explained line by line. Steps, on an int16 HU volume (z, y, x), slice 0 t
    partial-volume border and joins it.
 
 Density bands (HU). Normal lung < -700: "well-aerated lung" is -950..-700 HU in quantitative
-COVID-19 CT (Colombi D. et al., Radiology 2020;296:E86-E96). GGO -700..-300 and
-consolidation >= -300: the poorly aerated band (-700..-500 / -500..-100 in the ARDS
-literature, e.g. Gattinoni) is split at -300, the value commonly used to separate
-ground-glass from consolidation when only density is available; non-aerated tissue
-(-100..+100) falls in consolidation.
+COVID-19 CT (Colombi D. et al., Radiology 2020;296:E86-E96), so anything denser is
+abnormal. GGO -700..-300, consolidation >= -300: the ARDS/COVID-19 literature splits the
+abnormal range into poorly aerated (-500..-100) and non-aerated (-100..+100) tissue
+(Gattinoni's bands); GGO, "hazy increase that does not obscure the vessels", mostly lies
+between -700 and -300 HU, and -300 is our pragmatic cut between the two (a choice, not a
+value taken from one reference); non-aerated tissue falls in consolidation.
 
-Known limits: subpleural consolidation wider than ~30 mm along the pleura is only partly
-recovered (the closing bridges its corners, not its middle); consolidation next to the
-mediastinum in front of the spine is rejected with the hila; vessels wider than ~6 mm
-(central lobar arteries, enclosed by lung) survive the opening and count as consolidation;
-dependent (posterior) atelectasis and expiratory scans raise GGO; an emphysematous airway
-tree that leaks at every threshold is not removed (a warning is logged).
+Known limits: against the chest wall the convex hull cuts a chord through a consolidation,
+so the crescent between chord and wall is lost (large near the apex, where the lung is
+small and curved; ~15% of a 40 ml posterolateral consolidation on the phantom); a lesion
+resting on the diaphragm is rejected with the dome, slice after slice up the lesion;
+consolidation beside the mediastinum in front of the spine is cut with the gap; vessels
+wider than ~6 mm enclosed by lung survive the opening and count as consolidation; GGO's
+partial-volume border (-650 HU half way to lung) is GGO at the -700 cut; dependent
+(posterior) atelectasis and expiratory scans raise GGO; an airway tree that leaks at every
+threshold (emphysema) is not removed (a warning is logged).
 """
 
 from __future__ import annotations
@@ -83,7 +92,6 @@ class ThresholdSegmentationError(ValueError):
 class ThresholdParameters:
     """Tunable sizes (mm, mm2, ml) of the threshold engine; the defaults are documented above."""
 
-    closing_radius_mm: float = 15.0
     opening_radius_mm: float = 3.0
     min_lesion_area_mm2: float = 20.0
     airway_dilation_mm: float = 3.0
@@ -108,15 +116,6 @@ def _bbox_2d(mask: np.ndarray, pad: int, shape: tuple[int, int]) -> tuple[slice,
         slice(max(rows[0] - pad, 0), min(rows[-1] + pad + 1, shape[0])),
         slice(max(cols[0] - pad, 0), min(cols[-1] + pad + 1, shape[1])),
     )
-
-
-def _closing_2d(mask: np.ndarray, radius_mm: float, pixel_mm: tuple[float, float]) -> np.ndarray:
-    """Binary closing with a disk of `radius_mm`, by distance transforms (fast for big disks)."""
-    pad = int(np.ceil(radius_mm / min(pixel_mm))) + 2
-    padded = np.pad(mask, pad)
-    dilated = ndimage.distance_transform_edt(~padded, sampling=pixel_mm) <= radius_mm
-    closed = ndimage.distance_transform_edt(dilated, sampling=pixel_mm) > radius_mm
-    return closed[pad:-pad, pad:-pad]
 
 
 def _largest_components(labels: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -257,7 +256,9 @@ class ThresholdEngine:
                     airway[k, :, x_lo:x_hi] = ndimage.binary_dilation(grown[k], structure=disk)
                 log.info("airway grown", threshold_hu=threshold, volume_ml=round(volume_ml, 1))
                 return airway
-            log.info("airway leaked, lowering threshold", threshold_hu=threshold, volume_ml=round(volume_ml, 1))
+            log.info(
+                "airway leaked, lowering threshold", threshold_hu=threshold, volume_ml=round(volume_ml, 1)
+            )
         log.warning("airway region growing leaked at every threshold; airways are not removed")
         return None
 
@@ -268,7 +269,9 @@ class ThresholdEngine:
         if n == 0:
             raise ThresholdSegmentationError("no air inside the body: is this a chest CT?")
         border = np.unique(
-            np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()])
+            np.concatenate(
+                [labels[:, 0, :].ravel(), labels[:, -1, :].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]
+            )
         )
         border = border[border > 0]
         if border.size:
@@ -300,15 +303,13 @@ class ThresholdEngine:
 
         Per slice and per lung, candidates are the holes of the lung (dense tissue it
         encloses) and its bites (2D convex hull minus the filled lung: dense tissue against
-        the pleura), without bone and without the mediastinal gap. Pieces are judged by
-        what lies under them:
-
-        bottom-up, a piece is kept if at most half of its footprint on the slice below is
-        non-lung body (holes under 80 mm2, i.e. vessels and bronchi seen across, always
-        are: a vessel rising from the hilum would otherwise be rejected slice after slice). This rejects what rises from the abdomen into the chest (diaphragm
-        domes, which show as islands or C-shaped bays of the lung bases, liver,
-        paravertebral muscle) while keeping lesions, which sit on lung. A lesion resting
-        on the diaphragm is rejected with it (see the module docstring).
+        the pleura), without bone and without the mediastinal gap. Bottom-up, a piece is
+        kept if at most half of its footprint on the slice below is non-lung body. This
+        rejects what rises from the abdomen into the chest (diaphragm domes, which show
+        as islands or C-shaped bays of the lung bases, liver, paravertebral muscle) while
+        keeping lesions, which sit on lung. A lesion resting on the diaphragm is rejected
+        with it (module docstring). Holes under 80 mm2 (vessels and bronchi seen across)
+        are always kept: a vessel rising from the hilum would be rejected slice by slice.
         """
         out = lungs > 0
         if lungs.max() == 1:
@@ -505,7 +506,8 @@ def _separate_merged_lungs(lungs: np.ndarray, body: np.ndarray, spacing) -> np.n
                     break
                 if m < 2:
                     continue
-                centres = np.array([c[1] for c in ndimage.center_of_mass(core, cores, range(1, m + 1))]) + col0
+                centres = ndimage.center_of_mass(core, cores, range(1, m + 1))
+                centres = np.array([c[1] for c in centres]) + col0
                 sizes = np.bincount(cores.ravel())[1:]
                 big = sizes >= 0.05 * sizes.sum()
                 if not (np.any(big & (centres < midline)) and np.any(big & (centres >= midline))):
@@ -521,11 +523,13 @@ def _separate_merged_lungs(lungs: np.ndarray, body: np.ndarray, spacing) -> np.n
                 seam_side[k][box][seam] = side[seam]
                 break
     if not seam_side.any():
+        log.warning("lungs merged and no junction found: the mediastinal gap is not used")
         return lungs
     cut = mask & (seam_side == 0)
     labels, n = ndimage.label(cut)
     ids, sizes = _largest_components(labels, 2)
     if ids.size < 2 or sizes[1] < 0.15 * sizes[0]:
+        log.warning("lungs merged and cutting the junctions did not separate them")
         return lungs
     out = np.zeros_like(lungs)
     out[labels == ids[0]] = 1
