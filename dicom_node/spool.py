@@ -3,6 +3,11 @@
 Layout: `<data_dir>/spool/<study uid>/<series uid>/<sop instance uid>.dcm`. Bytes are written
 to a temporary file in the same filesystem, fsynced and renamed into place, so a reader never
 sees half a file and a crash leaves at most a stray temporary file (cleaned at start).
+
+The spool may be shared (a receiving host and GPU worker hosts mount the same path), so a
+temporary file is named after its host and process and only the files of dead processes on
+this host, or abandoned ones older than a day, are cleaned: a worker starting elsewhere
+never removes a file that a live receiver is writing.
 """
 
 from __future__ import annotations
@@ -10,10 +15,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
+import time
+import uuid
 from pathlib import Path
 
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 TMP_DIR_NAME = ".incoming"
+ABANDONED_PART_SECONDS = 24 * 3600
 
 
 class InvalidUID(ValueError):
@@ -54,7 +63,7 @@ class Spool:
         sop_uid = check_uid(sop_uid, "SOPInstanceUID")
         target_dir = self.series_dir(study_uid, series_uid)
         target_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp_path = self.tmp / f"{sop_uid}.{os.getpid()}.{id(data):x}.part"
+        tmp_path = self.tmp / f"{sop_uid}~{_HOST}~{os.getpid()}~{uuid.uuid4().hex[:12]}.part"
         fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             view = memoryview(data)
@@ -72,11 +81,23 @@ class Spool:
         return final
 
     def clean_temporary(self) -> int:
-        """Remove partial files left by a crash; they were never acknowledged."""
+        """Remove partial files left by a crash; they were never acknowledged.
+
+        Only files of dead processes on this host, or older than a day (any host), go: the
+        spool may be shared with live receivers elsewhere.
+        """
         removed = 0
+        now = time.time()
         for part in self.tmp.glob("*.part"):
-            part.unlink(missing_ok=True)
-            removed += 1
+            owner = _part_owner(part.name)
+            try:
+                age = now - part.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            mine_and_dead = owner is not None and owner[0] == _HOST and not _pid_alive(owner[1])
+            if mine_and_dead or owner is None or age > ABANDONED_PART_SECONDS:
+                part.unlink(missing_ok=True)
+                removed += 1
         return removed
 
     def series_dirs(self) -> list[tuple[str, str, Path]]:
@@ -93,3 +114,23 @@ class Spool:
     @staticmethod
     def instance_files(folder: Path) -> list[Path]:
         return sorted(p for p in folder.glob("*.dcm") if p.is_file())
+
+
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+_PART_NAME = re.compile(r"^[0-9.]+~([A-Za-z0-9_-]+)~(\d+)~[0-9a-f]+\.part$")
+
+
+def _part_owner(name: str) -> tuple[str, int] | None:
+    """(host, pid) of a temporary file's writer, None for a name this version did not write."""
+    match = _PART_NAME.match(name)
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -111,3 +111,29 @@ def test_enhanced_ct_is_refused_with_a_reason(scp, ct_files):
     ds.SOPClassUID = EnhancedCTImageStorage
     ds.file_meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
     assert send(port, [ds], sop_class=EnhancedCTImageStorage) == [0xC000]
+
+
+def test_clean_temporary_spares_live_writers_of_a_shared_spool(tmp_path):
+    """A worker starting on a shared spool must not delete a live receiver's partial file."""
+    import os
+    import subprocess
+    import time
+
+    from dicom_node.spool import _HOST
+
+    spool = Spool(tmp_path / "spool")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    names = {
+        "live": f"1.2~{_HOST}~{os.getpid()}~aa.part",
+        "dead": f"1.2~{_HOST}~{dead.pid}~bb.part",
+        "other_host_fresh": "1.2~otherhost~1~cc.part",
+        "other_host_old": "1.2~otherhost~1~dd.part",
+        "legacy": "1.2.999.ee.part",
+    }
+    for name in names.values():
+        (spool.tmp / name).write_bytes(b"x")
+    old = time.time() - 3 * 24 * 3600
+    os.utime(spool.tmp / names["other_host_old"], (old, old))
+    assert spool.clean_temporary() == 3
+    assert sorted(p.name for p in spool.tmp.iterdir()) == sorted([names["live"], names["other_host_fresh"]])
