@@ -1,0 +1,108 @@
+"""Ingest: dcmtk storescu sending LIDC-IDRI-0002 to ldct-node, dcmtk storescp and Orthanc.
+
+Side by side in one run, alternating receivers, median of N runs, over 1 association and over
+4 concurrent ones. The dcmtk tools run with TCP_NODELAY=1 on both sides (DCMTK 3.6.7 leaves
+Nagle's algorithm on otherwise, ~50 ms per instance); each receiver in its fast configuration:
+storescp writing files (--fork for concurrent associations), Orthanc with defaults but
+synchronous-free storage settings left as shipped, ldct-node with its shipped defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.integration.peers import LIDC_0002, NodeProcess, Orthanc, free_port, tool_env, wait_until  # noqa: E402
+
+
+class StoreSCP:
+    """dcmtk storescp writing every instance to a folder."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir, self.port = workdir, free_port()
+
+    def start(self):
+        out = self.workdir / "in"
+        out.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(["storescp", "--fork", "-od", str(out), "-aet", "STORESCP", str(self.port)],
+                                        env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        return self
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def send(port: int, called: str, files: list[Path], associations: int) -> float:
+    """Seconds for storescu to send all files over `associations` concurrent associations."""
+    groups = [files[i::associations] for i in range(associations)]
+
+    def one(group):
+        result = subprocess.run(["storescu", "-aec", called, "127.0.0.1", str(port), *map(str, group)],
+                                env=tool_env(), capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"storescu to {called} failed: {result.stderr[-500:]}")
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(associations) as pool:
+        list(pool.map(one, groups))
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--series", type=Path, default=LIDC_0002)
+    args = parser.parse_args(argv)
+    files = sorted(p for p in args.series.iterdir() if p.is_file())
+    results: dict[str, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for associations in (1, 4):
+            for run in range(args.runs):
+                for name in ("ldct-node", "storescp", "orthanc"):  # alternate receivers each run
+                    workdir = tmp / f"{name}-{associations}-{run}"
+                    if name == "ldct-node":
+                        peer = NodeProcess(workdir, [], idle_seconds=3600, workers=0).start()
+                        port, called = peer.port, "LDCTNODE"
+                    elif name == "storescp":
+                        peer = StoreSCP(workdir).start()
+                        port, called = peer.port, "STORESCP"
+                    else:
+                        peer = Orthanc(workdir).start()
+                        port, called = peer.dicom_port, peer.aet
+                    try:
+                        seconds = send(port, called, files, associations)
+                    finally:
+                        peer.stop()
+                        shutil.rmtree(workdir, ignore_errors=True)
+                    results.setdefault(f"{associations}", {}).setdefault(name, []).append(seconds)
+                    print(f"{associations} assoc, run {run + 1}: {name} {seconds:.2f} s", file=sys.stderr)
+    table = {}
+    for assoc, by_name in results.items():
+        medians = {name: statistics.median(times) for name, times in by_name.items()}
+        table[assoc] = {
+            name: {"median_s": round(m, 3), "instances_per_s": round(len(files) / m, 1),
+                   "ldct_node_speed_ratio": round(m / medians["ldct-node"], 2)}
+            for name, m in medians.items()
+        }
+    report = {"instances": len(files), "bytes": sum(p.stat().st_size for p in files), "runs": args.runs,
+              "associations": table}
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Peak memory (RSS) of `ldct-node segment` on a 1000-slice synthetic series.
+
+The series is a 100-slice synthetic chest CT (512 x 512) repeated along z with new positions
+and UIDs, so it is written in seconds; the peak RSS is that of the `segment` child process
+(SEG, SR and key images included), read from the kernel's accounting of the waited child.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import generate_uid
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def write_long_series(folder: Path, slices: int) -> None:
+    from inference.synthetic import LesionSpec, generate_phantom, write_series
+
+    block = 100
+    phantom = generate_phantom(shape=(block, 512, 512), spacing=(1.0, 0.7, 0.7), seed=5,
+                               lesions=[LesionSpec("ggo", volume_ml=40.0)])
+    template = write_series(phantom, folder / "block")
+    series_uid = generate_uid()
+    for repeat in range(slices // block):
+        for index, path in enumerate(template):
+            ds = pydicom.dcmread(path)
+            number = repeat * block + index
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.SeriesInstanceUID = series_uid
+            ds.InstanceNumber = number + 1
+            ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], float(number)]
+            ds.SliceLocation = float(number)
+            ds.save_as(folder / "series" / f"{number:05d}.dcm")
+    for path in template:
+        path.unlink()
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=1000)
+    parser.add_argument("--engine", default="cnn", choices=["cnn", "threshold"])
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "series").mkdir()
+        write_long_series(tmp, args.slices)
+        t0 = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "dicom_node", "segment", str(tmp / "series"), "--out",
+                                 str(tmp / "out"), "--engine", args.engine, "--json"],
+                                capture_output=True, text=True, cwd=REPO)
+        elapsed = time.perf_counter() - t0
+        if result.returncode != 0:
+            raise SystemExit(result.stderr[-2000:])
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    report = {"slices": args.slices, "matrix": [512, 512], "engine": args.engine,
+              "peak_rss_mb": round(peak_mb), "wall_s": round(elapsed, 1),
+              "timings": json.loads(result.stdout)["timings"]}
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Run every benchmark and write benchmarks/results.json (the README's table comes from it).
+
+    .venv/bin/python benchmarks/run_all.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from benchmarks import bench_e2e, bench_ingest, bench_memory  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer runs (1 instead of 5/3)")
+    args = parser.parse_args()
+    runs = 1 if args.quick else None
+    results = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "ingest": bench_ingest.main(["--runs", str(runs or 5)]),
+        "end_to_end_cnn": bench_e2e.main(["--runs", str(runs or 3), "--engine", "cnn"]),
+        "end_to_end_threshold": bench_e2e.main(["--runs", str(runs or 3), "--engine", "threshold"]),
+        "memory_1000_slices": bench_memory.main([]),
+    }
+    (HERE / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"wrote {HERE / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
