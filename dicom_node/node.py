@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -109,11 +108,15 @@ class Node:
             self.store.audit("receiving", series_uid=series_uid, calling_ae=calling_ae)
 
     def _resume_undecided_series(self) -> None:
-        """Series spooled before a crash but never decided on are swept again."""
+        """Series spooled before a crash but never decided on are swept again.
+
+        Each gets a full idle window from the restart: a sender whose association the crash
+        cut re-sends, and the series is decided once, complete, instead of twice.
+        """
         for study_uid, series_uid, folder in self.spool.series_dirs():
             uids = [p.stem for p in self.spool.instance_files(folder)]
             if uids and not self.store.known_instance_set(series_uid, instance_set_hash(uids)):
-                self.tracker.touch(study_uid, series_uid, "", at=time.monotonic() - self.settings.series.idle_seconds)
+                self.tracker.touch(study_uid, series_uid, "")
                 log.info("resuming undecided series", series_uid=series_uid, instances=len(uids))
 
     def sweep_completeness(self) -> None:
