@@ -98,15 +98,20 @@ class CaseResult:
 
 
 def agreement(predicted: list[float], reference: list[float]) -> dict[str, float | int | None]:
-    """MAE, bias (predicted - reference) +- SD, paired t-test p and Pearson r of paired values."""
+    """MAE, bias (predicted - reference) +- SD, paired t-test p, Pearson r of paired values,
+    and the mean absolute relative error in % over pairs with a non-zero reference."""
     p, r = np.asarray(predicted, float), np.asarray(reference, float)
     n = int(p.size)
     if n == 0:
-        return {"n": 0, "mae": None, "bias": None, "bias_sd": None, "p_value": None, "pearson_r": None}
+        return {"n": 0, "mae": None, "bias": None, "bias_sd": None, "p_value": None,
+                "pearson_r": None, "mean_abs_relative_error_pct": None}
     diff = p - r
+    nonzero = r != 0
     out: dict[str, float | int | None] = {
         "n": n, "mae": float(np.abs(diff).mean()), "bias": float(diff.mean()),
         "bias_sd": float(diff.std(ddof=1)) if n > 1 else 0.0, "p_value": None, "pearson_r": None,
+        "mean_abs_relative_error_pct": float(np.mean(np.abs(diff[nonzero]) / np.abs(r[nonzero])) * 100)
+        if nonzero.any() else None,
     }
     if n > 1 and np.ptp(diff) > 0:
         out["p_value"] = float(stats.ttest_rel(p, r).pvalue)

@@ -59,6 +59,7 @@ def test_agreement_statistics_known_values():
     out = agreement(pred, ref)
     assert out["mae"] == pytest.approx(1.5)
     assert out["bias"] == pytest.approx(1.5)
+    assert out["mean_abs_relative_error_pct"] == pytest.approx(100 * np.mean([0.2, 0.05, 0.1, 0.0]))
     assert out["bias_sd"] == pytest.approx(np.std([2, 1, 3, 0], ddof=1))
     assert out["pearson_r"] == pytest.approx(np.corrcoef(pred, ref)[0, 1])
     # paired t: mean diff / (sd / sqrt(n)) with 3 degrees of freedom

@@ -98,3 +98,30 @@ def test_config_parses_sites_and_train_settings(tmp_path: Path):
     data, train_config = load_config(config)
     assert data.lesion_variants == 3 and data.site[0].label_values == {"ggo": 4, "consolidation": 5}
     assert train_config.steps == 7 and train_config.augment.out_size == 128
+
+
+def test_synthetic_phantom_entries_have_lesions_inside_lung():
+    from inference.training.sources import synthetic_entries
+
+    entry = synthetic_entries(1, seed=0, size=32)[0]
+    assert entry.hu.shape[1:] == (32, 32) and entry.labels.shape == entry.hu.shape
+    assert set(np.unique(entry.labels)) <= {0, 1, 2, 3}
+
+
+def test_site_dicom_seg_labels_round_trip(tmp_path: Path):
+    """A site's DICOM SEG (as the node writes them) reads back as the same label map."""
+    from inference.synthetic import LesionSpec, generate_phantom, write_series
+    from inference.training.sources import labels_from_seg
+    from inference.volume import load_series
+    from reporting.seg import build_segmentation
+
+    phantom = generate_phantom(shape=(8, 48, 48), spacing=(10.0, 7.0, 7.0), seed=1,
+                               lesions=[LesionSpec("consolidation", radius_mm=30.0)])
+    write_series(phantom, tmp_path / "ct")
+    volume = load_series(tmp_path / "ct")
+    seg = build_segmentation(volume.datasets, phantom.labels, algorithm_name="test",
+                             algorithm_version="1")
+    seg.save_as(tmp_path / "seg.dcm")
+    labels, has_lung = labels_from_seg(tmp_path / "seg.dcm", volume.datasets)
+    assert has_lung
+    assert np.array_equal(labels, phantom.labels)
