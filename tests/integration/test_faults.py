@@ -158,9 +158,11 @@ def test_disk_nearly_full_answers_a700_and_recovers_when_space_returns(orthanc, 
         except OSError as exc:
             pytest.skip(f"cannot allocate a ballast file here: {exc}")
     try:
-        refused = storescu(node.port, files[:3], check=False)
+        refused = subprocess.run(["storescu", "-d", "-aet", "SCANNER", "-aec", "LDCTNODE", "127.0.0.1",
+                                  str(node.port), *map(str, files[:3])],
+                                 capture_output=True, text=True, env=tool_env(), timeout=60)
         output = (refused.stdout + refused.stderr).lower()
-        assert "a700" in output and "out of resources" in output, output[-1500:]
+        assert "0xa700: refused: out of resources" in output, output[-1500:]
         assert spooled_files(node) == []
         assert list((node.data_dir / "spool" / ".incoming").iterdir()) == []
     finally:
