@@ -89,7 +89,8 @@ def test_dataset_not_matching_negotiated_class(scp, ct_files):
     request.AffectedSOPClassUID = CTImageStorage
     request.AffectedSOPInstanceUID = ds.SOPInstanceUID
     request.Priority = 2
-    request.DataSet = BytesIO(encode(ds, is_implicit_vr=False, is_little_endian=True))
+    syntax = context.transfer_syntax[0]
+    request.DataSet = BytesIO(encode(ds, is_implicit_vr=syntax.is_implicit_VR, is_little_endian=syntax.is_little_endian))
     assoc.dimse.send_msg(request, context.context_id)
     _, response = assoc.dimse.get_msg(block=True)
     assoc.release()
@@ -137,3 +138,61 @@ def test_clean_temporary_spares_live_writers_of_a_shared_spool(tmp_path):
     os.utime(spool.tmp / names["other_host_old"], (old, old))
     assert spool.clean_temporary() == 3
     assert sorted(p.name for p in spool.tmp.iterdir()) == sorted([names["live"], names["other_host_fresh"]])
+
+
+def send_raw(port, sop_class, sop_uid, payload: bytes, calling="SCANNER") -> int:
+    """C-STORE arbitrary bytes as the dataset (explicit VR little endian context)."""
+    from io import BytesIO
+
+    from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom.dimse_primitives import C_STORE
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="LDCTNODE")
+    assert assoc.is_established
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = sop_class
+    request.AffectedSOPInstanceUID = sop_uid
+    request.Priority = 2
+    request.DataSet = BytesIO(payload)
+    assoc.dimse.send_msg(request, assoc.accepted_contexts[0].context_id)
+    _, response = assoc.dimse.get_msg(block=True)
+    assoc.release()
+    return response.Status
+
+
+def encoded(ds) -> bytes:
+    from pynetdicom.dsutils import encode
+
+    return encode(ds, is_implicit_vr=False, is_little_endian=True)
+
+
+def test_truncated_dataset_is_refused_and_not_spooled(scp, ct_files):
+    server, port = scp
+    ds = pydicom.dcmread(ct_files[0])
+    payload = encoded(ds)
+    for cut in (len(payload) - 100, len(payload) // 3):
+        assert send_raw(port, CTImageStorage, ds.SOPInstanceUID, payload[:cut]) in (0xC000, 0xA900)
+    assert server.spool.series_dirs() == []
+
+
+def test_pixel_data_of_wrong_length_is_refused(scp, ct_files):
+    server, port = scp
+    ds = pydicom.dcmread(ct_files[0])
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    assert send_raw(port, CTImageStorage, ds.SOPInstanceUID, encoded(ds)) == 0xA900
+    ds.PixelData = ds.PixelData * 4
+    assert send_raw(port, CTImageStorage, ds.SOPInstanceUID, encoded(ds)) == 0xA900
+    assert server.spool.series_dirs() == []
+
+
+def test_changed_resend_replaces_the_instance(scp, ct_files):
+    server, port = scp
+    ds = pydicom.dcmread(ct_files[0])
+    assert send(port, [ds]) == [0]
+    ds.PixelData = bytes(len(ds.PixelData))
+    assert send(port, [ds]) == [0]
+    stored = server.spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert pydicom.dcmread(stored).PixelData == ds.PixelData
