@@ -25,6 +25,7 @@ def train_command(
     init_weights: Optional[Path] = typer.Option(None, "--init-weights", help="fine-tune from these weights"),
     version: str = typer.Option("custom", "--version", help="version string stored in the weights"),
     rebuild_cache: bool = typer.Option(False, "--rebuild-cache", help="rebuild the training cache"),
+    time_budget_min: Optional[float] = typer.Option(None, "--time-budget-min", help="stop after this many minutes, the LR schedule compressed to fit (shared CPUs)"),
 ) -> None:
     """Train the CNN on real anatomy with synthetic lesions (and a site's labelled studies)."""
     import torch
@@ -44,6 +45,8 @@ def train_command(
     train_config.seed = seed
     if steps is not None:
         train_config.steps = steps
+    if time_budget_min is not None:
+        train_config.time_budget_s = time_budget_min * 60.0
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
     try:
@@ -67,7 +70,7 @@ def train_command(
         except RuntimeError as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
-    metadata = {"steps": train_config.steps, "seed": seed, "final_loss": losses[-1] if losses else None,
+    metadata = {"steps": len(losses), "seed": seed, "final_loss": losses[-1] if losses else None,
                 "sources": [str(p) for p in data.lidc], "lesion_variants": data.lesion_variants,
                 "synthetic": data.synthetic, "site_studies": len(data.site)}
     save_weights(model, out, version, metadata)

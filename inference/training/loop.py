@@ -38,6 +38,11 @@ class TrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     lesion_slice_weight: float = 3.0
+    # Wall-clock budget (s) for this run, or None. On a shared CPU the step rate is unknown in
+    # advance: the cosine schedule then follows max(step fraction, time fraction) and the run
+    # stops when the budget is spent (the step reached is saved with the weights; rerunning
+    # with that --steps and no budget repeats the same schedule only approximately).
+    time_budget_s: float | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -98,11 +103,11 @@ class SliceSampler:
         return x, y
 
 
-def _lr_at(step: int, config: TrainConfig) -> float:
+def _lr_at(step: int, config: TrainConfig, time_fraction: float = 0.0) -> float:
     warmup = 50
     if step < warmup:
         return config.learning_rate * (step + 1) / warmup
-    progress = (step - warmup) / max(1, config.steps - warmup)
+    progress = max((step - warmup) / max(1, config.steps - warmup), time_fraction)
     return 1e-5 + 0.5 * (config.learning_rate - 1e-5) * (1 + np.cos(np.pi * min(1.0, progress)))
 
 
@@ -184,9 +189,18 @@ def train(
              device=str(dev), steps=config.steps)
     model.train()
     t0 = time.time()
+    stopped_early = False
     for step in range(start, config.steps):
+        time_fraction = 0.0
+        if config.time_budget_s:
+            time_fraction = (time.time() - t0) / config.time_budget_s
+            if time_fraction >= 1.0:
+                save_checkpoint(checkpoint_path, model, optimizer, step, rng, config, losses)
+                log.info("train.time_budget_spent", step=step)
+                stopped_early = True
+                break
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, config)
+            group["lr"] = _lr_at(step, config, time_fraction)
         x, y = sampler.batch()
         x, y = x.to(dev), y.to(dev)
         loss = segmentation_loss(model(x), y)
@@ -201,5 +215,7 @@ def train(
             recent = float(np.mean(losses[-config.checkpoint_every:]))
             log.info("train.checkpoint", step=step + 1, loss=round(recent, 4),
                      seconds=round(time.time() - t0, 1))
+    if not stopped_early:
+        log.info("train.done", step=config.steps)
     model.eval()
     return model, losses
