@@ -22,13 +22,14 @@ can be explained line by line. Steps, on an int16 HU volume (z, y, x), slice 0 t
    (erosion until it falls apart) so that the two lungs are handled apart.
 5. Dense lesions are not air, so they are added back per slice and per lung: the lung's
    holes (vessels, enclosed lesions) and its bites (2D convex hull minus the filled lung:
-   consolidation against the pleura), without bone (> +300 HU) and without the
-   mediastinal gap (columns between the two lungs on rows in front of the vertebral
-   body: hila, heart, great vessels). Going up from the lowest slice, a hole or bite is
-   kept only if at most half of its footprint on the slice below is non-lung body: what
-   rises from the abdomen (diaphragm domes, seen as islands or bays of the lung bases,
-   liver, aorta, paravertebral muscle) is rejected, lesions sitting on lung are kept.
-   Holes under 80 mm2 (vessels seen across) are always kept.
+   consolidation against the pleura), without bone (> +300 HU). Going up from the lowest
+   slice, a hole or bite piece is kept only if at most half of its footprint on the slice
+   below is non-lung body: what rises from the abdomen (diaphragm domes, seen as islands
+   or bays of the lung bases, liver, heart, aorta, paravertebral muscle) is rejected,
+   lesions sitting on lung are kept. Holes under 80 mm2 (vessels seen across) are always
+   kept. Nothing is ever added in the mediastinal gap (columns between the two lungs on
+   rows in front of the vertebral body), but pieces are judged with their part in it, so
+   a hilum is rejected together with the mediastinum it belongs to.
 6. Classes inside the lung by density (bands below), then an in-plane opening with a 3 mm
    disk and removal of pieces < 20 mm2 per slice, so that vessels and bronchial walls
    (tubes < ~6 mm wide) are not called lesion; dense voxels inside GGO that do not survive
@@ -156,6 +157,13 @@ class ThresholdEngine:
         spacing = tuple(float(s) for s in volume.spacing)
         body = self.body_mask(hu, spacing)
         step()
+        # Work inside the body's bounding box: less memory and time for wide fields of view.
+        box = _bbox_2d(body.any(axis=0), 1, hu.shape[1:])
+        if box is None:
+            raise ThresholdSegmentationError("no body found")
+        full_shape = hu.shape
+        hu = hu[:, box[0], box[1]]
+        body = np.ascontiguousarray(body[:, box[0], box[1]])
         air = (hu < LUNG_AIR_HU) & body
         airway = self.airway_mask(hu, body, spacing)
         if airway is not None:
@@ -167,7 +175,8 @@ class ThresholdEngine:
         # Removed airway voxels come back only where the lung encloses them (intrapulmonary
         # bronchi); trachea and main bronchi lie in the mediastinal gap and stay out.
         lungs = self.add_dense_lung(hu, lungs, body, spacing, step)
-        labels = self.classify(hu, lungs, spacing, step)
+        labels = np.zeros(full_shape, dtype=np.uint8)
+        labels[:, box[0], box[1]] = self.classify(hu, lungs, spacing, step)
         log.info(
             "threshold segmentation done",
             series_uid=_series_uid(volume),
@@ -270,7 +279,8 @@ class ThresholdEngine:
             raise ThresholdSegmentationError("no air inside the body: is this a chest CT?")
         border = np.unique(
             np.concatenate(
-                [labels[:, 0, :].ravel(), labels[:, -1, :].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]
+                [labels[:, 0, :].ravel(), labels[:, -1, :].ravel()]
+                + [labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]
             )
         )
         border = border[border > 0]
@@ -303,8 +313,9 @@ class ThresholdEngine:
 
         Per slice and per lung, candidates are the holes of the lung (dense tissue it
         encloses) and its bites (2D convex hull minus the filled lung: dense tissue against
-        the pleura), without bone and without the mediastinal gap. Bottom-up, a piece is
-        kept if at most half of its footprint on the slice below is non-lung body. This
+        the pleura), without bone; nothing is added in the mediastinal gap. Bottom-up, a
+        piece is kept if at most half of its footprint on the slice below is non-lung body.
+        This
         rejects what rises from the abdomen into the chest (diaphragm domes, which show
         as islands or C-shaped bays of the lung bases, liver, paravertebral muscle) while
         keeping lesions, which sit on lung. A lesion resting on the diaphragm is rejected
@@ -313,7 +324,7 @@ class ThresholdEngine:
         """
         out = lungs > 0
         if lungs.max() == 1:
-            lungs = _separate_merged_lungs(lungs, body, spacing)
+            lungs = _separate_merged_lungs(lungs, hu, body, spacing)
         spine_rows = _vertebral_front_rows(hu, body, spacing)
         min_judged = self.parameters.min_judged_area_mm2 / (spacing[1] * spacing[2])
         for k in range(hu.shape[0]):
@@ -334,12 +345,13 @@ class ThresholdEngine:
                 holes = filled & ~lung_box
                 bites = _convex_hull_2d(lung_box) & ~filled
                 # Judged apart (a dome island beside a lesion bite); small holes are vessels.
+                # A piece is judged whole, gap included (a hilum is judged with the
+                # mediastinum it belongs to), but only its part outside the gap is added.
                 for candidate, exempt in ((holes, min_judged), (bites, 0.0)):
                     candidate &= allowed[box]
-                    if gap is not None:
-                        candidate &= ~gap[box]
                     if candidate.any():
-                        out[k][box] |= _mostly_not(candidate, outside_below[box], exempt)
+                        kept = _mostly_not(candidate, outside_below[box], exempt)
+                        out[k][box] |= kept if gap is None else kept & ~gap[box]
             step()
         return out
 
@@ -469,77 +481,70 @@ def _convex_hull_2d(mask: np.ndarray) -> np.ndarray:
     return np.asarray(image, dtype=bool) | mask
 
 
-def _separate_merged_lungs(lungs: np.ndarray, body: np.ndarray, spacing) -> np.ndarray:
-    """Split one merged lung component into two lungs (values 1 and 2), or return it.
+def _split_at_neck(
+    region: np.ndarray, hu: np.ndarray, midline: float, max_erosion: int
+) -> np.ndarray | None:
+    """Side map (1 left of `midline`, 2 right) of a 2D lung piece spanning both lungs, or None.
+
+    The piece (and, if that fails, its parts below -600, -700, -800 HU: the junction line
+    is pleura, denser than lung) is eroded until it falls apart into big cores on either
+    side of the midline; every pixel goes to its nearest core.
+    """
+    cross = ndimage.generate_binary_structure(2, 1)
+    for threshold in (None, -600, -700, -800):
+        core = region if threshold is None else region & (hu < threshold)
+        for _ in range(max_erosion):
+            core = ndimage.binary_erosion(core, structure=cross)
+            cores, m = ndimage.label(core)
+            if m == 0:
+                break
+            if m < 2:
+                continue
+            sizes = np.bincount(cores.ravel())[1:]
+            column_sums = np.bincount(cores.ravel(), weights=np.indices(core.shape)[1].ravel())[1:]
+            centres = column_sums / np.maximum(sizes, 1)
+            big = sizes >= 0.05 * sizes.sum()
+            if not (np.any(big & (centres < midline)) and np.any(big & (centres >= midline))):
+                continue
+            seeds = np.zeros(region.shape, dtype=np.uint8)
+            for j in np.flatnonzero(big):
+                seeds[cores == j + 1] = 1 if centres[j] < midline else 2
+            _, nearest = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+            return seeds[nearest[0], nearest[1]]
+    return None
+
+
+def _separate_merged_lungs(
+    lungs: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
+) -> np.ndarray:
+    """Give each 2D lung piece of one merged 3D component a side: 1 (image left) or 2.
 
     The lungs often touch at the anterior (or posterior) junction line, where the pleura
-    is thinner than a voxel. On each slice, a 2D piece that spans the body midline is
-    eroded until it falls apart into big cores on either side (the junction is the
-    thinnest place); the seam between the pixels nearest to either core is cut. If the
-    cuts disconnect the lungs in 3D, the two largest parts are the lungs (seam pixels go
-    back to the side of their nearest core). Otherwise the component is kept whole and
-    the mediastinal gap is simply not used.
+    is thinner than a voxel. Per slice, a piece that spans the body midline is split at
+    its neck (`_split_at_neck`); any other piece (or one without a neck: a right lung's
+    recess reaching past the midline) goes whole to the side of its centre. Sides are
+    decided per slice: 2D cuts do not disconnect the lungs in 3D, where the seam moves
+    from slice to slice.
     """
     max_erosion = max(1, int(round(8.0 / min(spacing[1], spacing[2]))))
-    cross = ndimage.generate_binary_structure(2, 1)
-    mask = lungs > 0
-    seam_side = np.zeros(lungs.shape, dtype=np.uint8)
-    for k in np.flatnonzero(mask.any(axis=(1, 2))):
+    out = np.zeros_like(lungs)
+    for k in np.flatnonzero(lungs.any(axis=(1, 2))):
         cols = np.flatnonzero(body[k].any(axis=0))
-        if cols.size == 0:
-            continue
-        midline = 0.5 * (cols[0] + cols[-1])
-        pieces, n = ndimage.label(mask[k])
+        midline = 0.5 * (cols[0] + cols[-1]) if cols.size else lungs.shape[2] / 2.0
+        pieces, n = ndimage.label(lungs[k] > 0)
         for i in range(1, n + 1):
             piece = pieces == i
-            xs = np.flatnonzero(piece.any(axis=0))
-            if xs[-1] < midline or xs[0] >= midline:
-                continue
-            box = _bbox_2d(piece, 1, piece.shape)
-            region = piece[box]
-            col0 = box[1].start
-            core = region
-            for _ in range(max_erosion):
-                core = ndimage.binary_erosion(core, structure=cross)
-                cores, m = ndimage.label(core)
-                if m == 0:
-                    break
-                if m < 2:
-                    continue
-                centres = ndimage.center_of_mass(core, cores, range(1, m + 1))
-                centres = np.array([c[1] for c in centres]) + col0
-                sizes = np.bincount(cores.ravel())[1:]
-                big = sizes >= 0.05 * sizes.sum()
-                if not (np.any(big & (centres < midline)) and np.any(big & (centres >= midline))):
-                    continue
-                seeds = np.zeros(region.shape, dtype=np.uint8)
-                for j in np.flatnonzero(big):
-                    seeds[cores == j + 1] = 1 if centres[j] < midline else 2
-                _, nearest = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
-                side = seeds[nearest[0], nearest[1]]
-                one = region & (side == 1)
-                seam = one & ndimage.binary_dilation(region & (side == 2), structure=cross)
-                seam |= region & (side == 2) & ndimage.binary_dilation(one, structure=cross)
-                seam_side[k][box][seam] = side[seam]
-                break
-    if not seam_side.any():
-        log.warning("lungs merged and no junction found: the mediastinal gap is not used")
-        return lungs
-    cut = mask & (seam_side == 0)
-    labels, n = ndimage.label(cut)
-    ids, sizes = _largest_components(labels, 2)
-    if ids.size < 2 or sizes[1] < 0.15 * sizes[0]:
-        log.warning("lungs merged and cutting the junctions did not separate them")
-        return lungs
-    out = np.zeros_like(lungs)
-    out[labels == ids[0]] = 1
-    out[labels == ids[1]] = 2
-    # Seam pixels: the lung whose side they were given (side 1 = image left).
-    first_is_left = np.mean(np.nonzero(labels == ids[0])[2]) < np.mean(np.nonzero(labels == ids[1])[2])
-    left_value, right_value = (1, 2) if first_is_left else (2, 1)
-    out[seam_side == 1] = left_value
-    out[seam_side == 2] = right_value
-    out[~mask] = 0
+            side = None
+            left_share = np.count_nonzero(piece[:, : int(midline)]) / np.count_nonzero(piece)
+            if 0.1 <= left_share <= 0.9:  # both lungs in one piece (a recess barely crosses)
+                box = _bbox_2d(piece, 1, piece.shape)
+                side = _split_at_neck(piece[box], hu[k][box], midline - box[1].start, max_erosion)
+            if side is None:
+                centre = np.mean(np.nonzero(piece)[1])
+                out[k][piece] = 1 if centre < midline else 2
+            else:
+                region = piece[box]
+                out[k][box][region] = side[region]
     return out
 
 

@@ -63,7 +63,8 @@ def test_lesion_volume_targets_and_lungs_only():
 
 def test_random_peripheral_lesion_by_radius_is_reproducible():
     def make(seed: int):
-        return generate_phantom((24, 96, 96), (10.0, 3.6, 3.6), [LesionSpec("consolidation", radius_mm=20.0)], seed=seed)
+        lesion = LesionSpec("consolidation", radius_mm=20.0)
+        return generate_phantom((24, 96, 96), (10.0, 3.6, 3.6), [lesion], seed=seed)
 
     first, again, other = make(11), make(11), make(12)
     assert np.array_equal(first.hu, again.hu) and np.array_equal(first.labels, again.labels)
@@ -77,7 +78,8 @@ def test_bad_lesion_specs_are_refused():
     with pytest.raises(PhantomError, match="kind"):
         LesionSpec("nodule", radius_mm=5.0)  # type: ignore[arg-type]
     with pytest.raises(PhantomError, match="fractions"):
-        generate_phantom((16, 64, 64), (12.0, 5.0, 5.0), [LesionSpec("ggo", centre=(0.5, 1.5, 0.5), radius_mm=5.0)])
+        outside = LesionSpec("ggo", centre=(0.5, 1.5, 0.5), radius_mm=5.0)
+        generate_phantom((16, 64, 64), (12.0, 5.0, 5.0), [outside])
 
 
 def test_series_geometry_and_identifiers(small_phantom, tmp_path):
@@ -103,7 +105,8 @@ def test_dciodvfy_reports_no_error(small_phantom, tmp_path, syntax):
         pytest.skip("dciodvfy (Debian package dicom3tools) is not on PATH")
     paths = write_series(small_phantom, tmp_path, transfer_syntax=syntax)
     assert pydicom.dcmread(paths[0]).file_meta.TransferSyntaxUID == syntax
-    result = subprocess.run(["dciodvfy", str(paths[len(paths) // 2])], capture_output=True, text=True, timeout=60)
+    middle = str(paths[len(paths) // 2])
+    result = subprocess.run(["dciodvfy", middle], capture_output=True, text=True, timeout=60)
     report = result.stdout + result.stderr
     assert "CTImage" in report
     assert "Error" not in report, report
