@@ -137,13 +137,18 @@ def overlay_on_target_slice(study: ViewerStudy, seg_description: str, name: str)
     after_placement = ImageOnScreen.from_browser(browser, target)
     assert np.allclose(after_placement.matrix, placement.matrix) and np.allclose(after_placement.offset, placement.offset), \
         "OHIF moved or zoomed the CT while loading the SEG; the before/after screenshots no longer align"
-    shot_path = study.workdir / f"{name}_seg.png"
-    after = browser.screenshot(shot_path)
-
     from reporting.seg import SEGMENT_COLOURS_RGB
 
     expected = study.labels[study.target_slice]
-    shown = overlay_label_map(after, placement, expected.shape, SEGMENT_COLOURS_RGB, baseline=before)
+    shot_path = study.workdir / f"{name}_seg.png"
+    shown = None
+    for _ in range(6):  # a busy machine may still be drawing: read until two screenshots agree
+        after = browser.screenshot(shot_path)
+        reading = overlay_label_map(after, placement, expected.shape, SEGMENT_COLOURS_RGB, baseline=before)
+        if shown is not None and reading.any() and np.array_equal(reading, shown):
+            break
+        shown = reading
+        browser.settle(1)
     return [compare_segment(shown, expected, s) for s in SEGMENTS], shot_path
 
 

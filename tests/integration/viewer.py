@@ -21,7 +21,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -319,8 +318,7 @@ class OhifBrowser:
         self.settle()
         return self.page.evaluate(
             """(label) => { const seg = window.services.segmentationService.getSegmentations().find(x => x.label === label);
-               return {label: seg.label, segments: Object.values(seg.segments).map(s => ({index: s.segmentIndex, label: s.label,
-                       color: window.services.segmentationService.getSegmentColor ? null : null}))}; }""",
+               return {label: seg.label, segments: Object.values(seg.segments).map(s => ({index: s.segmentIndex, label: s.label}))}; }""",
             series_description)
 
     def go_to_instance(self, sop_instance_uid: str) -> int:
