@@ -40,6 +40,8 @@ if [ ! -f "$dist/index.html" ]; then
     fi
 fi
 
+# playwright belongs in the venv that runs the tests; make the venv first if this runs before setup.sh.
+[ -x "$PYTHON" ] || scripts/setup.sh --test
 if ! "$PYTHON" -c "import playwright.sync_api" 2>/dev/null; then
     echo "setup-viewer: pip install $PLAYWRIGHT_SPEC"
     "$PYTHON" -m pip install -q "$PLAYWRIGHT_SPEC"
