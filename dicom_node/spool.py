@@ -56,6 +56,16 @@ class Spool:
     def has_room(self, incoming: int = 0) -> bool:
         return self.free_bytes() - incoming >= self.min_free_bytes
 
+    def differs(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> bool:
+        """True when this instance is already stored with different bytes (a changed re-send)."""
+        try:
+            path = self.instance_path(check_uid(study_uid, "StudyInstanceUID"),
+                                      check_uid(series_uid, "SeriesInstanceUID"),
+                                      check_uid(sop_uid, "SOPInstanceUID"))
+            return path.stat().st_size != len(data) or path.read_bytes() != data
+        except FileNotFoundError:
+            return False
+
     def store(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
         """Write one instance durably; returns its final path."""
         study_uid = check_uid(study_uid, "StudyInstanceUID")

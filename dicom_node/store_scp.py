@@ -1,12 +1,17 @@
 """The Store SCP: Verification and CT storage over DICOM, answering only once bytes are durable.
 
-The write path never decodes the dataset beyond the four header elements needed to place the
-file; the bytes written are exactly those received (`event.encoded_dataset()`), whatever the
-transfer syntax. Any exception in a handler becomes a failure status and a log line.
+The bytes written are exactly those received (`event.encoded_dataset()`), whatever the
+transfer syntax. Before writing, the dataset is parsed (not decoded) and refused with a
+failure status and a reason when it cannot be a whole image: unreadable, truncated (no pixel
+data, or fewer pixel bytes than Rows x Columns x samples x bits say), or not the SOP class
+and instance the request named. A re-sent instance with different content replaces the
+stored one (the last version wins) and says so in the log. Any other exception in a handler
+becomes a failure status and a log line; the server keeps serving.
 """
 
 from __future__ import annotations
 
+import warnings
 from io import BytesIO
 from typing import Callable
 
@@ -31,13 +36,58 @@ STATUS_DATASET_MISMATCH = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
 
-_HEADER_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
+
+
+class InstanceRejected(ValueError):
+    """A received dataset that is refused; `status` is the C-STORE failure status."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 def _failure(status: int, comment: str) -> Dataset:
     ds = Dataset()
     ds.Status = status
     ds.ErrorComment = comment[:64]
+    return ds
+
+
+def check_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str) -> Dataset:
+    """Parse received bytes (meta included) and refuse what cannot be a whole image.
+
+    Returns the parsed dataset; raises InstanceRejected with the status and reason otherwise.
+    Pixel data is measured, never decoded, so the check costs a parse, not a decompression.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns on truncation; we decide below
+        try:
+            ds = pydicom.dcmread(BytesIO(data))
+            sop_class = str(ds.get("SOPClassUID", ""))
+            sop_uid = str(ds.get("SOPInstanceUID", ""))
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a refusal
+            raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, f"Unreadable dataset: {type(exc).__name__}") from exc
+    if sop_class != sop_class_uid or sop_uid != sop_instance_uid:
+        raise InstanceRejected(STATUS_DATASET_MISMATCH, "Dataset does not match SOP class/instance")
+    if "PixelData" not in ds:
+        raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, "No pixel data (truncated dataset?)")
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        samples, bits = int(ds.get("SamplesPerPixel", 1)), int(ds.BitsAllocated)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        encapsulated = ds.file_meta.TransferSyntaxUID.is_encapsulated
+    except Exception as exc:  # noqa: BLE001 - missing/garbled image pixel attributes
+        raise InstanceRejected(STATUS_DATASET_MISMATCH,
+                               f"Image pixel module incomplete: {type(exc).__name__}") from exc
+    if min(rows, columns, samples, bits, frames) <= 0:
+        raise InstanceRejected(STATUS_DATASET_MISMATCH, "Rows/Columns/BitsAllocated not positive")
+    if not encapsulated:
+        expected = rows * columns * samples * frames * bits // 8
+        actual = len(ds.PixelData)
+        if not expected <= actual <= expected + 1:  # one byte of padding to even length
+            raise InstanceRejected(STATUS_DATASET_MISMATCH, f"PixelData {actual} bytes, expected {expected}")
+    elif not ds.PixelData:
+        raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, "Empty encapsulated pixel data")
     return ds
 
 
@@ -107,15 +157,18 @@ class StoreSCP:
                 log.error("disk space below threshold: refusing instance", sop_instance_uid=sop_uid,
                           free_bytes=self.spool.free_bytes())
                 return _failure(STATUS_OUT_OF_RESOURCES, "Out of resources: disk space low")
-            header = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-            sop_class = str(header.get("SOPClassUID", ""))
-            if sop_class != str(event.request.AffectedSOPClassUID) or \
-                    str(header.get("SOPInstanceUID", "")) != sop_uid:
-                log.warning("dataset does not match the request", sop_instance_uid=sop_uid)
-                return _failure(STATUS_DATASET_MISMATCH, "Dataset does not match SOP class/instance")
+            header = check_instance(data, str(event.request.AffectedSOPClassUID), sop_uid)
             study_uid = str(header.get("StudyInstanceUID", ""))
             series_uid = str(header.get("SeriesInstanceUID", ""))
+            replaced = self.spool.differs(study_uid, series_uid, sop_uid, data)
             path = self.spool.store(study_uid, series_uid, sop_uid, data)
+            if replaced:
+                log.warning("instance re-sent with different content: replaced", sop_instance_uid=sop_uid,
+                            series_uid=series_uid, calling_ae=calling_ae)
+        except InstanceRejected as exc:
+            log.warning("instance refused", sop_instance_uid=sop_uid[:64], calling_ae=calling_ae,
+                        status=f"0x{exc.status:04X}", reason=str(exc))
+            return _failure(exc.status, str(exc))
         except InvalidUID as exc:
             log.warning("instance refused", sop_instance_uid=sop_uid[:64], reason=str(exc))
             return _failure(STATUS_CANNOT_UNDERSTAND, str(exc))

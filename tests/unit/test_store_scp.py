@@ -70,31 +70,12 @@ def test_low_disk_answers_out_of_resources_and_writes_nothing(scp, ct_files):
     assert server.spool.series_dirs() == []
 
 
-def test_dataset_not_matching_negotiated_class(scp, ct_files):
+def test_dataset_not_matching_negotiated_class(scp, ct_files, tmp_path):
     """A C-STORE under the CT context whose dataset says MR is refused with 0xA900."""
-    from io import BytesIO
-
-    from pynetdicom.dsutils import encode
-    from pynetdicom.dimse_primitives import C_STORE
-
     server, port = scp
     ds = pydicom.dcmread(ct_files[0])
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
-    ae = AE(ae_title="SCANNER")
-    ae.add_requested_context(CTImageStorage)
-    assoc = ae.associate("127.0.0.1", port, ae_title="LDCTNODE")
-    context = assoc.accepted_contexts[0]
-    request = C_STORE()
-    request.MessageID = 1
-    request.AffectedSOPClassUID = CTImageStorage
-    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
-    request.Priority = 2
-    syntax = context.transfer_syntax[0]
-    request.DataSet = BytesIO(encode(ds, is_implicit_vr=syntax.is_implicit_VR, is_little_endian=syntax.is_little_endian))
-    assoc.dimse.send_msg(request, context.context_id)
-    _, response = assoc.dimse.get_msg(block=True)
-    assoc.release()
-    assert response.Status == 0xA900
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage; the file meta still says CT
+    assert send_file_bytes(port, tmp_path / "mr.dcm", file_bytes(ds)) == 0xA900
     assert server.spool.series_dirs() == []
 
 
@@ -140,51 +121,50 @@ def test_clean_temporary_spares_live_writers_of_a_shared_spool(tmp_path):
     assert sorted(p.name for p in spool.tmp.iterdir()) == sorted([names["live"], names["other_host_fresh"]])
 
 
-def send_raw(port, sop_class, sop_uid, payload: bytes, calling="SCANNER") -> int:
-    """C-STORE arbitrary bytes as the dataset (explicit VR little endian context)."""
-    from io import BytesIO
+def send_file_bytes(port, path, payload: bytes, calling="SCANNER") -> int:
+    """C-STORE the bytes of a DICOM file exactly as they are (chunked send: no re-encoding).
 
-    from pydicom.uid import ExplicitVRLittleEndian
-    from pynetdicom.dimse_primitives import C_STORE
+    The request's SOP class/instance come from the file meta, whatever the dataset says.
+    """
+    from pynetdicom import _config
 
+    path.write_bytes(payload)
     ae = AE(ae_title=calling)
-    ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+    ae.add_requested_context(CTImageStorage, pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
     assoc = ae.associate("127.0.0.1", port, ae_title="LDCTNODE")
     assert assoc.is_established
-    request = C_STORE()
-    request.MessageID = 1
-    request.AffectedSOPClassUID = sop_class
-    request.AffectedSOPInstanceUID = sop_uid
-    request.Priority = 2
-    request.DataSet = BytesIO(payload)
-    assoc.dimse.send_msg(request, assoc.accepted_contexts[0].context_id)
-    _, response = assoc.dimse.get_msg(block=True)
-    assoc.release()
-    return response.Status
+    chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
+    try:
+        status = assoc.send_c_store(path)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = chunked
+        assoc.release()
+    return status.Status
 
 
-def encoded(ds) -> bytes:
-    from pynetdicom.dsutils import encode
+def file_bytes(ds) -> bytes:
+    from io import BytesIO
 
-    return encode(ds, is_implicit_vr=False, is_little_endian=True)
+    buffer = BytesIO()
+    ds.save_as(buffer)  # the file meta is kept as it is, even where it disagrees with the dataset
+    return buffer.getvalue()
 
 
-def test_truncated_dataset_is_refused_and_not_spooled(scp, ct_files):
+def test_truncated_dataset_is_refused_and_not_spooled(scp, ct_files, tmp_path):
     server, port = scp
-    ds = pydicom.dcmread(ct_files[0])
-    payload = encoded(ds)
-    for cut in (len(payload) - 100, len(payload) // 3):
-        assert send_raw(port, CTImageStorage, ds.SOPInstanceUID, payload[:cut]) in (0xC000, 0xA900)
+    payload = ct_files[0].read_bytes()
+    for cut in (len(payload) - 100, len(payload) - 2100, 700):
+        assert send_file_bytes(port, tmp_path / "cut.dcm", payload[:cut]) in (0xC000, 0xA900), cut
     assert server.spool.series_dirs() == []
 
 
-def test_pixel_data_of_wrong_length_is_refused(scp, ct_files):
+def test_pixel_data_of_wrong_length_is_refused(scp, ct_files, tmp_path):
     server, port = scp
     ds = pydicom.dcmread(ct_files[0])
     ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
-    assert send_raw(port, CTImageStorage, ds.SOPInstanceUID, encoded(ds)) == 0xA900
+    assert send_file_bytes(port, tmp_path / "short.dcm", file_bytes(ds)) == 0xA900
     ds.PixelData = ds.PixelData * 4
-    assert send_raw(port, CTImageStorage, ds.SOPInstanceUID, encoded(ds)) == 0xA900
+    assert send_file_bytes(port, tmp_path / "long.dcm", file_bytes(ds)) == 0xA900
     assert server.spool.series_dirs() == []
 
 
