@@ -106,7 +106,6 @@ class CNNEngine:
         self.batch_size = batch_size
         if self.device.type == "cpu":
             torch.set_num_threads(num_threads or max(1, min(os.cpu_count() or 1, 8)))
-            torch.use_deterministic_algorithms(True, warn_only=True)
         else:
             self.model = self.model.to(self.device, memory_format=torch.channels_last)
         log.info("cnn.loaded", weights=path.name, version=self.version, device=str(self.device),

@@ -125,3 +125,11 @@ def test_site_dicom_seg_labels_round_trip(tmp_path: Path):
     labels, has_lung = labels_from_seg(tmp_path / "seg.dcm", volume.datasets)
     assert has_lung
     assert np.array_equal(labels, phantom.labels)
+
+
+def test_spent_time_budget_stops_and_checkpoints(tmp_path: Path):
+    config = _config(50)
+    config.time_budget_s = 1e-9
+    _, losses = train(_tiny_entries(), config, tmp_path / "c.pt")
+    assert losses == []
+    assert torch.load(tmp_path / "c.pt", weights_only=False)["step"] == 0
