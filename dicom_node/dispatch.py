@@ -32,6 +32,7 @@ class Dispatcher:
             try:
                 destination = self.settings.destination(dispatch.destination)
                 job = self.store.get_job(dispatch.job_id)
+                bound = bound.bind(series_uid=job.series_uid)
                 if not job.result_dir:
                     raise SendError("the job's results were purged")
                 outputs = [Path(job.result_dir) / name for name in job.summary_dict().get("outputs", [])]
