@@ -66,6 +66,13 @@ class ViewerStudy:
     orthanc: OrthancDicomWeb
     server: OhifServer
     browser: OhifBrowser
+    variant_segs: dict[str, Path]  # series description -> test-made SEG, stored when first used
+
+    def store_variant(self, description: str) -> None:
+        """Store a test-made SEG only when a test needs it: the node's own screenshot stays clean."""
+        path = self.variant_segs.pop(description, None)
+        if path is not None:
+            self.orthanc.upload([path])
 
     @property
     def target(self):
@@ -97,24 +104,24 @@ def viewer_study(tmp_path_factory):
 
     volume = load_series(ct_dir)
     labels = get_engine("threshold", "cpu").segment(volume)  # the node's own engine, recomputed here
-    extra_segs = []
+    variant_segs = {}
     variants = {OMITTED_DESCRIPTION: (labels, True),
                 **{description: (misplace(labels), False) for description, misplace in MISPLACED.items()}}
     for number, (description, (variant, omit_empty_frames)) in enumerate(variants.items(), start=990):
         seg = build_segmentation(volume.datasets, np.ascontiguousarray(variant), algorithm_name="viewer test",
                                  algorithm_version="0", series_number=number, series_description=description,
                                  omit_empty_frames=omit_empty_frames)
-        extra_segs.append(workdir / f"seg_{number}.dcm")
-        seg.save_as(extra_segs[-1], enforce_file_format=True)
+        variant_segs[description] = workdir / f"seg_{number}.dcm"
+        seg.save_as(variant_segs[description], enforce_file_format=True)
 
     orthanc = OrthancDicomWeb(workdir / "orthanc").start()
     server = browser = None
     try:
-        orthanc.upload(sorted(ct_dir.glob("*.dcm")) + sorted(results.glob("*.dcm")) + extra_segs)
+        orthanc.upload(sorted(ct_dir.glob("*.dcm")) + sorted(results.glob("*.dcm")))
         server = OhifServer(ohif_dist(), orthanc.http_port).start()
         browser = OhifBrowser(server.url, workdir)
         yield ViewerStudy(workdir, list(volume.datasets), labels, lesion_slice(labels), results,
-                          orthanc, server, browser)
+                          orthanc, server, browser, variant_segs)
     finally:
         if browser:
             browser.close()
@@ -126,6 +133,7 @@ def viewer_study(tmp_path_factory):
 def overlay_on_target_slice(study: ViewerStudy, seg_description: str, name: str):
     """Open the study, load one SEG, show the lesion slice; return (agreements, screenshot path)."""
     browser, target = study.browser, study.target
+    study.store_variant(seg_description)
     browser.open_study(target.StudyInstanceUID)
     browser.go_to_instance(target.SOPInstanceUID)
     placement = ImageOnScreen.from_browser(browser, target)
@@ -152,38 +160,19 @@ def overlay_on_target_slice(study: ViewerStudy, seg_description: str, name: str)
     return [compare_segment(shown, expected, s) for s in SEGMENTS], shot_path
 
 
-@pytest.mark.parametrize("description", [SEG_DESCRIPTION, OMITTED_DESCRIPTION], ids=["node_seg", "empty_frames_omitted"])
-def test_seg_overlay_lands_on_the_mask(viewer_study, description):
-    """The node's SEG, shown by OHIF on the lesion slice, covers the engine's mask segment by segment.
-
-    Also with empty frames omitted: OHIF 3.13 places such a SEG correctly too (older OHIF did
-    not, highdicom#214), so keeping empty frames, the node's default, is a safety margin.
-    """
-    name = "node" if description == SEG_DESCRIPTION else "omitted"
-    agreements, shot = overlay_on_target_slice(viewer_study, description, name)
-    report = {a.segment: vars(a) for a in agreements}
-    (viewer_study.workdir / f"{name}_overlay.json").write_text(json.dumps(report, indent=2))
-    expected = viewer_study.labels[viewer_study.target_slice]
-    assert (expected == 2).sum() >= 200, "the checked slice should hold a real GGO lesion"
-    assert overlay_mismatches(agreements) == [], f"SEG overlay misplaced in OHIF (screenshot {shot}): {report}"
-    if name == "node" and os.environ.get("LDCT_UPDATE_DOCS_SCREENSHOT") == "1":
+def update_docs_screenshot(screenshot: Path, name: str) -> None:
+    """With LDCT_UPDATE_DOCS_SCREENSHOT=1, copy a screenshot to docs/ for the README."""
+    if os.environ.get("LDCT_UPDATE_DOCS_SCREENSHOT") == "1":
         (REPO / "docs").mkdir(exist_ok=True)
-        shutil.copyfile(shot, REPO / "docs" / "ohif-seg-overlay.png")
-
-
-@pytest.mark.parametrize("description", list(MISPLACED))
-def test_misplaced_seg_fails_the_check(viewer_study, description):
-    """The same check rejects a SEG flipped left-right, with slices reversed, shifted 3 px or one slice."""
-    name = "_".join(description.lower().split()[1:]).replace("-", "_")
-    agreements, shot = overlay_on_target_slice(viewer_study, description, name)
-    problems = overlay_mismatches(agreements)
-    (viewer_study.workdir / f"{name}_overlay.json").write_text(
-        json.dumps({"agreements": [vars(a) for a in agreements], "problems": problems}, indent=2))
-    assert problems, f"a misplaced SEG passed the overlay check (screenshot {shot}): {[vars(a) for a in agreements]}"
+        shutil.copyfile(screenshot, REPO / "docs" / name)
 
 
 def test_sr_and_key_image_in_ohif(viewer_study):
-    """OHIF reads the TID 1500 SR's measurement groups (no image coordinates) and shows the key image."""
+    """OHIF reads the TID 1500 SR's measurement groups (no image coordinates) and shows the key image.
+
+    Runs first (file order), before the test-made SEGs are stored, so its screenshots show only
+    what the node sends.
+    """
     study, browser = viewer_study, viewer_study.browser
     browser.open_study(study.target.StudyInstanceUID)
 
@@ -211,3 +200,33 @@ def test_sr_and_key_image_in_ohif(viewer_study):
     canvas = shot[top:top + height, left:left + width].astype(int)
     burnt_in = canvas[(canvas[..., 0] - canvas[..., 2] > 80) & (canvas[..., 1] < 100)]  # red consolidation / legend
     assert burnt_in.shape[0] > 20, "the key image's burnt-in colour overlay is not on screen"
+    update_docs_screenshot(study.workdir / "key_image.png", "ohif-key-image.png")
+
+
+@pytest.mark.parametrize("description", [SEG_DESCRIPTION, OMITTED_DESCRIPTION], ids=["node_seg", "empty_frames_omitted"])
+def test_seg_overlay_lands_on_the_mask(viewer_study, description):
+    """The node's SEG, shown by OHIF on the lesion slice, covers the engine's mask segment by segment.
+
+    Also with empty frames omitted: OHIF 3.13 places such a SEG correctly too (older OHIF did
+    not, highdicom#214), so keeping empty frames, the node's default, is a safety margin.
+    """
+    name = "node" if description == SEG_DESCRIPTION else "omitted"
+    agreements, shot = overlay_on_target_slice(viewer_study, description, name)
+    report = {a.segment: vars(a) for a in agreements}
+    (viewer_study.workdir / f"{name}_overlay.json").write_text(json.dumps(report, indent=2))
+    expected = viewer_study.labels[viewer_study.target_slice]
+    assert (expected == 2).sum() >= 200, "the checked slice should hold a real GGO lesion"
+    assert overlay_mismatches(agreements) == [], f"SEG overlay misplaced in OHIF (screenshot {shot}): {report}"
+    if name == "node":
+        update_docs_screenshot(shot, "ohif-seg-overlay.png")
+
+
+@pytest.mark.parametrize("description", list(MISPLACED))
+def test_misplaced_seg_fails_the_check(viewer_study, description):
+    """The same check rejects a SEG flipped left-right, with slices reversed, shifted 3 px or one slice."""
+    name = "_".join(description.lower().split()[1:]).replace("-", "_")
+    agreements, shot = overlay_on_target_slice(viewer_study, description, name)
+    problems = overlay_mismatches(agreements)
+    (viewer_study.workdir / f"{name}_overlay.json").write_text(
+        json.dumps({"agreements": [vars(a) for a in agreements], "problems": problems}, indent=2))
+    assert problems, f"a misplaced SEG passed the overlay check (screenshot {shot}): {[vars(a) for a in agreements]}"
