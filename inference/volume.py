@@ -126,6 +126,18 @@ def load_series(source: Path | Sequence[Path]) -> CTVolume:
         paths = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     else:
         paths = [Path(p) for p in source]
+    try:
+        return _load_paths(paths)
+    except SeriesError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - malformed DICOM is a bad series, never a crash
+        raise SeriesError(f"unreadable series: {type(exc).__name__}: {exc}"[:500]) from exc
+
+
+MAX_IMAGE_SIDE = 8192  # bounds the volume allocation against garbled Rows/Columns
+
+
+def _load_paths(paths: list[Path]) -> CTVolume:
     headers = read_headers(paths)
     series_uids = {str(ds.get("SeriesInstanceUID", "")) for ds in headers}
     if len(series_uids) != 1:
@@ -134,6 +146,8 @@ def load_series(source: Path | Sequence[Path]) -> CTVolume:
     slice_spacing = spacing_from_positions(positions)
     first = ordered[0]
     shape = (int(first.Rows), int(first.Columns))
+    if not all(0 < side <= MAX_IMAGE_SIDE for side in shape):
+        raise SeriesError(f"implausible image size {shape[0]} x {shape[1]}")
     try:
         row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
     except AttributeError as exc:
