@@ -8,6 +8,7 @@ key that holds it: a node never starts on a half-valid configuration.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -43,6 +44,10 @@ class NodeSettings(_Section):
     allowed_calling_ae_titles: list[str] = Field(
         default_factory=list, description="empty: any calling AE title is accepted"
     )
+    allowed_peers: list["AllowedPeer"] = Field(
+        default_factory=list,
+        description="calling AE titles bound to source addresses; an AE listed here is refused from other addresses",
+    )
     max_pdu_size: int = Field(0, ge=0, description="0: unlimited")
     workers: int = Field(1, ge=0, description="in-process workers started by `serve`")
 
@@ -52,6 +57,56 @@ class NodeSettings(_Section):
     @classmethod
     def _check_allowed(cls, values: list[str]) -> list[str]:
         return [_check_ae_title(v) for v in values]
+
+
+class AllowedPeer(_Section):
+    """One calling AE title and the source addresses (IPs or CIDR networks) it may call from."""
+
+    ae_title: str
+    addresses: list[str] = Field(min_length=1)
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+    @field_validator("addresses")
+    @classmethod
+    def _check_addresses(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/24)") from exc
+        return values
+
+
+NodeSettings.model_rebuild()
+
+
+class TLSSettings(_Section):
+    """DICOM TLS: the Store SCP's certificate and, for dispatch, the node's client identity."""
+
+    enabled: bool = Field(False, description="the Store SCP accepts TLS connections only")
+    certificate: Path | None = Field(None, description="PEM certificate (chain) of this node")
+    private_key: Path | None = Field(None, description="PEM private key of `certificate`")
+    ca_certificates: Path | None = Field(
+        None, description="PEM CA bundle: verifies client certificates and TLS destinations")
+    require_client_certificate: bool = Field(False, description="refuse TLS clients without a valid certificate")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "TLSSettings":
+        problems = []
+        if self.enabled and (self.certificate is None or self.private_key is None):
+            problems.append("tls.enabled needs certificate and private_key")
+        if self.require_client_certificate and self.ca_certificates is None:
+            problems.append("require_client_certificate needs ca_certificates to verify clients with")
+        if (self.certificate is None) != (self.private_key is None):
+            problems.append("certificate and private_key go together")
+        for name in ("certificate", "private_key", "ca_certificates"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                problems.append(f"{name}: file not found: {path}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class SeriesSettings(_Section):
@@ -79,6 +134,9 @@ class Destination(_Section):
     ae_title: str
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
+    tls: bool = Field(False, description="send over DICOM TLS, verifying the peer against the CA bundle")
+    ca_certificates: Path | None = Field(None, description="CA bundle for this destination (default: tls.ca_certificates)")
+    server_name: str | None = Field(None, description="name in the peer's certificate (default: host)")
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 
@@ -144,6 +202,7 @@ class Settings(_Section):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    tls: TLSSettings = Field(default_factory=TLSSettings)
 
     @model_validator(mode="after")
     def _unique_destinations(self) -> "Settings":
@@ -151,6 +210,9 @@ class Settings(_Section):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"destination names must be unique: {', '.join(dupes)}")
+        for dest in self.destinations:
+            if dest.tls and dest.ca_certificates is None and self.tls.ca_certificates is None:
+                raise ValueError(f"destination {dest.name!r}: tls needs ca_certificates (its own or [tls])")
         return self
 
     @property

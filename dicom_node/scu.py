@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,21 +26,26 @@ class SendResult:
         return not self.failed
 
 
-def _associate(ae: AE, host: str, port: int, called_ae: str):
-    assoc = ae.associate(host, port, ae_title=called_ae)
+TLSArgs = tuple[ssl.SSLContext, str]  # (client context, server name to verify)
+
+
+def _associate(ae: AE, host: str, port: int, called_ae: str, tls: TLSArgs | None = None):
+    assoc = ae.associate(host, port, ae_title=called_ae, tls_args=tls)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not reachable"
+        if tls is not None and not assoc.is_rejected:
+            why += " (TLS: check the peer's certificate, the CA bundle and the server name)"
         raise SendError(f"association with {called_ae}@{host}:{port} failed: {why}")
     return assoc
 
 
 def echo(host: str, port: int, called_ae: str, calling_ae: str = "LDCTNODE",
-         timeout: float = 10) -> None:
-    """C-ECHO; raises SendError when the peer does not answer success."""
+         timeout: float = 10, tls: TLSArgs | None = None) -> None:
+    """C-ECHO (over TLS when `tls` is given); raises SendError when the peer does not answer success."""
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(Verification)
-    assoc = _associate(ae, host, port, called_ae)
+    assoc = _associate(ae, host, port, called_ae, tls)
     try:
         status = assoc.send_c_echo()
         if not status or status.Status != 0:
@@ -50,8 +56,11 @@ def echo(host: str, port: int, called_ae: str, calling_ae: str = "LDCTNODE",
 
 def send_files(paths: Sequence[Path], host: str, port: int, called_ae: str,
                calling_ae: str = "LDCTNODE", timeout: float = 30,
-               progress: Callable[[int, int], None] | None = None) -> SendResult:
+               progress: Callable[[int, int], None] | None = None,
+               tls: TLSArgs | None = None) -> SendResult:
     """C-STORE each file over one association, each in its own transfer syntax.
+
+    `tls` = (client SSL context, server name) sends over DICOM TLS (see dicom_node.tls).
 
     Raises SendError when no association can be made; per-instance failures are listed in
     the result so the caller decides whether to retry.
@@ -69,7 +78,7 @@ def send_files(paths: Sequence[Path], host: str, port: int, called_ae: str,
     for sop_class, syntax in contexts:
         ae.add_requested_context(sop_class, syntax)
     result = SendResult()
-    assoc = _associate(ae, host, port, called_ae)
+    assoc = _associate(ae, host, port, called_ae, tls)
     try:
         for index, (path, _, _) in enumerate(headers):
             if not assoc.is_established:

@@ -11,14 +11,18 @@ becomes a failure status and a log line; the server keeps serving.
 
 from __future__ import annotations
 
+import ipaddress
+import ssl
+import threading
 import warnings
 from io import BytesIO
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import pydicom
 import structlog
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.association import Association
 from pynetdicom.sop_class import (
     CTImageStorage,
     EnhancedCTImageStorage,
@@ -91,23 +95,100 @@ def check_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str) -> Da
     return ds
 
 
+_REFUSE_EVERY_TITLE = "\\"  # a backslash is never part of an AE title: nobody matches
+
+
+class CallerPolicy:
+    """Which calling AE titles may associate, optionally only from given source addresses.
+
+    `any_address`: titles accepted from anywhere. `bound`: title -> IP addresses/networks it
+    may call from (refused from elsewhere). Both empty: every caller is accepted.
+    """
+
+    def __init__(self, any_address: Sequence[str] = (), bound: Mapping[str, Sequence[str]] | None = None) -> None:
+        self.any_address = {title.strip() for title in any_address}
+        self.bound: dict[str, list] = {}
+        for title, addresses in (bound or {}).items():
+            self.bound.setdefault(title.strip(), []).extend(
+                ipaddress.ip_network(a, strict=False) for a in addresses)
+
+    @property
+    def is_open(self) -> bool:
+        return not self.any_address and not self.bound
+
+    @staticmethod
+    def _ip(address: str):
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return None
+        return ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped else ip
+
+    def allows(self, ae_title: str, address: str) -> bool:
+        return self.is_open or ae_title.strip() in self.titles_for(address)
+
+    def titles_for(self, address: str) -> list[str]:
+        """The calling AE titles acceptable from `address` (empty list: no restriction)."""
+        if self.is_open:
+            return []
+        ip = self._ip(address)
+        titles = set(self.any_address)
+        titles.update(title for title, networks in self.bound.items()
+                      if ip is not None and any(ip.version == n.version and ip in n for n in networks))
+        return sorted(titles) or [_REFUSE_EVERY_TITLE]
+
+
+class _PolicyAE(AE):
+    """An AE whose calling-AE allow-list depends on the requesting peer's address.
+
+    pynetdicom checks `require_calling_aet` while negotiating, in the association's own
+    thread (an Association is a Thread), so the list is computed for that thread's peer.
+    """
+
+    def __init__(self, ae_title: str, policy: CallerPolicy) -> None:
+        super().__init__(ae_title=ae_title)
+        self.policy = policy
+
+    @property
+    def require_calling_aet(self) -> list[str]:
+        assoc = threading.current_thread()
+        if isinstance(assoc, Association) and assoc.is_acceptor:
+            try:
+                return self.policy.titles_for(assoc.requestor.address)
+            except ValueError:  # no address known: refuse unless the policy is open
+                return [] if self.policy.is_open else [_REFUSE_EVERY_TITLE]
+        return sorted(self.policy.any_address | set(self.policy.bound))
+
+    @require_calling_aet.setter
+    def require_calling_aet(self, ae_titles: list[str]) -> None:
+        self.policy = CallerPolicy(ae_titles, self.policy.bound if hasattr(self, "policy") else None)
+
+
 class StoreSCP:
     """Receives instances into the spool and tells the tracker which series moved."""
 
     def __init__(self, *, ae_title: str, spool: Spool, tracker: SeriesTracker,
                  allowed_calling_ae_titles: list[str] | None = None, max_pdu_size: int = 0,
-                 on_stored: Callable[[str, str, str], None] | None = None) -> None:
+                 on_stored: Callable[[str, str, str], None] | None = None,
+                 allowed_peers: Mapping[str, Sequence[str]] | None = None,
+                 ssl_context: ssl.SSLContext | None = None,
+                 on_rejected: Callable[[str, str], None] | None = None) -> None:
+        """`allowed_peers`: calling AE title -> source addresses/networks it may call from.
+        `ssl_context`: serve DICOM TLS only (see dicom_node.tls.server_context).
+        `on_rejected(calling_ae, peer_address)`: told about every refused association."""
         self.spool = spool
         self.tracker = tracker
-        self.allowed = {a.strip() for a in (allowed_calling_ae_titles or [])}
+        self.policy = CallerPolicy(allowed_calling_ae_titles or [], allowed_peers)
+        self.allowed = set(self.policy.any_address)
         self.on_stored = on_stored
-        self.ae = AE(ae_title=ae_title)
+        self.on_rejected = on_rejected
+        self.ssl_context = ssl_context
+        self.ae = _PolicyAE(ae_title, self.policy)
         self.ae.maximum_pdu_size = max_pdu_size
         self.ae.network_timeout = 60
         self.ae.acse_timeout = 30
         self.ae.dimse_timeout = 60
         self.ae.maximum_associations = 16
-        self.ae.require_calling_aet = sorted(self.allowed)
         self.ae.add_supported_context(Verification)
         for sop_class in (CTImageStorage, EnhancedCTImageStorage):
             self.ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
@@ -120,8 +201,11 @@ class StoreSCP:
             (evt.EVT_ACCEPTED, self._handle_accepted),
             (evt.EVT_REJECTED, self._handle_rejected),
         ]
-        self.server = self.ae.start_server((address, port), block=False, evt_handlers=handlers)
-        log.info("store scp listening", ae_title=self.ae.ae_title, address=address, port=port)
+        self.server = self.ae.start_server((address, port), block=False, evt_handlers=handlers,
+                                           ssl_context=self.ssl_context)
+        log.info("store scp listening", ae_title=self.ae.ae_title, address=address, port=port,
+                 tls=self.ssl_context is not None,
+                 client_certificates=_client_cert_mode(self.ssl_context))
 
     def stop(self) -> None:
         if self.server is not None:
@@ -141,8 +225,13 @@ class StoreSCP:
                  peer=event.assoc.requestor.address)
 
     def _handle_rejected(self, event) -> None:
-        log.warning("association rejected", calling_ae=self._calling_ae(event),
-                    peer=event.assoc.requestor.address)
+        calling_ae, peer = self._calling_ae(event), event.assoc.requestor.address
+        log.warning("association rejected", calling_ae=calling_ae, peer=peer)
+        if self.on_rejected is not None:
+            try:
+                self.on_rejected(calling_ae, peer)
+            except Exception:  # noqa: BLE001 - an audit hiccup must not break the server
+                log.exception("recording the rejection failed", calling_ae=calling_ae)
 
     def _handle_store(self, event) -> int | Dataset:
         calling_ae = self._calling_ae(event)
@@ -183,3 +272,10 @@ class StoreSCP:
             self.on_stored(calling_ae, series_uid, sop_uid)
         log.debug("instance stored", sop_instance_uid=sop_uid, series_uid=series_uid, path=str(path))
         return STATUS_SUCCESS
+
+
+def _client_cert_mode(context: ssl.SSLContext | None) -> str:
+    if context is None:
+        return "-"
+    return {ssl.CERT_NONE: "not asked", ssl.CERT_OPTIONAL: "optional",
+            ssl.CERT_REQUIRED: "required"}[context.verify_mode]

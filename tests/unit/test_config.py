@@ -67,3 +67,28 @@ def test_config_check_cli(tmp_path):
     bad.write_text("[node]\nport = -1\n")
     result = CliRunner().invoke(app, ["config", "check", str(bad)])
     assert result.exit_code == 2 and "node.port" in result.output
+
+
+def test_tls_and_allowed_peers_are_validated_with_every_problem_named(tmp_path):
+    cert = tmp_path / "node.pem"
+    cert.write_text("x")
+    path = write(tmp_path, f'[tls]\nenabled = true\ncertificate = "{cert}"\nrequire_client_certificate = true\n'
+                           '[[node.allowed_peers]]\nae_title = "CT1"\naddresses = ["10.0.0.300"]\n'
+                           '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "h"\nport = 104\ntls = true\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, environ={})
+    message = str(err.value)
+    assert "needs certificate and private_key" in message
+    assert "require_client_certificate needs ca_certificates" in message
+    assert "10.0.0.300" in message and "node.allowed_peers" in message
+
+
+def test_tls_destination_and_bound_peers_accepted(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    path = write(tmp_path, f'[tls]\nca_certificates = "{ca}"\n'
+                           '[[node.allowed_peers]]\nae_title = "CT1"\naddresses = ["10.0.0.5", "10.1.0.0/16"]\n'
+                           '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "h"\nport = 2762\ntls = true\n')
+    s = load_settings(path, environ={"LDCT_TLS__REQUIRE_CLIENT_CERTIFICATE": "true"})
+    assert s.node.allowed_peers[0].addresses == ["10.0.0.5", "10.1.0.0/16"]
+    assert s.destination("pacs").tls and s.tls.require_client_certificate and not s.tls.enabled
