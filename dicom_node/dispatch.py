@@ -14,6 +14,7 @@ from config.settings import Settings
 from dicom_node import metrics
 from dicom_node.jobstore import DEAD, JobStore
 from dicom_node.scu import SendError, send_files
+from dicom_node.tls import destination_tls
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +38,8 @@ class Dispatcher:
                     raise SendError("the job's results were purged")
                 outputs = [Path(job.result_dir) / name for name in job.summary_dict().get("outputs", [])]
                 result = send_files(outputs, destination.host, destination.port, destination.ae_title,
-                                    calling_ae=self.settings.node.ae_title, timeout=cfg.timeout_seconds)
+                                    calling_ae=self.settings.node.ae_title, timeout=cfg.timeout_seconds,
+                                    tls=destination_tls(self.settings, destination))
                 if not result.ok:
                     raise SendError(f"{len(result.failed)} of {len(outputs)} refused: {result.failed[0][1]}")
             except Exception as exc:  # noqa: BLE001 - every failure is kept on the dispatch row

@@ -24,6 +24,7 @@ from dicom_node.jobstore import SERIES_DUPLICATE, JobStore, utcnow
 from dicom_node.series import SeriesTracker, evaluate_series, instance_set_hash
 from dicom_node.spool import Spool
 from dicom_node.store_scp import StoreSCP
+from dicom_node.tls import scp_context
 from dicom_node.worker import Worker
 
 log = structlog.get_logger(__name__)
@@ -50,7 +51,9 @@ class Node:
         self.scp = StoreSCP(ae_title=settings.node.ae_title, spool=self.spool, tracker=self.tracker,
                             allowed_calling_ae_titles=settings.node.allowed_calling_ae_titles,
                             max_pdu_size=settings.node.max_pdu_size,
-                            on_stored=self._on_instance_stored) if receive else None
+                            on_stored=self._on_instance_stored,
+                            allowed_peers=_allowed_peers(settings), ssl_context=scp_context(settings),
+                            on_rejected=self._on_association_rejected) if receive else None
         count = settings.node.workers if workers is None else workers
         self.workers = [Worker(settings, self.store, engine=engine, name=f"{_identity()}-{i}",
                                on_done=self._on_job_done)
@@ -99,6 +102,9 @@ class Node:
             self.metrics.stop()
         self.store.close()
         log.info("node stopped")
+
+    def _on_association_rejected(self, calling_ae: str, peer: str) -> None:
+        self.store.audit("association_rejected", calling_ae=calling_ae, peer=peer)
 
     # ---- sweeps ----------------------------------------------------------------------
     def _on_instance_stored(self, calling_ae: str, series_uid: str, sop_uid: str) -> None:
@@ -180,6 +186,14 @@ class Node:
                 shutil.rmtree(self.spool.series_dir(job.study_uid, job.series_uid), ignore_errors=True)
             self.store.mark_purged(job.id)
             log.info("retention purge", job_id=job.id, series_uid=job.series_uid)
+
+
+def _allowed_peers(settings: Settings) -> dict[str, list[str]]:
+    """[[node.allowed_peers]] as calling AE title -> addresses (entries for one title merged)."""
+    peers: dict[str, list[str]] = {}
+    for peer in settings.node.allowed_peers:
+        peers.setdefault(peer.ae_title, []).extend(peer.addresses)
+    return peers
 
 
 def _identity() -> str:
