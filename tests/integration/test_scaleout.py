@@ -94,6 +94,24 @@ def test_upgrade_keeps_the_queue_on_postgres(postgres_url):
         upgraded.close()
 
 
+def test_processes_starting_together_migrate_a_new_postgres_database_once(postgres_url):
+    """Receiver and workers opening an empty database at the same moment: the advisory lock
+    lets one migrate; the others wait and find the schema ready."""
+    import subprocess
+    import sys
+
+    from tests.integration.peers import REPO
+
+    code = f"from dicom_node.jobstore import JobStore; JobStore({postgres_url!r}).close()"
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errors
+    store = JobStore(postgres_url, upgrade=False)
+    assert store.schema_revision() == head_revision()
+    store.close()
+
+
 def _job_done_lines(logs) -> list[dict]:
     found = []
     for path in logs:

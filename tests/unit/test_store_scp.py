@@ -176,3 +176,18 @@ def test_changed_resend_replaces_the_instance(scp, ct_files):
     assert send(port, [ds]) == [0]
     stored = server.spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     assert pydicom.dcmread(stored).PixelData == ds.PixelData
+
+
+def test_caller_policy_binds_titles_to_addresses():
+    from dicom_node.store_scp import CallerPolicy
+
+    open_policy = CallerPolicy()
+    assert open_policy.is_open and open_policy.allows("ANY", "203.0.113.9")
+    policy = CallerPolicy(["ANYWHERE"], {"CT1": ["10.0.0.5"], "CT2": ["10.1.0.0/16", "2001:db8::/32"]})
+    assert policy.allows("ANYWHERE", "198.51.100.1")
+    assert policy.allows("CT1", "10.0.0.5") and not policy.allows("CT1", "10.0.0.6")
+    assert policy.allows("CT2", "10.1.200.3") and policy.allows("CT2", "2001:db8::7")
+    assert policy.allows("CT1", "::ffff:10.0.0.5")  # IPv4-mapped, as a dual-stack socket reports it
+    assert not policy.allows("CT2", "not-an-address") and not policy.allows("STRANGER", "10.0.0.5")
+    assert policy.titles_for("192.0.2.1") == ["ANYWHERE"]
+    assert CallerPolicy([], {"CT1": ["10.0.0.5"]}).titles_for("192.0.2.1") == ["\\"]  # nobody matches
