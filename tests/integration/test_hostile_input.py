@@ -82,8 +82,9 @@ def series_uid_of(paths: list[Path]) -> str:
 
 
 def storescu_verbose(port: int, paths: list[Path], *options: str) -> tuple[int, str]:
-    """storescu -d with extra options; (exit code, lower-cased output)."""
-    result = subprocess.run(["storescu", "-d", *options, "-aet", "SCANNER", "-aec", "LDCTNODE", "127.0.0.1",
+    """storescu -d (or the verbosity given) with extra options; (exit code, lower-cased output)."""
+    verbosity = [] if "-q" in options else ["-d"]
+    result = subprocess.run(["storescu", *verbosity, *options, "-aet", "SCANNER", "-aec", "LDCTNODE", "127.0.0.1",
                              str(port), *map(str, paths)], capture_output=True, text=True, env=tool_env(), timeout=120)
     return result.returncode, (result.stdout + result.stderr).lower()
 
@@ -269,6 +270,28 @@ def test_patient_names_in_other_character_sets_reach_the_seg(peers, tmp_path, ch
     processed(node, store, series_uid_of(paths))
     seg = seg_for(orthanc, series_uid_of(paths))
     assert seg is not None and str(seg.PatientName) == name
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc")
+
+
+@pytest.mark.slow
+def test_2000_slice_series_is_processed_with_bounded_memory(peers, tmp_path):
+    """2000 thin slices (64 x 64): received, decided, processed and sent; the node's peak
+    resident memory stays far below what holding every slice as float64 twice would need."""
+    _, node, store = peers
+    paths = write_series(generate_phantom(shape=(2000, 64, 64), spacing=(0.5, 5.3, 5.3), seed=13), tmp_path / "s")
+    code, output = storescu_verbose(node.port, paths, "-q")
+    assert code == 0, output[-800:]
+    job = processed(node, store, series_uid_of(paths), timeout=300)
+    assert job["instances"] == 2000 and job["summary"]["slices"] == 2000
+    peak = _peak_rss_mib(node.process.pid)
+    print(f"\n2000-slice series: node peak RSS {peak:.0f} MiB")
+    assert peak < 1500, peak
 
 
 def test_node_still_serving_and_no_handler_crashed(peers):
