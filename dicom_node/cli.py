@@ -203,6 +203,7 @@ def health(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption,
 
     from dicom_node.jobstore import utcnow
     from dicom_node.scu import SendError, echo as c_echo
+    from dicom_node.tls import destination_tls, self_check_tls
 
     settings = settings_from(config)
     checks: list[tuple[str, bool, str]] = []
@@ -222,14 +223,16 @@ def health(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption,
                    f"{free_mb:.0f} MB free, threshold {settings.node.min_free_disk_mb} MB"))
     host = "127.0.0.1" if settings.node.bind_address in ("0.0.0.0", "") else settings.node.bind_address
     try:
-        c_echo(host, settings.node.port, settings.node.ae_title, calling_ae=settings.node.ae_title, timeout=5)
+        c_echo(host, settings.node.port, settings.node.ae_title, calling_ae=settings.node.ae_title, timeout=5,
+               tls=self_check_tls(settings))
         checks.append(("store scp", True, f"C-ECHO {settings.node.ae_title}@{host}:{settings.node.port} answered"))
     except SendError as exc:
         checks.append(("store scp", False, str(exc)))
     if destinations:
         for d in settings.destinations:
             try:
-                c_echo(d.host, d.port, d.ae_title, calling_ae=settings.node.ae_title, timeout=5)
+                c_echo(d.host, d.port, d.ae_title, calling_ae=settings.node.ae_title, timeout=5,
+                       tls=destination_tls(settings, d))
                 checks.append((f"destination {d.name}", True, "C-ECHO answered"))
             except SendError as exc:
                 checks.append((f"destination {d.name}", False, str(exc)))
@@ -373,11 +376,13 @@ def echo(destination: str = typer.Argument(..., help="Destination name or host:p
          config: Optional[Path] = ConfigOption) -> None:
     """C-ECHO a destination to check connectivity."""
     from dicom_node.scu import SendError, echo as c_echo
+    from dicom_node.tls import named_destination_tls
 
     settings = settings_from(config)
     host, port, ae_title = _resolve_peer(settings, destination)
     try:
-        c_echo(host, port, ae_title, calling_ae=settings.node.ae_title)
+        c_echo(host, port, ae_title, calling_ae=settings.node.ae_title,
+               tls=named_destination_tls(settings, destination))
     except SendError as exc:
         fail(str(exc))
     console.print(f"C-ECHO {ae_title}@{host}:{port}: success")
@@ -389,6 +394,7 @@ def send(path: Path = typer.Argument(..., exists=True, help="A DICOM file or a f
          config: Optional[Path] = ConfigOption) -> None:
     """Push DICOM files to a peer by C-STORE (for example a series to the node)."""
     from dicom_node.scu import SendError, send_files
+    from dicom_node.tls import named_destination_tls
 
     settings = settings_from(config)
     host, port, ae_title = _resolve_peer(settings, to)
@@ -399,7 +405,8 @@ def send(path: Path = typer.Argument(..., exists=True, help="A DICOM file or a f
         task = progress.add_task(f"C-STORE to {ae_title}@{host}:{port}", total=len(files))
         try:
             result = send_files(files, host, port, ae_title, calling_ae=settings.node.ae_title,
-                                progress=lambda done, total: progress.update(task, completed=done))
+                                progress=lambda done, total: progress.update(task, completed=done),
+                                tls=named_destination_tls(settings, to))
         except SendError as exc:
             fail(str(exc))
         except Exception as exc:  # noqa: BLE001 - unreadable file etc.
