@@ -79,3 +79,30 @@ def destination_tls(settings: Settings, destination: Destination) -> tuple[ssl.S
         raise TLSError(f"destination {destination.name!r}: tls needs ca_certificates")
     context = client_context(ca, settings.tls.certificate, settings.tls.private_key)
     return context, destination.server_name or destination.host
+
+
+def self_check_tls(settings: Settings) -> tuple[ssl.SSLContext, str] | None:
+    """(context, name) for the node echoing its own TLS listener (`ldct-node health`).
+
+    Only proves the listener completes a TLS handshake and answers C-ECHO: the node's own
+    certificate is not verified here (it may come from another CA than the client bundle),
+    but it is presented, so a listener that requires client certificates accepts the check
+    when the node's certificate is signed by that CA.
+    """
+    tls = settings.tls
+    if not tls.enabled:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    _load_chain(context, tls.certificate, tls.private_key)
+    return context, "localhost"
+
+
+def named_destination_tls(settings: Settings, target: str) -> tuple[ssl.SSLContext, str] | None:
+    """TLS arguments when `target` names a configured TLS destination, else None (plain TCP)."""
+    for destination in settings.destinations:
+        if destination.name == target:
+            return destination_tls(settings, destination)
+    return None

@@ -167,7 +167,9 @@ def test_node_over_tls_both_ways_no_phi_in_logs_audit_and_permissions(make_node,
     text = node.config.read_text().replace('level = "info"', 'level = "debug"')
     text = text.replace("[inference]", '[[destinations]]\nname = "pacs"\nae_title = "TLSPACS"\nhost = "127.0.0.1"\n'
                         f'port = {pacs_port}\ntls = true\nserver_name = "localhost"\n[inference]')
-    text = text.replace("[series]", '[[node.allowed_peers]]\nae_title = "SCANNER"\naddresses = ["127.0.0.1"]\n[series]')
+    text = text.replace("[series]", '[[node.allowed_peers]]\nae_title = "SCANNER"\naddresses = ["127.0.0.1"]\n'
+                        # the node's own AE from loopback only: `ldct-node health` echoes itself
+                        '[[node.allowed_peers]]\nae_title = "LDCTNODE"\naddresses = ["127.0.0.1"]\n[series]')
     node.config.write_text(text)
     node.start()
     series = tmp_path / "phi"
@@ -189,6 +191,10 @@ def test_node_over_tls_both_ways_no_phi_in_logs_audit_and_permissions(make_node,
     assert {"SEG", "SR"} <= modalities
     job = wait_until(lambda: (lambda js: js[0] if js and js[0]["dispatches"][0]["state"] == "sent" else None)(node.jobs()),
                      60, what="dispatch recorded as sent")
+    # admin commands speak TLS too: health echoes the TLS listener, echo the TLS destination
+    health = node.cli("health", "--destinations", check=False)
+    assert health.returncode == 0, health.stdout + health.stderr
+    assert node.cli("echo", "pacs").returncode == 0
     # no patient name (any component), ID, birth date or accession number in any log line
     node.stop()
     logs = node.log_path.read_text(errors="replace")
