@@ -119,11 +119,12 @@ def seg_for(orthanc: Orthanc, series_uid: str):
 def test_truncated_file_is_refused_at_store(peers, tmp_path):
     _, node, _ = peers
     path = series(tmp_path / "s")[0]
+    sop_uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
     whole = path.read_bytes()
     for cut in (len(whole) - 64, len(whole) - 4000, 600):
         path.write_bytes(whole[:cut])
         assert send_raw_bytes(node.port, path) in (0xC000, 0xA900), cut
-    assert not list((node.data_dir / "spool").rglob(f"{path.stem}*"))
+    assert not list((node.data_dir / "spool").rglob(f"{sop_uid}*"))
 
 
 def test_pixel_data_of_wrong_length_is_refused_with_a900(peers, tmp_path):
