@@ -230,7 +230,7 @@ def test_allow_list_binds_calling_ae_titles_to_source_addresses(tmp_path, ct_fil
         ae = AE(ae_title=calling)
         ae.add_requested_context(Verification)
         ae.add_requested_context(CTImageStorage)
-        assoc = ae.associate("127.0.0.1" if source == "127.0.0.1" else source, port, ae_title="LDCTNODE",
+        assoc = ae.associate(source, port, ae_title="LDCTNODE",
                              bind_address=(source, 0))
         ok = assoc.is_established
         if ok:
