@@ -78,6 +78,27 @@ def test_concurrent_claims_on_postgres_take_each_job_once(postgres_url):
     check.close()
 
 
+def test_expired_lease_returns_to_the_queue_on_postgres(postgres_url):
+    """A worker that stops heartbeating loses its job to the next worker; it cannot finish it."""
+    import time
+
+    store = JobStore(postgres_url)
+    try:
+        [job_id] = enqueue(store, 1)
+        store.claim_job("host-a:1", lease_seconds=0.2)
+        assert store.requeue_expired_leases(max_attempts=3) == []  # still leased
+        time.sleep(0.4)
+        assert store.requeue_expired_leases(max_attempts=3) == [job_id]
+        again = store.claim_job("host-b:2", lease_seconds=60)
+        assert again.id == job_id and again.attempts == 2
+        assert not store.heartbeat(job_id, "host-a:1", 60)
+        assert not store.complete_job(job_id, "host-a:1", result_dir="/r", summary={}, destinations=["pacs"])
+        assert store.complete_job(job_id, "host-b:2", result_dir="/r", summary={}, destinations=["pacs"])
+        assert [d.destination for d in store.dispatches_for(job_id)] == ["pacs"]
+    finally:
+        store.close()
+
+
 def test_upgrade_keeps_the_queue_on_postgres(postgres_url):
     """A database made before migrations existed (create_all) is stamped and keeps its jobs."""
     legacy = create_engine(postgres_url)
