@@ -25,7 +25,6 @@ from typing import Any, Iterator
 
 from sqlalchemy import (
     DateTime,
-    Float,
     ForeignKey,
     Integer,
     String,

@@ -7,7 +7,6 @@ localhost/127.0.0.1, a client certificate, and a client certificate from a rogue
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ from dicom_node.spool import Spool
 from dicom_node.store_scp import StoreSCP
 from dicom_node.tls import TLSError, client_context, server_context
 from inference.synthetic import generate_phantom, write_series
-from tests.integration.peers import free_port, storescu, tool_env, wait_until
+from tests.integration.peers import free_port, tool_env, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 
