@@ -65,8 +65,11 @@ def test_echoscu_verifies_the_node(make_node):
 @pytest.mark.slow
 @pytest.mark.skipif(not LIDC_0002.exists(), reason="LIDC-IDRI-0002 not present in ../shared/data")
 def test_lidc_series_to_orthanc_seg_and_sr(orthanc, make_node, tmp_path):
-    """storescu sends LIDC-IDRI-0002 (261 slices); SEG + SR arrive in Orthanc, valid, consistent."""
-    node = make_node(orthanc).start()
+    """storescu sends LIDC-IDRI-0002 (261 slices); SEG + SR arrive in Orthanc, valid, consistent.
+
+    Runs the default engine (the CNN with its shipped weights), as a department would.
+    """
+    node = make_node(orthanc, engine="cnn").start()
     sent = storescu(node.port, LIDC_0002)
     assert sent.returncode == 0, sent.stderr
     segs, srs = results_in_pacs(orthanc, timeout=900)
@@ -116,7 +119,7 @@ def test_synthetic_lesion_volumes_within_tolerance(orthanc, make_node, tmp_path)
 def test_restart_between_receipt_and_processing_sends_once(orthanc, make_node, tmp_path):
     """Killed (SIGKILL) after the images are stored and before the series is complete."""
     write_demo_series(tmp_path / "series")
-    node = make_node(orthanc, engine="threshold", idle_seconds=30).start()
+    node = make_node(orthanc, engine="threshold", idle_seconds=8).start()
     assert storescu(node.port, tmp_path / "series").returncode == 0
     node.kill()
     assert node.jobs() == []  # nothing was decided yet: the series was still "receiving"
