@@ -23,6 +23,8 @@ from rich.table import Table
 
 from config.settings import ConfigError, Settings, load_settings
 from dicom_node.logging import configure_logging
+from inference.commands import evaluate_command, train_command
+from reporting.commands import risk_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="ldct-node: COVID-19 lung lesion quantification on low-dose chest CT, as a DICOM node.")
@@ -526,21 +528,7 @@ def main() -> None:  # pragma: no cover - console script entry
     app()
 
 
-def _register_optional_commands() -> None:
-    """Commands owned by inference/ and reporting/ (train, evaluate, risk, clinical import)."""
-    try:
-        from inference.commands import evaluate_command, train_command
-    except ImportError:
-        pass
-    else:
-        app.command("train")(train_command)
-        app.command("evaluate")(evaluate_command)
-    try:
-        from reporting.commands import risk_app
-    except ImportError:
-        pass
-    else:
-        app.add_typer(risk_app, name="risk")
-
-
-_register_optional_commands()
+# Commands owned by inference/ and reporting/, mounted here so `ldct-node` is the one entry point.
+app.command("train")(train_command)
+app.command("evaluate")(evaluate_command)
+app.add_typer(risk_app, name="risk")

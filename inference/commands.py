@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from inference.engines.cnn import DEFAULT_WEIGHTS
+from inference.engines import DEFAULT_WEIGHTS
 
 
 def train_command(

@@ -7,6 +7,7 @@ returning uint8 labels shaped like `volume.hu`. `get_engine` builds one by its c
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
@@ -14,6 +15,9 @@ import numpy as np
 from inference.volume import CTVolume
 
 Progress = Callable[[int, int], None]
+
+#: The shipped CNN weights (their SHA-256 is in SHA256SUMS beside them).
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "ldct-unet.pt"
 
 
 class Engine(Protocol):

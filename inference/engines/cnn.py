@@ -18,14 +18,12 @@ import structlog
 import torch
 from torch.nn import functional as F
 
-from inference.engines import Progress
+from inference.engines import DEFAULT_WEIGHTS, Progress
 from inference.unet import UNet2D, normalise_hu
 from inference.volume import CTVolume
 
 log = structlog.get_logger(__name__)
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-DEFAULT_WEIGHTS = WEIGHTS_DIR / "ldct-unet.pt"
 CHECKSUM_FILE = "SHA256SUMS"
 TRAINING_PIXEL_MM = 1.37
 EXPORT_LONG_SIDE_PX = 256
