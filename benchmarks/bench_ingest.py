@@ -95,7 +95,7 @@ def main(argv=None) -> dict:
         medians = {name: statistics.median(times) for name, times in by_name.items()}
         table[assoc] = {
             name: {"median_s": round(m, 3), "instances_per_s": round(len(files) / m, 1),
-                   "ldct_node_speed_ratio": round(m / medians["ldct-node"], 2)}
+                   "ldct_node_speed_relative": round(m / medians["ldct-node"], 2)}  # node instances/s divided by this receiver's
             for name, m in medians.items()
         }
     report = {"instances": len(files), "bytes": sum(p.stat().st_size for p in files), "runs": args.runs,
