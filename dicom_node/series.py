@@ -139,6 +139,15 @@ def evaluate_series(files: list[Path], settings: SeriesSettings) -> SeriesDecisi
         keyed = sorted(((round(slice_position(d, normal), 3), d) for d in headers), key=lambda p: p[0])
     except SeriesError as exc:
         return decide("inconsistent", str(exc))
+    acquisitions: dict[str, set[float]] = {}
+    for position, ds in keyed:
+        acquisitions.setdefault(str(ds.get("AcquisitionNumber", "")), set()).add(position)
+    if len(acquisitions) > 1:
+        groups = list(acquisitions.values())
+        if any(a & b for i, a in enumerate(groups) for b in groups[i + 1:]):
+            numbers = ", ".join(sorted(acquisitions, key=str))
+            return decide("inconsistent", f"{len(acquisitions)} acquisitions (AcquisitionNumber {numbers}) "
+                                          "cover the same positions in one series; send each as its own series")
     unique: list = []
     for position, ds in keyed:
         if unique and position == unique[-1][0]:

@@ -74,3 +74,15 @@ def test_tracker_reports_only_idle_series():
     idle = tracker.pop_idle(5)
     assert [a.series_uid for a in idle] == ["1.1"]
     assert tracker.is_active("1.2") and not tracker.is_active("1.1")
+
+
+def test_two_acquisitions_at_the_same_positions_are_inconsistent(series, tmp_path):
+    second = []
+    for i, p in enumerate(series):
+        ds = pydicom.dcmread(p)
+        ds.SOPInstanceUID = f"{ds.SOPInstanceUID[:50]}.{i + 1}"
+        ds.AcquisitionNumber = 2
+        second.append(tmp_path / f"{i}.dcm")
+        ds.save_as(second[-1])
+    decision = evaluate_series(series + second, SeriesSettings())
+    assert decision.outcome == "inconsistent" and "acquisitions" in decision.reason
