@@ -29,6 +29,25 @@ TRAINING_PIXEL_MM = 1.37
 EXPORT_LONG_SIDE_PX = 256
 
 
+def keep_lung_components(labels: np.ndarray, min_fraction: float = 0.1) -> np.ndarray:
+    """Zero every 3D component of (labels > 0) smaller than `min_fraction` of the largest.
+
+    Both lungs (joined or not) survive; isolated false positives outside them do not. Lesions
+    are part of the lung components, so lesions inside the lungs are kept. In place.
+    """
+    from scipy import ndimage
+
+    components, count = ndimage.label(labels > 0)
+    if count <= 1:
+        return labels
+    sizes = np.bincount(components.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    drop = sizes < min_fraction * sizes.max()
+    drop[0] = False
+    labels[drop[components]] = 0
+    return labels
+
+
 class WeightsError(RuntimeError):
     """Weights missing, unlisted in the checksum file, or not matching their checksum."""
 
@@ -89,7 +108,9 @@ class CNNEngine:
         weights_path: Path | str | None = None,
         batch_size: int = 16,
         num_threads: int | None = None,
+        postprocess: bool = True,
     ) -> None:
+        self.postprocess = postprocess
         path = Path(weights_path) if weights_path else DEFAULT_WEIGHTS
         self.checksum = verify_checksum(path)
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -98,7 +119,8 @@ class CNNEngine:
         self.model = UNet2D(**payload["architecture"])
         self.model.load_state_dict(payload["state_dict"])
         self.model.eval()
-        self.version = str(payload.get("version", "unknown"))
+        # The version names the weights and, when on, the 3D post-processing: both shape the labels.
+        self.version = str(payload.get("version", "unknown")) + ("+lung-components" if postprocess else "")
         self.metadata = dict(payload.get("metadata", {}))
         self.device = _pick_device(device)
         self.batch_size = batch_size
@@ -152,12 +174,18 @@ class CNNEngine:
         return labels
 
     def segment(self, volume: CTVolume, progress: Progress | None = None) -> np.ndarray:
-        """Label map (uint8 0 bg, 1 lung, 2 GGO, 3 consolidation) shaped like `volume.hu`."""
+        """Label map (uint8 0 bg, 1 lung, 2 GGO, 3 consolidation) shaped like `volume.hu`.
+
+        Slice-wise predictions, then only the lungs' 3D connected components are kept
+        (`keep_lung_components`): a 2D model cannot tell a lung-like patch of air outside the
+        body or in the bowel from lung, the 3D context can.
+        """
         _, row_mm, col_mm = volume.spacing
         rows, cols = volume.hu.shape[1:]
         work = (max(16, round(rows * row_mm / TRAINING_PIXEL_MM)),
                 max(16, round(cols * col_mm / TRAINING_PIXEL_MM)))
-        return self.predict_slices(volume.hu, work, progress)
+        labels = self.predict_slices(volume.hu, work, progress)
+        return keep_lung_components(labels) if self.postprocess else labels
 
     def segment_image(self, hu: np.ndarray) -> np.ndarray:
         """Labels for one 2D image of unknown pixel size (a thorax-cropped export).

@@ -36,7 +36,7 @@ def tiny_weights(tmp_path: Path) -> Path:
 
 def test_engine_returns_uint8_labels_of_volume_shape(tiny_weights: Path):
     engine = CNNEngine(device="cpu", weights_path=tiny_weights, batch_size=3, num_threads=1)
-    assert engine.version == "test-1"
+    assert engine.version == "test-1+lung-components"
     hu = np.full((5, 40, 36), -1000, np.int16)
     hu[:, 8:32, 6:30] = -850
     calls = []
@@ -69,3 +69,20 @@ def test_shipped_weights_fit_the_budget():
     folder = Path(__file__).resolve().parents[2] / "inference" / "weights"
     total = sum(p.stat().st_size for p in folder.glob("*.pt"))
     assert total <= 25 * 1024 * 1024
+
+
+def test_keep_lung_components_drops_islands_outside_the_lungs():
+    import numpy as np
+
+    from inference.engines.cnn import keep_lung_components
+
+    labels = np.zeros((10, 40, 40), np.uint8)
+    labels[1:9, 5:35, 3:15] = 1      # right lung
+    labels[1:9, 5:35, 25:37] = 1     # left lung
+    labels[4:6, 10:14, 6:10] = 2     # GGO inside the right lung: kept
+    labels[0, 38:40, 0:2] = 1        # a lung-like patch of air outside the body: dropped
+    labels[9, 0:2, 38:40] = 3        # an isolated "consolidation" speck: dropped
+    out = keep_lung_components(labels.copy())
+    assert out[0, 38:40, 0:2].max() == 0 and out[9, 0:2, 38:40].max() == 0
+    assert (out[4:6, 10:14, 6:10] == 2).all()
+    assert (out > 0).sum() == (labels > 0).sum() - 4 - 4
