@@ -42,6 +42,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from dicom_node.spool import pid_alive
+
 # Job states
 QUEUED, RUNNING, FAILED, DONE, DEAD = "queued", "running", "failed", "done", "dead"
 JOB_STATES = (QUEUED, RUNNING, FAILED, DONE, DEAD)
@@ -257,16 +259,6 @@ def _upgrade(connection: Connection, revision: str, command, MigrationContext):
     return before, after
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @dataclass
 class QueueCounts:
     jobs: dict[str, int]
@@ -432,7 +424,7 @@ class JobStore:
             released = []
             for job in s.scalars(query).all():
                 pid = owner_pid(job.lease_owner)
-                if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+                if pid is not None and pid != os.getpid() and not pid_alive(pid):
                     released.append(self._release(job, "node restarted while running", max_attempts))
             return released
 

@@ -104,7 +104,7 @@ class Spool:
                 age = now - part.stat().st_mtime
             except FileNotFoundError:
                 continue
-            mine_and_dead = owner is not None and owner[0] == _HOST and not _pid_alive(owner[1])
+            mine_and_dead = owner is not None and owner[0] == _HOST and not pid_alive(owner[1])
             if mine_and_dead or owner is None or age > ABANDONED_PART_SECONDS:
                 part.unlink(missing_ok=True)
                 removed += 1
@@ -136,7 +136,8 @@ def _part_owner(name: str) -> tuple[str, int] | None:
     return (match.group(1), int(match.group(2))) if match else None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True when a process with this id exists on this host (also when it is not ours)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -52,7 +52,8 @@ class WeightsError(RuntimeError):
     """Weights missing, unlisted in the checksum file, or not matching their checksum."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -76,7 +77,7 @@ def verify_checksum(path: Path) -> str:
             expected = parts[0].lower()
     if expected is None:
         raise WeightsError(f"{path.name} is not listed in {sums}")
-    actual = _sha256(path)
+    actual = sha256_of(path)
     if actual != expected:
         raise WeightsError(
             f"checksum mismatch for {path}: expected {expected[:16]}..., found {actual[:16]}...;"

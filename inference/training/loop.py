@@ -6,7 +6,6 @@ state is stored in each checkpoint, so a resumed run continues the same sample s
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from torch.nn import functional as F
 
 from inference.training.augment import AugmentConfig, augment_slice
 from inference.training.cache import IGNORE_LABEL, CacheEntry
+from inference.engines.cnn import sha256_of
 from inference.unet import NUM_CLASSES, UNet2D, count_parameters, normalise_hu
 
 log = structlog.get_logger(__name__)
@@ -118,14 +118,6 @@ def save_checkpoint(path: Path, model, optimizer, step: int, rng: np.random.Gene
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "rng": rng.bit_generator.state, "config": asdict(config), "losses": losses}, tmp)
     tmp.replace(path)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_checksum(weights_path: Path) -> None:
