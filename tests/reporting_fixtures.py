@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+from inference.volume import read_headers  # noqa: F401 - the loader's own reader, used by the reporting tests
 
 FIXTURE_PATIENT_NAME = "Fixture^Reporting"
 FIXTURE_PATIENT_ID = "FIXTURE-0001"
@@ -132,13 +133,6 @@ def write_series(datasets: Sequence[Dataset], folder: Path) -> list[Path]:
     return paths
 
 
-def read_headers(paths: Sequence[Path]) -> list[Dataset]:
-    headers = []
-    for path in paths:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-        header.filename = str(path)
-        headers.append(header)
-    return headers
 
 
 def _ellipsoid(shape: tuple[int, int, int], centre: Sequence[float], radii: Sequence[float]) -> np.ndarray:
