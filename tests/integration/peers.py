@@ -52,16 +52,19 @@ class Orthanc:
         self.http_port = free_port()
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "Orthanc":
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        config = {
+    def config(self) -> dict:
+        """Orthanc's JSON configuration; subclasses add plugins and their settings."""
+        return {
             "Name": "test-pacs", "StorageDirectory": str(self.workdir / "db"),
             "IndexDirectory": str(self.workdir / "db"), "DicomAet": self.aet,
             "DicomPort": self.dicom_port, "HttpPort": self.http_port, "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [],
             "HttpServerEnabled": True, "StableAge": 1, "ConcurrentJobs": 1,
         }
-        (self.workdir / "orthanc.json").write_text(json.dumps(config))
+
+    def start(self) -> "Orthanc":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "orthanc.json").write_text(json.dumps(self.config()))
         log = open(self.workdir / "orthanc.log", "ab")
         self.process = subprocess.Popen([shutil.which("Orthanc") or "/usr/sbin/Orthanc",
                                          str(self.workdir / "orthanc.json")], stdout=log, stderr=log)

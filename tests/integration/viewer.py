@@ -18,8 +18,6 @@ import http.server
 import json
 import mimetypes
 import os
-import shutil
-import subprocess
 import threading
 import urllib.request
 from dataclasses import dataclass
@@ -75,23 +73,13 @@ def missing_viewer_parts() -> list[str]:
 class OrthancDicomWeb(Orthanc):
     """Orthanc with the DICOMweb plugin on `/dicom-web/`; uploads over REST."""
 
-    def start(self) -> "OrthancDicomWeb":
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        config = {
-            "Name": "test-pacs", "StorageDirectory": str(self.workdir / "db"),
-            "IndexDirectory": str(self.workdir / "db"), "DicomAet": self.aet,
-            "DicomPort": self.dicom_port, "HttpPort": self.http_port, "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
-            "Plugins": [str(dicomweb_plugin())], "HttpServerEnabled": True, "StableAge": 1,
+    def config(self) -> dict:
+        return {
+            **super().config(),
+            "Plugins": [str(dicomweb_plugin())],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "WadoRoot": "/wado",
                          "Ssl": False, "StudiesMetadata": "Full", "SeriesMetadata": "Full"},
         }
-        (self.workdir / "orthanc.json").write_text(json.dumps(config))
-        log = open(self.workdir / "orthanc.log", "ab")
-        self.process = subprocess.Popen([shutil.which("Orthanc") or "/usr/sbin/Orthanc",
-                                         str(self.workdir / "orthanc.json")], stdout=log, stderr=log)
-        wait_until(self._alive, 30, what="Orthanc to answer on its REST port")
-        return self
 
     def upload(self, paths: list[Path]) -> list[str]:
         """POST each file to /instances; returns the Orthanc instance ids."""
