@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.integration.peers import Orthanc, free_port, wait_until
+from tests.integration.peers import Orthanc, free_port
 
 CHROMIUM = Path(os.environ.get("LDCT_CHROMIUM", "/usr/bin/chromium"))
 OHIF_CACHE = Path(os.environ.get("LDCT_OHIF_CACHE", Path.home() / ".cache" / "ldct-node" / "ohif"))
