@@ -49,6 +49,12 @@ class NodeSettings(_Section):
         description="calling AE titles bound to source addresses; an AE listed here is refused from other addresses",
     )
     max_pdu_size: int = Field(0, ge=0, description="0: unlimited")
+    acknowledge_after: Literal["disk", "write"] = Field(
+        "disk",
+        description="disk: answer C-STORE success once the file and its folder are fsynced (survives a power "
+                    "cut); write: once the kernel has the bytes, as storescp and Orthanc do (faster; a power cut "
+                    "can lose instances acknowledged in the last seconds)",
+    )
     workers: int = Field(1, ge=0, description="in-process workers started by `serve`")
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))

@@ -23,6 +23,7 @@ from dicom_node.dispatch import Dispatcher
 from dicom_node.jobstore import SERIES_DUPLICATE, JobStore, utcnow
 from dicom_node.series import SeriesTracker, evaluate_series, instance_set_hash
 from dicom_node.spool import Spool
+from dicom_node.acceptor import Peer
 from dicom_node.store_scp import StoreSCP
 from dicom_node.tls import scp_context
 from dicom_node.worker import Worker
@@ -44,7 +45,8 @@ class Node:
         self.settings = settings
         self.data_dir = prepare_data_dir(settings.node.data_dir)
         self.store = JobStore(settings.database_url)
-        self.spool = Spool(self.data_dir / "spool", settings.node.min_free_disk_mb * 1024 * 1024)
+        self.spool = Spool(self.data_dir / "spool", settings.node.min_free_disk_mb * 1024 * 1024,
+                           durable=settings.node.acknowledge_after == "disk")
         self.tracker = SeriesTracker()
         self.dispatcher = Dispatcher(settings, self.store)
         self.receive = receive
@@ -107,11 +109,11 @@ class Node:
         self.store.audit("association_rejected", calling_ae=calling_ae, peer=peer)
 
     # ---- sweeps ----------------------------------------------------------------------
-    def _on_instance_stored(self, calling_ae: str, series_uid: str, sop_uid: str) -> None:
+    def _on_instance_stored(self, peer: Peer, series_uid: str, sop_uid: str) -> None:
         metrics.INSTANCES_RECEIVED.inc()
         if series_uid not in self._series_seen:
             self._series_seen.add(series_uid)
-            self.store.audit("receiving", series_uid=series_uid, calling_ae=calling_ae)
+            self.store.audit("receiving", series_uid=series_uid, calling_ae=peer.ae_title, peer=peer.address)
 
     def _resume_undecided_series(self) -> None:
         """Series spooled before a crash but never decided on are swept again.

@@ -1,8 +1,10 @@
-"""The Store SCP: Verification and CT storage over DICOM, answering only once bytes are durable.
+"""The Store SCP: Verification and CT storage over DICOM, answering once the bytes are stored.
 
-The bytes written are exactly those received (`event.encoded_dataset()`), whatever the
-transfer syntax. Before writing, the dataset is parsed (not decoded) and refused with a
-failure status and a reason when it cannot be a whole image: unreadable, truncated (no pixel
+The network side is `dicom_node.acceptor` (a fast upper layer on pynetdicom's negotiation).
+The bytes written are exactly those received, File Meta prepended, whatever the transfer
+syntax; "stored" means fsynced by default (see `Spool`). Before writing, the header is read
+(never the pixels) and the instance refused with a failure status and a reason when it
+cannot be a whole image: unreadable, truncated (no pixel
 data, or fewer pixel bytes than Rows x Columns x samples x bits say), or not the SOP class
 and instance the request named. A re-sent instance with different content replaces the
 stored one (the last version wins) and says so in the log. Any other exception in a handler
@@ -13,22 +15,24 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
-import threading
+import struct
 import warnings
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Callable, Mapping, Sequence
 
 import pydicom
 import structlog
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.association import Association
+from pynetdicom import ALL_TRANSFER_SYNTAXES, build_context
 from pynetdicom.sop_class import (
     CTImageStorage,
     EnhancedCTImageStorage,
     Verification,
 )
 
+from dicom_node.header_scan import scan_header
+from dicom_node.acceptor import Acceptor, Peer, Response, StoreRequest
 from dicom_node.series import SeriesTracker
 from dicom_node.spool import InvalidUID, Spool
 
@@ -50,49 +54,107 @@ class InstanceRejected(ValueError):
         self.status = status
 
 
-def _failure(status: int, comment: str) -> Dataset:
-    ds = Dataset()
-    ds.Status = status
-    ds.ErrorComment = comment[:64]
-    return ds
+@dataclass(frozen=True)
+class InstanceHeader:
+    """What the receive path knows about an instance it accepted."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
 
 
-def check_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str) -> Dataset:
+def check_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str) -> InstanceHeader:
     """Parse received bytes (meta included) and refuse what cannot be a whole image.
 
-    Returns the parsed dataset; raises InstanceRejected with the status and reason otherwise.
-    Pixel data is measured, never decoded, so the check costs a parse, not a decompression.
+    Returns the instance's UIDs; raises InstanceRejected with the status and reason otherwise.
+    Only the header is read (by `header_scan`, or pydicom for syntaxes it leaves alone); the
+    Pixel Data length comes from its element header, compared with the bytes that follow:
+    the check never copies or decompresses pixels.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom warns on truncation; we decide below
-        try:
-            ds = pydicom.dcmread(BytesIO(data))
-            sop_class = str(ds.get("SOPClassUID", ""))
-            sop_uid = str(ds.get("SOPInstanceUID", ""))
-        except Exception as exc:  # noqa: BLE001 - any parse failure is a refusal
-            raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, f"Unreadable dataset: {type(exc).__name__}") from exc
-    if sop_class != sop_class_uid or sop_uid != sop_instance_uid:
+    scanned = scan_header(data)
+    if scanned is not None:
+        header = InstanceHeader(scanned.text("sop_class_uid"), scanned.text("sop_instance_uid"),
+                                scanned.text("study_uid"), scanned.text("series_uid"))
+
+        def pixel_module() -> tuple[int, int, int, int, int]:
+            frames = scanned.text("number_of_frames")
+            return (scanned.us("rows"), scanned.us("columns"), scanned.us("samples_per_pixel", 1),
+                    scanned.us("bits_allocated"), int(frames) if frames else 1)
+
+        encapsulated = False
+        pixel_length, available = scanned.pixel_length, scanned.pixel_available
+    else:
+        ds, header, pixel_length, available = _read_with_pydicom(data)
+
+        def pixel_module() -> tuple[int, int, int, int, int]:
+            return (int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1)), int(ds.BitsAllocated),
+                    int(ds.get("NumberOfFrames", 1) or 1))
+
+        encapsulated = ds.file_meta.TransferSyntaxUID.is_encapsulated
+    if header.sop_class_uid != sop_class_uid or header.sop_instance_uid != sop_instance_uid:
         raise InstanceRejected(STATUS_DATASET_MISMATCH, "Dataset does not match SOP class/instance")
-    if "PixelData" not in ds:
+    if pixel_length is None:
         raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, "No pixel data (truncated dataset?)")
     try:
-        rows, columns = int(ds.Rows), int(ds.Columns)
-        samples, bits = int(ds.get("SamplesPerPixel", 1)), int(ds.BitsAllocated)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        encapsulated = ds.file_meta.TransferSyntaxUID.is_encapsulated
+        rows, columns, samples, bits, frames = (int(v) for v in pixel_module())
     except Exception as exc:  # noqa: BLE001 - missing/garbled image pixel attributes
         raise InstanceRejected(STATUS_DATASET_MISMATCH,
                                f"Image pixel module incomplete: {type(exc).__name__}") from exc
     if min(rows, columns, samples, bits, frames) <= 0:
         raise InstanceRejected(STATUS_DATASET_MISMATCH, "Rows/Columns/BitsAllocated not positive")
-    if not encapsulated:
-        expected = rows * columns * samples * frames * bits // 8
-        actual = len(ds.PixelData)
-        if not expected <= actual <= expected + 1:  # one byte of padding to even length
-            raise InstanceRejected(STATUS_DATASET_MISMATCH, f"PixelData {actual} bytes, expected {expected}")
-    elif not ds.PixelData:
-        raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, "Empty encapsulated pixel data")
-    return ds
+    if pixel_length == UNDEFINED_LENGTH:  # encapsulated: at least one item after the offset table
+        if not available or available <= 16:
+            raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, "Empty encapsulated pixel data")
+        return header
+    if encapsulated:
+        raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, "Compressed pixel data without encapsulation")
+    actual = pixel_length if available is None else min(pixel_length, available)
+    expected = rows * columns * samples * frames * bits // 8
+    if not expected <= actual <= expected + 1:  # one byte of padding to even length
+        raise InstanceRejected(STATUS_DATASET_MISMATCH, f"PixelData {actual} bytes, expected {expected}")
+    return header
+
+
+def _read_with_pydicom(data: bytes) -> tuple[Dataset, InstanceHeader, int | None, int | None]:
+    """The header, its UIDs, the declared Pixel Data length and the bytes after it (None: unknown)."""
+    fp = BytesIO(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns on truncation; the caller decides
+        try:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            header = InstanceHeader(*(str(ds.get(keyword, "")) for keyword in (
+                "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")))
+            transfer_syntax = ds.file_meta.TransferSyntaxUID
+            if transfer_syntax.is_deflated:  # positions refer to the inflated stream: read it whole
+                full = pydicom.dcmread(BytesIO(data))
+                return ds, header, (len(full.PixelData) if "PixelData" in full else None), None
+            return (ds, header, *_pixel_data_extent(data, fp.tell(), transfer_syntax))
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a refusal
+            raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, f"Unreadable dataset: {type(exc).__name__}") from exc
+
+
+UNDEFINED_LENGTH = 0xFFFFFFFF
+_LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+
+def _pixel_data_extent(data: bytes, offset: int, transfer_syntax) -> tuple[int | None, int]:
+    """(declared Pixel Data length, bytes present after its element header) at `offset`.
+
+    None when the element there is not (7FE0,0010): the dataset has no pixel data.
+    """
+    order = "<" if transfer_syntax.is_little_endian else ">"
+    if offset + 8 > len(data) or struct.unpack_from(order + "HH", data, offset) != (0x7FE0, 0x0010):
+        return None, 0
+    if transfer_syntax.is_implicit_VR:
+        length, start = struct.unpack_from(order + "I", data, offset + 4)[0], offset + 8
+    elif bytes(data[offset + 4:offset + 6]) in _LONG_LENGTH_VRS:
+        if offset + 12 > len(data):
+            return None, 0
+        length, start = struct.unpack_from(order + "I", data, offset + 8)[0], offset + 12
+    else:
+        length, start = struct.unpack_from(order + "H", data, offset + 6)[0], offset + 8
+    return length, len(data) - start
 
 
 _REFUSE_EVERY_TITLE = "\\"  # a backslash is never part of an AE title: nobody matches
@@ -138,117 +200,69 @@ class CallerPolicy:
         return sorted(titles) or [_REFUSE_EVERY_TITLE]
 
 
-class _PolicyAE(AE):
-    """An AE whose calling-AE allow-list depends on the requesting peer's address.
-
-    pynetdicom checks `require_calling_aet` while negotiating, in the association's own
-    thread (an Association is a Thread), so the list is computed for that thread's peer.
-    """
-
-    def __init__(self, ae_title: str, policy: CallerPolicy) -> None:
-        super().__init__(ae_title=ae_title)
-        self.policy = policy
-
-    @property
-    def require_calling_aet(self) -> list[str]:
-        assoc = threading.current_thread()
-        if isinstance(assoc, Association) and assoc.is_acceptor:
-            try:
-                return self.policy.titles_for(assoc.requestor.address)
-            except ValueError:  # no address known: refuse unless the policy is open
-                return [] if self.policy.is_open else [_REFUSE_EVERY_TITLE]
-        return sorted(self.policy.any_address | set(self.policy.bound))
-
-    @require_calling_aet.setter
-    def require_calling_aet(self, ae_titles: list[str]) -> None:
-        self.policy = CallerPolicy(ae_titles, self.policy.bound if hasattr(self, "policy") else None)
-
-
 class StoreSCP:
     """Receives instances into the spool and tells the tracker which series moved."""
 
     def __init__(self, *, ae_title: str, spool: Spool, tracker: SeriesTracker,
                  allowed_calling_ae_titles: list[str] | None = None, max_pdu_size: int = 0,
-                 on_stored: Callable[[str, str, str], None] | None = None,
+                 on_stored: Callable[[Peer, str, str], None] | None = None,
                  allowed_peers: Mapping[str, Sequence[str]] | None = None,
                  ssl_context: ssl.SSLContext | None = None,
                  on_rejected: Callable[[str, str], None] | None = None) -> None:
-        """`allowed_peers`: calling AE title -> source addresses/networks it may call from.
+        """`on_stored(peer, series_uid, sop_uid)`: told about every instance stored.
+        `allowed_peers`: calling AE title -> source addresses/networks it may call from.
         `ssl_context`: serve DICOM TLS only (see dicom_node.tls.server_context).
         `on_rejected(calling_ae, peer_address)`: told about every refused association."""
         self.spool = spool
         self.tracker = tracker
         self.policy = CallerPolicy(allowed_calling_ae_titles or [], allowed_peers)
-        self.allowed = set(self.policy.any_address)
         self.on_stored = on_stored
         self.on_rejected = on_rejected
         self.ssl_context = ssl_context
-        self.ae = _PolicyAE(ae_title, self.policy)
-        self.ae.maximum_pdu_size = max_pdu_size
-        self.ae.network_timeout = 60
-        self.ae.acse_timeout = 30
-        self.ae.dimse_timeout = 60
-        self.ae.maximum_associations = 16
-        self.ae.add_supported_context(Verification)
-        for sop_class in (CTImageStorage, EnhancedCTImageStorage):
-            self.ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
-        self.server = None
+        self.ae_title = ae_title
+        contexts = [build_context(Verification)]
+        contexts += [build_context(sop_class, ALL_TRANSFER_SYNTAXES)
+                     for sop_class in (CTImageStorage, EnhancedCTImageStorage)]
+        self.acceptor = Acceptor(ae_title=ae_title, contexts=contexts, on_store=self._handle_store,
+                                 calling_ae_allowed=self.policy.allows, on_accepted=self._handle_accepted,
+                                 on_rejected=self._handle_rejected, max_pdu_size=max_pdu_size,
+                                 max_associations=16, network_timeout=60, acse_timeout=30,
+                                 ssl_context=ssl_context)
+        self.port: int | None = None
 
     def start(self, address: str, port: int) -> None:
-        handlers = [
-            (evt.EVT_C_ECHO, self._handle_echo),
-            (evt.EVT_C_STORE, self._handle_store),
-            (evt.EVT_ACCEPTED, self._handle_accepted),
-            (evt.EVT_REJECTED, self._handle_rejected),
-        ]
-        self.server = self.ae.start_server((address, port), block=False, evt_handlers=handlers,
-                                           ssl_context=self.ssl_context)
-        log.info("store scp listening", ae_title=self.ae.ae_title, address=address, port=port,
+        self.port = self.acceptor.start(address, port)
+        log.info("store scp listening", ae_title=self.ae_title, address=address, port=self.port,
                  tls=self.ssl_context is not None,
                  client_certificates=_client_cert_mode(self.ssl_context))
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server = None
+        if self.port is not None:
+            self.acceptor.stop()
+            self.port = None
 
     @staticmethod
-    def _handle_echo(event) -> int:
-        return STATUS_SUCCESS
+    def _handle_accepted(peer: Peer) -> None:
+        log.info("association accepted", calling_ae=peer.ae_title, peer=peer.address)
 
-    @staticmethod
-    def _calling_ae(event) -> str:
-        return event.assoc.requestor.ae_title.strip()
-
-    def _handle_accepted(self, event) -> None:
-        log.info("association accepted", calling_ae=self._calling_ae(event),
-                 peer=event.assoc.requestor.address)
-
-    def _handle_rejected(self, event) -> None:
-        calling_ae, peer = self._calling_ae(event), event.assoc.requestor.address
-        log.warning("association rejected", calling_ae=calling_ae, peer=peer)
+    def _handle_rejected(self, peer: Peer) -> None:
+        log.warning("association rejected", calling_ae=peer.ae_title, peer=peer.address)
         if self.on_rejected is not None:
-            try:
-                self.on_rejected(calling_ae, peer)
-            except Exception:  # noqa: BLE001 - an audit hiccup must not break the server
-                log.exception("recording the rejection failed", calling_ae=calling_ae)
+            self.on_rejected(peer.ae_title, peer.address)
 
-    def _handle_store(self, event) -> int | Dataset:
-        calling_ae = self._calling_ae(event)
-        sop_uid = str(event.request.AffectedSOPInstanceUID)
+    def _handle_store(self, request: StoreRequest, data: bytes) -> Response:
+        """Check, write durably, tell the tracker; a (status, error comment) for the peer."""
+        calling_ae, sop_uid = request.peer.ae_title, request.sop_instance_uid
         try:
-            if str(event.request.AffectedSOPClassUID) == EnhancedCTImageStorage:
+            if request.sop_class_uid == EnhancedCTImageStorage:
                 log.warning("enhanced ct refused", sop_instance_uid=sop_uid, calling_ae=calling_ae)
-                return _failure(STATUS_CANNOT_UNDERSTAND,
-                                "Enhanced CT (multi-frame) unsupported; send CT Image")
-            data = event.encoded_dataset(include_meta=True)
+                return STATUS_CANNOT_UNDERSTAND, "Enhanced CT (multi-frame) unsupported; send CT Image"
             if not self.spool.has_room(len(data)):
                 log.error("disk space below threshold: refusing instance", sop_instance_uid=sop_uid,
                           free_bytes=self.spool.free_bytes())
-                return _failure(STATUS_OUT_OF_RESOURCES, "Out of resources: disk space low")
-            header = check_instance(data, str(event.request.AffectedSOPClassUID), sop_uid)
-            study_uid = str(header.get("StudyInstanceUID", ""))
-            series_uid = str(header.get("SeriesInstanceUID", ""))
+                return STATUS_OUT_OF_RESOURCES, "Out of resources: disk space low"
+            header = check_instance(data, request.sop_class_uid, sop_uid)
+            study_uid, series_uid = header.study_uid, header.series_uid
             replaced = self.spool.differs(study_uid, series_uid, sop_uid, data)
             path = self.spool.store(study_uid, series_uid, sop_uid, data)
             if replaced:
@@ -257,21 +271,21 @@ class StoreSCP:
         except InstanceRejected as exc:
             log.warning("instance refused", sop_instance_uid=sop_uid[:64], calling_ae=calling_ae,
                         status=f"0x{exc.status:04X}", reason=str(exc))
-            return _failure(exc.status, str(exc))
+            return exc.status, str(exc)
         except InvalidUID as exc:
             log.warning("instance refused", sop_instance_uid=sop_uid[:64], reason=str(exc))
-            return _failure(STATUS_CANNOT_UNDERSTAND, str(exc))
+            return STATUS_CANNOT_UNDERSTAND, str(exc)
         except OSError as exc:
             log.error("spool write failed", sop_instance_uid=sop_uid, error=str(exc))
-            return _failure(STATUS_OUT_OF_RESOURCES, f"Write failed: {exc.strerror or exc}")
+            return STATUS_OUT_OF_RESOURCES, f"Write failed: {exc.strerror or exc}"
         except Exception as exc:  # noqa: BLE001 - a handler must never take the server down
             log.exception("store handler failed", sop_instance_uid=sop_uid[:64])
-            return _failure(STATUS_CANNOT_UNDERSTAND, f"Cannot store: {type(exc).__name__}")
+            return STATUS_CANNOT_UNDERSTAND, f"Cannot store: {type(exc).__name__}"
         self.tracker.touch(study_uid, series_uid, calling_ae)
         if self.on_stored is not None:
-            self.on_stored(calling_ae, series_uid, sop_uid)
+            self.on_stored(request.peer, series_uid, sop_uid)
         log.debug("instance stored", sop_instance_uid=sop_uid, series_uid=series_uid, path=str(path))
-        return STATUS_SUCCESS
+        return STATUS_SUCCESS, None
 
 
 def _client_cert_mode(context: ssl.SSLContext | None) -> str:

@@ -207,6 +207,7 @@ def test_node_over_tls_both_ways_no_phi_in_logs_audit_and_permissions(make_node,
     audit = json.loads(node.cli("audit", "--json").stdout)
     kinds = {e["kind"]: e for e in audit}
     assert kinds["receiving"]["detail"]["calling_ae"] == "SCANNER"
+    assert kinds["receiving"]["detail"]["peer"] == "127.0.0.1"
     assert kinds["receiving"]["series_uid"] == job["series_uid"]
     assert kinds["job_done"]["detail"]["seg"] == job["summary"]["seg"][1]
     assert kinds["job_done"]["detail"]["sr"] == job["summary"]["sr"][1]

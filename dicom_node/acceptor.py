@@ -1,0 +1,577 @@
+"""A DICOM upper-layer acceptor for Verification and Storage, built for receive speed.
+
+pynetdicom's association reactor polls its queues with millisecond sleeps and copies every
+PDV several times: about 4 ms per CT instance on our machine before any of our code runs,
+three times dcmtk's `storescp`. This acceptor keeps pynetdicom for the parts that are about
+correctness rather than throughput (decoding the A-ASSOCIATE-RQ, presentation-context and
+role negotiation, encoding the A-ASSOCIATE-AC) and runs the data phase itself: one blocking
+thread per association reads P-DATA-TF PDUs straight into buffers, reassembles command and
+dataset fragments, and hands each C-STORE's encoded dataset (File Meta prepended, nothing
+decoded) to a handler; the C-STORE-RSP goes out when the handler returns.
+
+Protocol references: PS3.8 section 9 (upper-layer PDUs), PS3.7 section 9.3 and annex E (DIMSE
+command sets, always Implicit VR Little Endian).
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import ssl
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import structlog
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    AsynchronousOperationsWindowNegotiation,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+)
+from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+
+log = structlog.get_logger(__name__)
+
+APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
+VERIFICATION = "1.2.840.10008.1.1"
+
+# PDU types (PS3.8 9.3)
+A_ASSOCIATE_RQ_TYPE, A_ASSOCIATE_AC_TYPE, A_ASSOCIATE_RJ_TYPE = 0x01, 0x02, 0x03
+P_DATA_TF_TYPE, A_RELEASE_RQ_TYPE, A_RELEASE_RP_TYPE, A_ABORT_TYPE = 0x04, 0x05, 0x06, 0x07
+
+# A-ASSOCIATE-RJ (result, source, reason) (PS3.8 9.3.4)
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+REJECT_APPLICATION_CONTEXT = (0x01, 0x01, 0x02)
+REJECT_PROTOCOL_VERSION = (0x01, 0x02, 0x02)
+REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
+
+# A-ABORT provider reasons (PS3.8 9.3.8)
+ABORT_NOT_SPECIFIED, ABORT_UNRECOGNISED_PDU, ABORT_UNEXPECTED_PDU = 0x00, 0x01, 0x02
+ABORT_INVALID_PARAMETER = 0x06
+
+# DIMSE (PS3.7 9.3, E.1)
+C_STORE_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0030, 0x0FFF
+NO_DATASET = 0x0101
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
+STATUS_UNRECOGNISED_OPERATION = 0x0211
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_OUT_OF_RESOURCES = 0xA700
+
+TAG_AFFECTED_SOP_CLASS = 0x00000002
+TAG_COMMAND_FIELD = 0x00000100
+TAG_MESSAGE_ID = 0x00000110
+TAG_MESSAGE_ID_RESPONDED = 0x00000120
+TAG_DATASET_TYPE = 0x00000800
+TAG_STATUS = 0x00000900
+TAG_ERROR_COMMENT = 0x00000902
+TAG_AFFECTED_SOP_INSTANCE = 0x00001000
+
+MAX_ASSOCIATE_RQ_BYTES = 1 << 20  # an A-ASSOCIATE-RQ is a few KB; refuse absurd lengths
+READ_CHUNK = 4 << 20  # largest single read buffer when a PDV is bigger than this
+
+
+class ProtocolError(Exception):
+    """The peer broke the upper-layer protocol; the association is aborted with `reason`."""
+
+    def __init__(self, message: str, reason: int = ABORT_INVALID_PARAMETER) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class PeerClosed(Exception):
+    """The peer closed the connection."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    ae_title: str
+    address: str
+    port: int
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """A C-STORE-RQ as the handler sees it: who sent what, in which transfer syntax."""
+
+    peer: Peer
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    message_id: int
+
+
+Response = tuple[int, str | None]  # status, error comment
+StoreHandler = Callable[[StoreRequest, bytes], Response]
+
+
+class Acceptor:
+    """Listens for associations and serves Verification and the given Storage contexts.
+
+    `on_store(request, encoded)` gets the Part 10 bytes (preamble, File Meta, dataset as
+    received) and returns (status, error comment). `calling_ae_allowed(title, address)`
+    decides who may associate; refused callers get A-ASSOCIATE-RJ "calling AE title not
+    recognised" and `on_rejected(peer)` is told. `max_pdu_size` 0 announces no limit.
+    """
+
+    def __init__(self, *, ae_title: str, contexts: Iterable[PresentationContext], on_store: StoreHandler,
+                 calling_ae_allowed: Callable[[str, str], bool] = lambda title, address: True,
+                 on_accepted: Callable[[Peer], None] | None = None,
+                 on_rejected: Callable[[Peer], None] | None = None,
+                 max_pdu_size: int = 0, max_associations: int = 16, network_timeout: float = 60,
+                 acse_timeout: float = 30, max_dataset_bytes: int = 4 << 30,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ae_title = ae_title
+        self.contexts = list(contexts)
+        self.on_store = on_store
+        self.calling_ae_allowed = calling_ae_allowed
+        self.on_accepted = on_accepted
+        self.on_rejected = on_rejected
+        self.max_pdu_size = max_pdu_size
+        self.max_associations = max_associations
+        self.network_timeout = network_timeout
+        self.acse_timeout = acse_timeout
+        self.max_dataset_bytes = max_dataset_bytes
+        self.ssl_context = ssl_context
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._active: dict[int, tuple[socket.socket, threading.Thread]] = {}
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def start(self, address: str, port: int) -> int:
+        """Bind and start accepting in a background thread; returns the bound port."""
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self._listener = socket.create_server((address, port), family=family, backlog=64)
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._accept_loop, name="dicom-acceptor", daemon=True)
+        self._thread.start()
+        return self._listener.getsockname()[1]
+
+    def stop(self, timeout: float = 10) -> None:
+        """Stop accepting, close every open association and wait for their threads."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            active = list(self._active.values())
+        for conn, _ in active:
+            _shutdown(conn)
+        for _, thread in active:
+            thread.join(timeout)
+
+    @property
+    def active_associations(self) -> int:
+        with self._lock:
+            return len(self._active)
+
+    def _accept_loop(self) -> None:
+        listener = self._listener
+        with selectors.DefaultSelector() as selector:
+            selector.register(listener, selectors.EVENT_READ)
+            while not self._stopping.is_set():
+                if not selector.select(timeout=0.2):
+                    continue
+                try:
+                    conn, address = listener.accept()
+                except OSError:
+                    continue
+                thread = threading.Thread(target=self._serve, args=(conn, address),
+                                          name=f"dicom-assoc-{address[0]}:{address[1]}", daemon=True)
+                with self._lock:
+                    self._active[id(conn)] = (conn, thread)
+                thread.start()
+
+    def _serve(self, raw: socket.socket, address: tuple) -> None:
+        peer_address, peer_port = address[0], address[1]
+        conn = raw
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raw.settimeout(self.acse_timeout)
+            if self.ssl_context is not None:
+                try:
+                    conn = self.ssl_context.wrap_socket(raw, server_side=True)
+                except (ssl.SSLError, OSError) as exc:
+                    log.warning("tls handshake failed", peer=peer_address, error=str(exc)[:200])
+                    return
+            _Association(self, conn, peer_address, peer_port).run()
+        except Exception:  # noqa: BLE001 - one association's failure never stops the server
+            log.exception("association failed", peer=peer_address)
+        finally:
+            with self._lock:
+                self._active.pop(id(raw), None)
+            _shutdown(raw)
+            conn.close()
+            raw.close()
+
+
+class _Association:
+    """One association, from A-ASSOCIATE-RQ to release or abort (the acceptor's state machine)."""
+
+    def __init__(self, acceptor: Acceptor, conn: socket.socket, address: str, port: int) -> None:
+        self.acceptor = acceptor
+        self.conn = conn
+        self.reader = conn.makefile("rb", buffering=1 << 16)
+        self.peer = Peer("", address, port)
+        self.contexts: dict[int, PresentationContext] = {}
+        self.peer_max_pdu = 0
+
+    # ---- reading -------------------------------------------------------------------------
+    def read_exact(self, size: int) -> bytearray:
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        while view:
+            got = self.reader.readinto(view)
+            if not got:
+                raise PeerClosed()
+            view = view[got:]
+        return buffer
+
+    def read_pdu_header(self) -> tuple[int, int]:
+        header = self.read_exact(6)
+        return header[0], struct.unpack_from(">I", header, 2)[0]
+
+    # ---- writing -------------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        self.conn.sendall(data)
+
+    def abort(self, reason: int) -> None:
+        """A-ABORT from the service provider (source 2) with `reason`."""
+        try:
+            self.send(struct.pack(">BBIBBBB", A_ABORT_TYPE, 0, 4, 0, 0, 0x02, reason))
+        except OSError:
+            pass
+
+    def reject(self, result_source_reason: tuple[int, int, int]) -> None:
+        result, source, reason = result_source_reason
+        self.send(struct.pack(">BBIBBBB", A_ASSOCIATE_RJ_TYPE, 0, 4, 0, result, source, reason))
+
+    def send_command(self, context_id: int, elements: dict[int, bytes]) -> None:
+        """One command set in one P-DATA-TF PDU (a response is far below any peer's maximum)."""
+        command = encode_command(elements)
+        pdv_length = len(command) + 2
+        self.send(struct.pack(">BBIIBB", P_DATA_TF_TYPE, 0, pdv_length + 4, pdv_length, context_id, 0x03)
+                  + command)
+
+    # ---- phases --------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            if not self.negotiate():
+                return
+            self.conn.settimeout(self.acceptor.network_timeout)
+            self.data_phase()
+        except ProtocolError as exc:
+            log.warning("association aborted: protocol error", peer=self.peer.address,
+                        calling_ae=self.peer.ae_title, error=str(exc))
+            self.abort(exc.reason)
+        except PeerClosed:
+            log.info("association closed by peer without release", peer=self.peer.address,
+                     calling_ae=self.peer.ae_title)
+        except (TimeoutError, socket.timeout):
+            log.warning("association aborted: network timeout", peer=self.peer.address,
+                        calling_ae=self.peer.ae_title)
+            self.abort(ABORT_NOT_SPECIFIED)
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
+            if not self.acceptor._stopping.is_set():
+                log.info("association connection lost", peer=self.peer.address,
+                         calling_ae=self.peer.ae_title, error=str(exc)[:200])
+
+    def negotiate(self) -> bool:
+        """Answer the A-ASSOCIATE-RQ; True when the association is established."""
+        pdu_type, length = self.read_pdu_header()
+        if pdu_type != A_ASSOCIATE_RQ_TYPE:
+            raise ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}", ABORT_UNEXPECTED_PDU)
+        if length > MAX_ASSOCIATE_RQ_BYTES:
+            raise ProtocolError(f"A-ASSOCIATE-RQ of {length} bytes")
+        body = self.read_exact(length)
+        pdu = A_ASSOCIATE_RQ()
+        try:
+            pdu.decode(struct.pack(">BBI", pdu_type, 0, length) + bytes(body))
+            request = pdu.to_primitive()
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is the peer's malformed PDU
+            raise ProtocolError(f"undecodable A-ASSOCIATE-RQ: {type(exc).__name__}") from exc
+        calling_ae = str(request.calling_ae_title).strip()
+        self.peer = Peer(calling_ae, self.peer.address, self.peer.port)
+        items = list(request.user_information or [])
+        for item in items:
+            if isinstance(item, MaximumLengthNotification):
+                self.peer_max_pdu = int(item.maximum_length_received or 0)
+
+        refusal = None
+        if not (pdu.protocol_version & 0x01):
+            refusal = REJECT_PROTOCOL_VERSION
+        elif str(request.application_context_name) != APPLICATION_CONTEXT_NAME:
+            refusal = REJECT_APPLICATION_CONTEXT
+        elif not self.acceptor.calling_ae_allowed(calling_ae, self.peer.address):
+            refusal = REJECT_CALLING_AE
+        elif self.acceptor.active_associations > self.acceptor.max_associations:
+            refusal = REJECT_LOCAL_LIMIT
+        if refusal is not None:
+            self.reject(refusal)
+            if self.acceptor.on_rejected is not None:
+                try:
+                    self.acceptor.on_rejected(self.peer)
+                except Exception:  # noqa: BLE001 - an audit hiccup must not break the server
+                    log.exception("recording the rejection failed", calling_ae=calling_ae)
+            self.await_close()
+            return False
+
+        roles = {str(item.sop_class_uid): (item.scu_role, item.scp_role)
+                 for item in items if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
+        results, role_replies = negotiate_as_acceptor(request.presentation_context_definition_list,
+                                                      self.acceptor.contexts, roles or None)
+        self.contexts = {cx.context_id: cx for cx in results if cx.result == 0x00}
+        self.send(self.accept_pdu(request, results, role_replies,
+                                  any(isinstance(i, AsynchronousOperationsWindowNegotiation) for i in items)))
+        if self.acceptor.on_accepted is not None:
+            self.acceptor.on_accepted(self.peer)
+        return True
+
+    def accept_pdu(self, request: A_ASSOCIATE, results: list[PresentationContext],
+                   role_replies: list, asynchronous_requested: bool) -> bytes:
+        accept = A_ASSOCIATE()
+        accept.application_context_name = APPLICATION_CONTEXT_NAME
+        accept.calling_ae_title = request.calling_ae_title
+        accept.called_ae_title = request.called_ae_title
+        accept.result, accept.result_source = 0x00, 0x01
+        accept.presentation_context_definition_results_list = results
+        max_length = MaximumLengthNotification()
+        max_length.maximum_length_received = self.acceptor.max_pdu_size
+        class_uid = ImplementationClassUIDNotification()
+        class_uid.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
+        version = ImplementationVersionNameNotification()
+        version.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
+        info = [max_length, class_uid, version, *role_replies]
+        if asynchronous_requested:  # we perform and invoke one operation at a time
+            window = AsynchronousOperationsWindowNegotiation()
+            window.maximum_number_operations_invoked = 1
+            window.maximum_number_operations_performed = 1
+            info.append(window)
+        accept.user_information = info
+        pdu = A_ASSOCIATE_AC()
+        pdu.from_primitive(accept)
+        return pdu.encode()
+
+    def await_close(self) -> None:
+        """After a rejection, give the peer a moment to read it and close (PS3.8 Sta13)."""
+        try:
+            self.conn.settimeout(2)
+            while self.reader.read(1 << 16):
+                pass
+        except (OSError, ValueError):
+            pass
+
+    def data_phase(self) -> None:
+        messages = _MessageAssembler(self)
+        while True:
+            pdu_type, length = self.read_pdu_header()
+            if pdu_type == P_DATA_TF_TYPE:
+                self.read_p_data(length, messages)
+            elif pdu_type == A_RELEASE_RQ_TYPE:
+                self.read_exact(length)
+                if messages.pending:
+                    log.warning("release requested with an unfinished message: discarded",
+                                peer=self.peer.address, calling_ae=self.peer.ae_title)
+                self.send(struct.pack(">BBII", A_RELEASE_RP_TYPE, 0, 4, 0))
+                self.await_close()
+                return
+            elif pdu_type == A_ABORT_TYPE:
+                self.read_exact(min(length, 4))
+                log.info("association aborted by peer", peer=self.peer.address, calling_ae=self.peer.ae_title)
+                return
+            elif pdu_type in (A_ASSOCIATE_RQ_TYPE, A_ASSOCIATE_AC_TYPE, A_ASSOCIATE_RJ_TYPE, A_RELEASE_RP_TYPE):
+                raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02X}", ABORT_UNEXPECTED_PDU)
+            else:
+                raise ProtocolError(f"unrecognised PDU type 0x{pdu_type:02X}", ABORT_UNRECOGNISED_PDU)
+
+    def read_p_data(self, length: int, messages: "_MessageAssembler") -> None:
+        """Read one P-DATA-TF PDU item by item, never buffering more than a PDV at a time."""
+        limit = self.acceptor.max_pdu_size
+        if limit and length > limit:
+            raise ProtocolError(f"P-DATA-TF of {length} bytes exceeds the announced maximum {limit}")
+        remaining = length
+        while remaining:
+            if remaining < 6:
+                raise ProtocolError("P-DATA-TF ends inside a PDV item header")
+            header = self.read_exact(6)
+            item_length, context_id, control = struct.unpack(">IBB", header)
+            if item_length < 2 or item_length + 4 > remaining:
+                raise ProtocolError(f"PDV item length {item_length} outside its PDU")
+            remaining -= item_length + 4
+            size = item_length - 2
+            while True:
+                part = min(size, READ_CHUNK)
+                messages.fragment(context_id, control, self.read_exact(part), last_piece=part == size)
+                size -= part
+                if not size:
+                    break
+
+
+class _MessageAssembler:
+    """Reassembles DIMSE messages from PDV fragments and answers them (one at a time)."""
+
+    def __init__(self, association: _Association) -> None:
+        self.association = association
+        self.command = bytearray()
+        self.command_context: int | None = None
+        self.request: dict[int, bytes] | None = None
+        self.dataset: list[bytearray] = []
+        self.dataset_bytes = 0
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.command) or self.request is not None
+
+    def fragment(self, context_id: int, control: int, data: bytearray, last_piece: bool) -> None:
+        if context_id not in self.association.contexts:
+            raise ProtocolError(f"PDV on presentation context {context_id}, which was not accepted")
+        is_command, is_last = bool(control & 0x01), bool(control & 0x02) and last_piece
+        if is_command:
+            if self.request is not None:
+                raise ProtocolError("command fragment while a dataset was expected")
+            if self.command_context not in (None, context_id):
+                raise ProtocolError("command fragments on two presentation contexts")
+            self.command_context = context_id
+            self.command += data
+            if len(self.command) > 1 << 16:
+                raise ProtocolError("command set longer than 64 KiB")
+            if is_last:
+                self.request = decode_command(bytes(self.command))
+                self.command.clear()
+                if _us(self.request, TAG_DATASET_TYPE, NO_DATASET) == NO_DATASET:
+                    self.dispatch(dataset=None)
+            return
+        if self.request is None or context_id != self.command_context:
+            raise ProtocolError("dataset fragment without its command")
+        self.dataset_bytes += len(data)
+        if self.dataset_bytes <= self.association.acceptor.max_dataset_bytes:
+            self.dataset.append(data)
+        else:
+            self.dataset.clear()  # keep reading to stay in step, answer "out of resources"
+        if is_last:
+            self.dispatch(dataset=self.dataset)
+
+    def dispatch(self, dataset: list[bytearray] | None) -> None:
+        request, context_id = self.request, self.command_context
+        oversized = self.dataset_bytes > self.association.acceptor.max_dataset_bytes
+        self.request, self.command_context, self.dataset, self.dataset_bytes = None, None, [], 0
+        command_field = _us(request, TAG_COMMAND_FIELD, 0)
+        message_id = _us(request, TAG_MESSAGE_ID, 0)
+        context = self.association.contexts[context_id]
+        reply = {TAG_COMMAND_FIELD: _pack_us(command_field | 0x8000),
+                 TAG_MESSAGE_ID_RESPONDED: _pack_us(message_id),
+                 TAG_DATASET_TYPE: _pack_us(NO_DATASET)}
+        for tag in (TAG_AFFECTED_SOP_CLASS, TAG_AFFECTED_SOP_INSTANCE):
+            if tag in request:
+                reply[tag] = request[tag]
+        if command_field == C_CANCEL_RQ:
+            return
+        if command_field == C_ECHO_RQ:
+            status, comment = 0x0000, None
+        elif command_field == C_STORE_RQ:
+            status, comment = self.store(request, context, dataset, message_id, oversized)
+        else:
+            status, comment = STATUS_UNRECOGNISED_OPERATION, None
+        reply[TAG_STATUS] = _pack_us(status)
+        if comment:
+            reply[TAG_ERROR_COMMENT] = _pad(comment[:64].encode("ascii", "replace"), b" ")
+        self.association.send_command(context_id, reply)
+
+    def store(self, request: dict[int, bytes], context: PresentationContext, dataset, message_id: int,
+              oversized: bool) -> Response:
+        sop_class = _ui(request, TAG_AFFECTED_SOP_CLASS)
+        sop_instance = _ui(request, TAG_AFFECTED_SOP_INSTANCE)
+        if str(context.abstract_syntax) == VERIFICATION:
+            return STATUS_SOP_CLASS_NOT_SUPPORTED, "C-STORE on the Verification context"
+        if oversized:
+            return STATUS_OUT_OF_RESOURCES, "Instance larger than this node accepts"
+        if dataset is None:
+            return STATUS_CANNOT_UNDERSTAND, "C-STORE without a dataset"
+        transfer_syntax = str(context.transfer_syntax[0])
+        store_request = StoreRequest(self.association.peer, sop_class, sop_instance, transfer_syntax, message_id)
+        meta = file_meta(sop_class, sop_instance, transfer_syntax, self.association.peer.ae_title)
+        encoded = b"".join([meta, *dataset])
+        dataset.clear()
+        try:
+            return self.association.acceptor.on_store(store_request, encoded)
+        except Exception as exc:  # noqa: BLE001 - the peer gets a failure status, the server goes on
+            log.exception("store handler failed", sop_instance_uid=sop_instance[:64])
+            return STATUS_CANNOT_UNDERSTAND, f"Cannot store: {type(exc).__name__}"
+
+
+# ---- command sets and File Meta (PS3.7 E.1, PS3.10 7.1) -------------------------------------
+def decode_command(data: bytes) -> dict[int, bytes]:
+    """Group 0000 elements of an Implicit VR Little Endian command set: tag -> raw value."""
+    elements: dict[int, bytes] = {}
+    offset, end = 0, len(data)
+    while offset < end:
+        if offset + 8 > end:
+            raise ProtocolError("command set ends inside an element header")
+        group, element, length = struct.unpack_from("<HHI", data, offset)
+        offset += 8
+        if group != 0x0000 or offset + length > end:
+            raise ProtocolError(f"malformed command set element ({group:04X},{element:04X})")
+        elements[element] = data[offset:offset + length]
+        offset += length
+    if TAG_COMMAND_FIELD not in elements:
+        raise ProtocolError("command set without CommandField")
+    return elements
+
+
+def encode_command(elements: dict[int, bytes]) -> bytes:
+    """An Implicit VR Little Endian command set with its group length first."""
+    body = b"".join(struct.pack("<HHI", 0, tag, len(value)) + value
+                    for tag, value in sorted(elements.items()) if tag != 0)
+    return struct.pack("<HHII", 0, 0, 4, len(body)) + body
+
+
+def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str) -> bytes:
+    """Preamble, 'DICM' and the File Meta group (Explicit VR Little Endian) for a received instance."""
+    elements = [
+        (0x0001, b"OB", b"\x00\x01"),
+        (0x0002, b"UI", _pad(sop_class.encode("ascii"), b"\x00")),
+        (0x0003, b"UI", _pad(sop_instance.encode("ascii"), b"\x00")),
+        (0x0010, b"UI", _pad(transfer_syntax.encode("ascii"), b"\x00")),
+        (0x0012, b"UI", _pad(str(PYNETDICOM_IMPLEMENTATION_UID).encode("ascii"), b"\x00")),
+        (0x0013, b"SH", _pad(PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii"), b" ")),
+    ]
+    if source_ae:
+        elements.append((0x0016, b"AE", _pad(source_ae.encode("ascii", "replace"), b" ")))
+    body = b"".join(
+        struct.pack("<HH2sHI", 2, element, vr, 0, len(value)) + value if vr == b"OB"
+        else struct.pack("<HH2sH", 2, element, vr, len(value)) + value
+        for element, vr, value in elements)
+    return b"\x00" * 128 + b"DICM" + struct.pack("<HH2sHI", 2, 0, b"UL", 4, len(body)) + body
+
+
+def _pad(value: bytes, padding: bytes) -> bytes:
+    return value + padding if len(value) % 2 else value
+
+
+def _pack_us(value: int) -> bytes:
+    return struct.pack("<H", value & 0xFFFF)
+
+
+def _us(elements: dict[int, bytes], tag: int, default: int) -> int:
+    value = elements.get(tag)
+    return struct.unpack_from("<H", value)[0] if value is not None and len(value) >= 2 else default
+
+
+def _ui(elements: dict[int, bytes], tag: int) -> str:
+    return elements.get(tag, b"").decode("ascii", "replace").rstrip("\x00 ")
+
+
+def _shutdown(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
