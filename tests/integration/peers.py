@@ -110,8 +110,11 @@ class NodeProcess:
     """`ldct-node serve` as a real subprocess with its own config, data dir and log file."""
 
     def __init__(self, workdir: Path, destinations: list[dict], *, engine: str = "threshold",
-                 idle_seconds: float = 2, extra: str = "", workers: int = 1) -> None:
+                 idle_seconds: float = 2, extra: str = "", workers: int = 1,
+                 env: dict[str, str] | None = None) -> None:
+        """`env`: extra environment, e.g. LDCT_<SECTION>__<KEY> settings."""
         self.workdir = Path(workdir)
+        self.env = env or {}
         self.port = free_port()
         self.data_dir = self.workdir / "data"
         self.config = self.workdir / "node.toml"
@@ -137,7 +140,8 @@ class NodeProcess:
     def start(self) -> "NodeProcess":
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen([sys.executable, "-m", "dicom_node", "serve", "--config", str(self.config)],
-                                        stdout=log, stderr=log, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "2"})
+                                        stdout=log, stderr=log, cwd=REPO,
+                                        env={**os.environ, "OMP_NUM_THREADS": "2", **self.env})
         wait_until(self._listening, 60, what="the node to listen")
         return self
 
