@@ -7,10 +7,8 @@ gives machine-readable output. Errors are one clear line and a non-zero exit, no
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import sys
 import threading
 from datetime import datetime
 from pathlib import Path

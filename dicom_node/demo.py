@@ -15,7 +15,7 @@ from pathlib import Path
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
-from config.settings import Destination, Settings
+from config.settings import Settings
 from dicom_node.jobstore import DEAD, DONE, SENT
 from dicom_node.node import Node
 from dicom_node.scu import send_files

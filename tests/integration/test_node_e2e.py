@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import subprocess
 
-import numpy as np
 import pydicom
 import pytest
 
