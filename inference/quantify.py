@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from inference.voxels import value_counts
+
 BACKGROUND, NORMAL_LUNG, GGO, CONSOLIDATION = 0, 1, 2, 3
 
 
@@ -30,7 +32,7 @@ class Quantification:
 
 def quantify(labels: np.ndarray, voxel_volume_ml: float) -> Quantification:
     """Measure a label map whose voxels each hold `voxel_volume_ml` cm3."""
-    counts = np.bincount(labels.ravel(), minlength=4)[:4].astype(np.float64)
+    counts = value_counts(labels, 4)[:4].astype(np.float64)
     normal, ggo, cons = (counts[i] * voxel_volume_ml for i in (NORMAL_LUNG, GGO, CONSOLIDATION))
     lung = normal + ggo + cons
 
