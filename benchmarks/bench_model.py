@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--series", type=Path, default=DEFAULT_SERIES)
     parser.add_argument("--weights", type=Path, default=None)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the engine's for the device")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
