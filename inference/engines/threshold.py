@@ -69,6 +69,7 @@ from scipy.spatial import ConvexHull, QhullError
 from inference.engines import Progress
 from inference.quantify import BACKGROUND, CONSOLIDATION, GGO, NORMAL_LUNG
 from inference.volume import CTVolume
+from inference.voxels import label_components, lookup, value_counts
 
 log = structlog.get_logger(__name__)
 
@@ -119,10 +120,19 @@ def _bbox_2d(mask: np.ndarray, pad: int, shape: tuple[int, int]) -> tuple[slice,
     )
 
 
-def _largest_components(labels: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Label ids sorted by size (largest first) and their sizes, background excluded."""
-    sizes = np.bincount(labels.ravel())
+def _largest_components(
+    labels: np.ndarray, count: int, exclude: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Label ids sorted by size (largest first) and their sizes, background and `exclude` excluded.
+
+    The sizes are those of the labels with `exclude` zeroed, without zeroing them (no copy).
+    """
+    sizes = value_counts(labels)
     sizes[0] = 0
+    if exclude is not None:
+        sizes[exclude] = 0
+        nonzero = np.flatnonzero(sizes)
+        sizes = sizes[: nonzero[-1] + 1 if nonzero.size else 1]  # the length bincount gives then
     order = np.argsort(sizes)[::-1][:count]
     order = order[sizes[order] > 0]
     return order, sizes[order]
@@ -164,10 +174,15 @@ class ThresholdEngine:
         full_shape = hu.shape
         hu = hu[:, box[0], box[1]]
         body = np.ascontiguousarray(body[:, box[0], box[1]])
-        air = (hu < LUNG_AIR_HU) & body
+        # Whole-volume masks are made in place and dropped once used: a 1000-slice series
+        # must fit in 2 GB (benchmarks/bench_memory.py).
         airway = self.airway_mask(hu, body, spacing)
-        if airway is not None:
-            air &= ~airway
+        airway_found = airway is not None
+        air = hu < LUNG_AIR_HU
+        air &= body
+        if airway_found:
+            air[airway] = False
+        del airway
         step()
         lungs = self.lung_components(air, spacing)
         del air
@@ -175,13 +190,14 @@ class ThresholdEngine:
         # Removed airway voxels come back only where the lung encloses them (intrapulmonary
         # bronchi); trachea and main bronchi lie in the mediastinal gap and stay out.
         lungs = self.add_dense_lung(hu, lungs, body, spacing, step)
+        del body
         labels = np.zeros(full_shape, dtype=np.uint8)
         labels[:, box[0], box[1]] = self.classify(hu, lungs, spacing, step)
         log.info(
             "threshold segmentation done",
             series_uid=_series_uid(volume),
             lung_ml=round(float(np.count_nonzero(labels)) * volume.voxel_volume_ml, 1),
-            airway_found=airway is not None,
+            airway_found=airway_found,
         )
         return labels
 
@@ -194,7 +210,7 @@ class ThresholdEngine:
         opening = _disk(2.0 / (max(spacing[1], spacing[2]) * factor))
         for k in range(coarse.shape[0]):  # cut thin bridges (table, blankets, cables)
             coarse[k] = ndimage.binary_opening(coarse[k], structure=opening)
-        labels, n = ndimage.label(coarse)
+        labels, n = label_components(coarse)
         if n == 0:
             raise ThresholdSegmentationError("no body found: no voxel above -500 HU")
         (largest,), _ = _largest_components(labels, 1)
@@ -204,8 +220,11 @@ class ThresholdEngine:
             coarse[k] = ndimage.binary_fill_holes(coarse[k])
         if factor == 1:
             return coarse
-        body = np.repeat(np.repeat(coarse, factor, axis=1), factor, axis=2)
-        return np.ascontiguousarray(body[:, : hu.shape[1], : hu.shape[2]])
+        body = np.empty(hu.shape, dtype=bool)
+        for k in range(coarse.shape[0]):  # slice by slice: no whole-volume intermediate
+            fine = np.repeat(np.repeat(coarse[k], factor, axis=0), factor, axis=1)
+            body[k] = fine[: hu.shape[1], : hu.shape[2]]
+        return body
 
     def airway_mask(
         self, hu: np.ndarray, body: np.ndarray, spacing: tuple[float, float, float]
@@ -248,15 +267,17 @@ class ThresholdEngine:
         seed_box = seed_mask[:, x_lo:x_hi]
         voxel_ml = float(np.prod(spacing)) / 1000.0
         for threshold in AIRWAY_GROW_HU:
-            candidate = (hu_box < threshold) & body_box
-            candidate[k_seed] |= seed_box
-            comps, _ = ndimage.label(candidate)
-            ids = np.unique(comps[k_seed][seed_box])
-            ids = ids[ids > 0]
-            if ids.size == 0:
+            if not seed_box.any():  # the seed lies outside the midline band
                 continue
-            grown = np.isin(comps, ids)
-            del comps, candidate
+            candidate = hu_box < threshold
+            candidate &= body_box
+            candidate[k_seed] |= seed_box
+            # The candidate's 3D components (6-connected) that hold the seed, grown from it:
+            # labelling them all would number >100k noise specks in a whole-volume array.
+            grown = np.zeros(candidate.shape, dtype=bool)
+            grown[k_seed] = seed_box
+            grown = ndimage.binary_propagation(grown, mask=candidate)
+            del candidate
             volume_ml = float(np.count_nonzero(grown)) * voxel_ml
             if volume_ml <= p.max_airway_ml:
                 disk = _disk(max(1.5, p.airway_dilation_mm / min(spacing[1], spacing[2])))
@@ -274,7 +295,7 @@ class ThresholdEngine:
     def lung_components(self, air: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
         """The one or two big air components inside the body that are lungs."""
         p = self.parameters
-        labels, n = ndimage.label(air)
+        labels, n = label_components(air)
         if n == 0:
             raise ThresholdSegmentationError("no air inside the body: is this a chest CT?")
         border = np.unique(
@@ -284,9 +305,7 @@ class ThresholdEngine:
             )
         )
         border = border[border > 0]
-        if border.size:
-            labels[np.isin(labels, border)] = 0
-        ids, sizes = _largest_components(labels, 2)
+        ids, sizes = _largest_components(labels, 2, exclude=border)
         voxel_ml = float(np.prod(spacing)) / 1000.0
         if ids.size == 0 or sizes[0] * voxel_ml < p.min_lung_ml:
             raise ThresholdSegmentationError(
@@ -296,10 +315,10 @@ class ThresholdEngine:
         keep = [ids[0]]
         if ids.size > 1 and sizes[1] >= p.second_lung_min_fraction * sizes[0]:
             keep.append(ids[1])
-        lungs = np.zeros(air.shape, dtype=np.uint8)  # 1, 2: one value per lung component
+        lung_value = np.zeros(n + 1, dtype=np.uint8)  # 1, 2: one value per lung component
         for value, label_id in enumerate(keep, start=1):
-            lungs[labels == label_id] = value
-        return lungs
+            lung_value[label_id] = value
+        return lookup(lung_value, labels)
 
     def add_dense_lung(
         self,
