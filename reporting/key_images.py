@@ -58,9 +58,16 @@ def _superior_order(source_datasets: Sequence[Dataset]) -> np.ndarray:
     return positions * direction
 
 
+def _lung_and_lesion_per_slice(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels labelled lung (> 0) and lesion (>= GGO) on each slice, without whole-volume masks."""
+    lung = np.array([np.count_nonzero(label_slice > 0) for label_slice in labels], dtype=np.intp)
+    lesion = np.array([np.count_nonzero(label_slice >= GGO) for label_slice in labels], dtype=np.intp)
+    return lung, lesion
+
+
 def approximate_carina(labels: np.ndarray, heights: np.ndarray) -> int:
     """Slice 20% of the lung's cranio-caudal extent below the lung apex."""
-    lung_per_slice = (labels > 0).reshape(labels.shape[0], -1).sum(axis=1)
+    lung_per_slice = _lung_and_lesion_per_slice(labels)[0]
     lung_slices = np.nonzero(lung_per_slice)[0]
     if lung_slices.size == 0:
         return int(np.argmin(np.abs(heights - float(np.median(heights)))))
@@ -106,7 +113,7 @@ def detect_carina(
     lung). A shorter disappearance is bridged when a trachea-sized lumen comes back.
     Tracking stops at the lung's mid-height; losing the airway otherwise gives None.
     """
-    lung_per_slice = (labels > 0).reshape(labels.shape[0], -1).sum(axis=1)
+    lung_per_slice = _lung_and_lesion_per_slice(labels)[0]
     lung_slices = np.nonzero(lung_per_slice)[0]
     if lung_slices.size < 3:
         return None
@@ -169,8 +176,7 @@ def choose_slices(
     n_slices = labels.shape[0]
     if max_images <= 0 or n_slices == 0:
         return []
-    lung_per_slice = (labels > 0).reshape(n_slices, -1).sum(axis=1)
-    lesion_per_slice = (labels >= GGO).reshape(n_slices, -1).sum(axis=1)
+    lung_per_slice, lesion_per_slice = _lung_and_lesion_per_slice(labels)
     if carina is None:
         carina, carina_reason = approximate_carina(labels, heights), "near carina (approx.)"
     else:
