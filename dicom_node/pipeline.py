@@ -69,10 +69,23 @@ def analyse_series(files: Sequence[Path], out_dir: Path, *, engine: Engine,
     risk = assess_risk_for(volume.datasets[0], quant, clinical, options)
     timings["risk_s"] = time.perf_counter() - t0
 
+    # Key images are the last use of the HU volume: built first (written after the SR, as
+    # before), so that the volume is freed before the SEG is encoded (peak memory).
+    key_images, key_images_s = [], 0.0
+    if options.key_images:
+        from reporting.key_images import build_key_images
+
+        t0 = time.perf_counter()
+        key_images = build_key_images(volume.hu, labels, volume.datasets, quant, risk)
+        key_images_s = time.perf_counter() - t0
+    headers, slices = volume.datasets, int(volume.hu.shape[0])
+    del volume
+
     t0 = time.perf_counter()
-    seg = build_segmentation(volume.datasets, labels, algorithm_name=f"ldct-node {engine.name}",
+    seg = build_segmentation(headers, labels, algorithm_name=f"ldct-node {engine.name}",
                              algorithm_version=engine.version,
                              omit_empty_frames=options.omit_empty_seg_frames)
+    del labels
     seg_path = out_dir / "seg.dcm"
     write_dataset(seg, seg_path)
     timings["seg_s"] = time.perf_counter() - t0
@@ -81,24 +94,22 @@ def analyse_series(files: Sequence[Path], out_dir: Path, *, engine: Engine,
     superseded_uids = superseded_objects(supersedes)
     sr_path = out_dir / "sr.dcm"
     engine_info = {"name": engine.name, "version": engine.version}
-    sr = write_report(volume.datasets, seg, quant, engine_info, risk, superseded_uids, sr_path)
+    sr = write_report(headers, seg, quant, engine_info, risk, superseded_uids, sr_path)
     timings["sr_s"] = time.perf_counter() - t0
     outputs = [seg_path, sr_path]
 
     if options.key_images:
-        from reporting.key_images import build_key_images
-
         t0 = time.perf_counter()
-        for index, image in enumerate(build_key_images(volume.hu, labels, volume.datasets, quant, risk)):
+        for index, image in enumerate(key_images):
             path = out_dir / f"key_image_{index + 1}.dcm"
             write_dataset(image, path)
             outputs.append(path)
-        timings["key_images_s"] = time.perf_counter() - t0
+        timings["key_images_s"] = key_images_s + time.perf_counter() - t0
 
     summary = {
         "series_uid": series_uid,
-        "study_uid": str(volume.datasets[0].StudyInstanceUID),
-        "slices": int(volume.hu.shape[0]),
+        "study_uid": str(headers[0].StudyInstanceUID),
+        "slices": slices,
         "engine": engine_info,
         "quantification": {k: round(v, 3) for k, v in quant.as_dict().items()},
         "risk": risk_summary(risk),
