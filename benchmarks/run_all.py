@@ -34,7 +34,8 @@ def main() -> None:
             "end_to_end_cnn": bench_e2e.main(["--runs", str(runs or 3), "--engine", "cnn"]),
             "end_to_end_threshold": bench_e2e.main(["--runs", str(runs or 3), "--engine", "threshold"]),
         },
-        "memory": lambda: {"memory_1000_slices": bench_memory.main([])},
+        "memory": lambda: {"memory_1000_slices": bench_memory.main(["--engine", "cnn"]),
+                           "memory_1000_slices_threshold": bench_memory.main(["--engine", "threshold"])},
     }
     results_path = HERE / "results.json"
     results = json.loads(results_path.read_text()) if args.only and results_path.exists() else {}
