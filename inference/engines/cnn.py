@@ -51,6 +51,26 @@ def keep_lung_components(labels: np.ndarray, min_fraction: float = 0.1) -> np.nd
     return labels
 
 
+def clear_outside_body(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float]) -> None:
+    """Zero the labels outside the patient's body (with its cavities), slice by slice. In place.
+
+    A slice whose body touches the image edge (a field of view cut through the chest wall)
+    is left alone: there the lungs may reach the edge and would not count as inside.
+    """
+    from inference.engines.threshold import ThresholdSegmentationError, coarse_body_mask, upsample_slice
+
+    try:
+        coarse, factor = coarse_body_mask(hu, spacing)
+    except ThresholdSegmentationError:
+        log.warning("no body found: labels outside the body not cleared")
+        return
+    for k in range(coarse.shape[0]):
+        body = coarse[k]
+        if body[0].any() or body[-1].any() or body[:, 0].any() or body[:, -1].any():
+            continue
+        labels[k][~upsample_slice(body, factor, labels.shape[1:])] = 0
+
+
 class WeightsError(RuntimeError):
     """Weights missing, unlisted in the checksum file, or not matching their checksum."""
 
@@ -124,7 +144,7 @@ class CNNEngine:
         self.model.load_state_dict(payload["state_dict"])
         self.model.eval()
         # The version names the weights and, when on, the 3D post-processing: both shape the labels.
-        self.version = str(payload.get("version", "unknown")) + ("+lung-components" if postprocess else "")
+        self.version = str(payload.get("version", "unknown")) + ("+body+lung-components" if postprocess else "")
         self.metadata = dict(payload.get("metadata", {}))
         self.device = _pick_device(device)
         self.batch_size = batch_size or DEFAULT_BATCH_SIZE.get(self.device.type, 16)
@@ -180,16 +200,20 @@ class CNNEngine:
     def segment(self, volume: CTVolume, progress: Progress | None = None) -> np.ndarray:
         """Label map (uint8 0 bg, 1 lung, 2 GGO, 3 consolidation) shaped like `volume.hu`.
 
-        Slice-wise predictions, then only the lungs' 3D connected components are kept
-        (`keep_lung_components`): a 2D model cannot tell a lung-like patch of air outside the
-        body or in the bowel from lung, the 3D context can.
+        Slice-wise predictions, then two clean-ups a 2D model needs: nothing outside the
+        patient's body (`clear_outside_body`: the air between back and table looks like lung
+        to it), and only the lungs' 3D connected components (`keep_lung_components`: air in
+        the bowel does too).
         """
         _, row_mm, col_mm = volume.spacing
         rows, cols = volume.hu.shape[1:]
         work = (max(16, round(rows * row_mm / TRAINING_PIXEL_MM)),
                 max(16, round(cols * col_mm / TRAINING_PIXEL_MM)))
         labels = self.predict_slices(volume.hu, work, progress)
-        return keep_lung_components(labels) if self.postprocess else labels
+        if not self.postprocess:
+            return labels
+        clear_outside_body(labels, volume.hu, volume.spacing)
+        return keep_lung_components(labels)
 
     def segment_image(self, hu: np.ndarray) -> np.ndarray:
         """Labels for one 2D image of unknown pixel size (a thorax-cropped export).

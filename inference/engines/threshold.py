@@ -120,6 +120,33 @@ def _bbox_2d(mask: np.ndarray, pad: int, shape: tuple[int, int]) -> tuple[slice,
     )
 
 
+def coarse_body_mask(hu: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, int]:
+    """The patient's body with its cavities filled, on a ~1.2 mm grid: (mask, subsampling factor).
+
+    The largest 3D component above -500 HU after cutting thin bridges (table, blankets,
+    cables), holes filled slice by slice. Raises ThresholdSegmentationError without a body.
+    """
+    factor = max(1, int(round(1.2 / max(spacing[1], spacing[2]))))
+    coarse = hu[:, ::factor, ::factor] > BODY_HU
+    opening = _disk(2.0 / (max(spacing[1], spacing[2]) * factor))
+    for k in range(coarse.shape[0]):
+        coarse[k] = ndimage.binary_opening(coarse[k], structure=opening)
+    labels, n = label_components(coarse)
+    if n == 0:
+        raise ThresholdSegmentationError("no body found: no voxel above -500 HU")
+    (largest,), _ = _largest_components(labels, 1)
+    coarse = labels == largest
+    del labels
+    for k in range(coarse.shape[0]):
+        coarse[k] = ndimage.binary_fill_holes(coarse[k])
+    return coarse, factor
+
+
+def upsample_slice(coarse: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
+    """A coarse 2D mask back on the full grid (nearest neighbour)."""
+    return np.repeat(np.repeat(coarse, factor, axis=0), factor, axis=1)[: shape[0], : shape[1]]
+
+
 def _largest_components(
     labels: np.ndarray, count: int, exclude: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -205,25 +232,12 @@ class ThresholdEngine:
 
     def body_mask(self, hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
         """Patient body with its cavities (lungs, airways) filled, slice by slice."""
-        factor = max(1, int(round(1.2 / max(spacing[1], spacing[2]))))  # ~1.2 mm grid is enough
-        coarse = hu[:, ::factor, ::factor] > BODY_HU
-        opening = _disk(2.0 / (max(spacing[1], spacing[2]) * factor))
-        for k in range(coarse.shape[0]):  # cut thin bridges (table, blankets, cables)
-            coarse[k] = ndimage.binary_opening(coarse[k], structure=opening)
-        labels, n = label_components(coarse)
-        if n == 0:
-            raise ThresholdSegmentationError("no body found: no voxel above -500 HU")
-        (largest,), _ = _largest_components(labels, 1)
-        coarse = labels == largest
-        del labels
-        for k in range(coarse.shape[0]):
-            coarse[k] = ndimage.binary_fill_holes(coarse[k])
+        coarse, factor = coarse_body_mask(hu, spacing)
         if factor == 1:
             return coarse
         body = np.empty(hu.shape, dtype=bool)
         for k in range(coarse.shape[0]):  # slice by slice: no whole-volume intermediate
-            fine = np.repeat(np.repeat(coarse[k], factor, axis=0), factor, axis=1)
-            body[k] = fine[: hu.shape[1], : hu.shape[2]]
+            body[k] = upsample_slice(coarse[k], factor, hu.shape[1:])
         return body
 
     def airway_mask(

@@ -36,7 +36,7 @@ def tiny_weights(tmp_path: Path) -> Path:
 
 def test_engine_returns_uint8_labels_of_volume_shape(tiny_weights: Path):
     engine = CNNEngine(device="cpu", weights_path=tiny_weights, batch_size=3, num_threads=1)
-    assert engine.version == "test-1+lung-components"
+    assert engine.version == "test-1+body+lung-components"
     hu = np.full((5, 40, 36), -1000, np.int16)
     hu[:, 8:32, 6:30] = -850
     calls = []
@@ -86,3 +86,32 @@ def test_keep_lung_components_drops_islands_outside_the_lungs():
     assert out[0, 38:40, 0:2].max() == 0 and out[9, 0:2, 38:40].max() == 0
     assert (out[4:6, 10:14, 6:10] == 2).all()
     assert (out > 0).sum() == (labels > 0).sum() - 4 - 4
+
+
+def test_clear_outside_body_drops_the_air_under_the_patient_not_the_lungs():
+    from inference.engines.cnn import clear_outside_body
+
+    hu = np.full((6, 64, 64), -1000, np.int16)  # air around
+    yy, xx = np.mgrid[:64, :64]
+    torso = ((yy - 28) / 20) ** 2 + ((xx - 32) / 26) ** 2 <= 1
+    hu[:, torso] = 40                            # soft tissue
+    lungs = (((yy - 28) / 12) ** 2 + ((xx - 20) / 8) ** 2 <= 1) | (((yy - 28) / 12) ** 2 + ((xx - 44) / 8) ** 2 <= 1)
+    hu[:, lungs] = -850
+    hu[:, 56:58, 4:60] = 200                     # the table, below an air gap
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[:, lungs] = 1
+    labels[:, 49:55, 10:54] = 1                  # what a 2D model calls lung in the air gap
+    clear_outside_body(labels, hu, (5.0, 1.0, 1.0))
+    assert (labels[:, lungs] == 1).all()
+    assert labels[:, 49:55, 10:54].max() == 0
+
+
+def test_clear_outside_body_leaves_slices_whose_body_reaches_the_edge():
+    from inference.engines.cnn import clear_outside_body
+
+    hu = np.full((4, 32, 32), 40, np.int16)      # a field of view cut through the body
+    hu[:, 10:20, 0:12] = -850                    # lung touching the image edge
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[:, 10:20, 0:12] = 1
+    clear_outside_body(labels, hu, (5.0, 1.0, 1.0))
+    assert (labels[:, 10:20, 0:12] == 1).all()
