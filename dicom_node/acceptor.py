@@ -226,15 +226,12 @@ class _Association:
         self.peer_max_pdu = 0
 
     # ---- reading -------------------------------------------------------------------------
-    def read_exact(self, size: int) -> bytearray:
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        while view:
-            got = self.reader.readinto(view)
-            if not got:
-                raise PeerClosed()
-            view = view[got:]
-        return buffer
+    def read_exact(self, size: int) -> bytes:
+        """Exactly `size` bytes (a buffered read allocates without zero-filling, then fills)."""
+        data = self.reader.read(size)
+        if len(data) < size:
+            raise PeerClosed()
+        return data
 
     def read_pdu_header(self) -> tuple[int, int]:
         header = self.read_exact(6)
@@ -424,14 +421,14 @@ class _MessageAssembler:
         self.command = bytearray()
         self.command_context: int | None = None
         self.request: dict[int, bytes] | None = None
-        self.dataset: list[bytearray] = []
+        self.dataset: list[bytes] = []
         self.dataset_bytes = 0
 
     @property
     def pending(self) -> bool:
         return bool(self.command) or self.request is not None
 
-    def fragment(self, context_id: int, control: int, data: bytearray, last_piece: bool) -> None:
+    def fragment(self, context_id: int, control: int, data: bytes, last_piece: bool) -> None:
         if context_id not in self.association.contexts:
             raise ProtocolError(f"PDV on presentation context {context_id}, which was not accepted")
         is_command, is_last = bool(control & 0x01), bool(control & 0x02) and last_piece
@@ -460,7 +457,7 @@ class _MessageAssembler:
         if is_last:
             self.dispatch(dataset=self.dataset)
 
-    def dispatch(self, dataset: list[bytearray] | None) -> None:
+    def dispatch(self, dataset: list[bytes] | None) -> None:
         request, context_id = self.request, self.command_context
         oversized = self.dataset_bytes > self.association.acceptor.max_dataset_bytes
         self.request, self.command_context, self.dataset, self.dataset_bytes = None, None, [], 0

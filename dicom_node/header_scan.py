@@ -58,13 +58,13 @@ class ScannedHeader:
 def scan_header(data: bytes) -> ScannedHeader | None:
     """Scan a Part 10 instance (preamble + File Meta + dataset); None: ask pydicom instead."""
     try:
-        return _scan(memoryview(data))
+        return _scan(bytes(data))
     except (_Unsupported, struct.error, IndexError, UnicodeDecodeError):
         return None
 
 
-def _scan(data: memoryview) -> ScannedHeader:
-    if len(data) < 144 or bytes(data[128:132]) != b"DICM":
+def _scan(data: bytes) -> ScannedHeader:
+    if len(data) < 144 or data[128:132] != b"DICM":
         raise _Unsupported("no Part 10 preamble")
     meta_length = _explicit_element(data, 132)
     if meta_length[0] != 0x00020000 or meta_length[1:3] != (b"UL", 4):
@@ -78,7 +78,7 @@ def _scan(data: memoryview) -> ScannedHeader:
         if tag >> 16 != 0x0002:
             raise _Unsupported("File Meta element outside group 0002")
         if tag == 0x00020010:
-            transfer_syntax = bytes(data[value_start:value_start + length]).decode("ascii").strip("\x00 ")
+            transfer_syntax = data[value_start:value_start + length].decode("ascii").strip("\x00 ")
         offset = value_start + length
     if offset != end_of_meta or transfer_syntax not in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):
         raise _Unsupported("transfer syntax left to pydicom")
@@ -103,7 +103,7 @@ def _scan(data: memoryview) -> ScannedHeader:
             raise _Unsupported("element runs past the end")
         name = WANTED.get(tag)
         if name is not None:
-            values[name] = bytes(data[value_start:value_start + length])
+            values[name] = data[value_start:value_start + length]
             if tag == SPECIFIC_CHARACTER_SET and not _character_set_readable(values[name]):
                 raise _Unsupported("character set left to pydicom")
         offset = value_start + length
@@ -140,26 +140,30 @@ def _character_set_readable(raw: bytes) -> bool:
         return False
 
 
-def _explicit_element(data: memoryview, offset: int) -> tuple[int, bytes, int, int]:
+_EXPLICIT_HEADER = struct.Struct("<HH2sH")
+_IMPLICIT_HEADER = struct.Struct("<HHI")
+_UINT32 = struct.Struct("<I")
+
+
+def _explicit_element(data: bytes, offset: int) -> tuple[int, bytes, int, int]:
     """(tag, VR, length, offset of the value) of an Explicit VR Little Endian element."""
-    group, element = struct.unpack_from("<HH", data, offset)
+    group, element, vr, short_length = _EXPLICIT_HEADER.unpack_from(data, offset)
     tag = group << 16 | element
     if group == 0xFFFE:  # item and delimiters carry no VR
-        return tag, b"", struct.unpack_from("<I", data, offset + 4)[0], offset + 8
-    vr = bytes(data[offset + 4:offset + 6])
+        return tag, b"", _UINT32.unpack_from(data, offset + 4)[0], offset + 8
     if vr in LONG_LENGTH_VRS:
-        return tag, vr, struct.unpack_from("<I", data, offset + 8)[0], offset + 12
+        return tag, vr, _UINT32.unpack_from(data, offset + 8)[0], offset + 12
     if not vr.isalpha() or not vr.isupper():
         raise _Unsupported("not a VR")
-    return tag, vr, struct.unpack_from("<H", data, offset + 6)[0], offset + 8
+    return tag, vr, short_length, offset + 8
 
 
-def _implicit_element(data: memoryview, offset: int) -> tuple[int, bytes, int, int]:
-    group, element, length = struct.unpack_from("<HHI", data, offset)
+def _implicit_element(data: bytes, offset: int) -> tuple[int, bytes, int, int]:
+    group, element, length = _IMPLICIT_HEADER.unpack_from(data, offset)
     return group << 16 | element, b"", length, offset + 8
 
 
-def _skip_undefined_sequence(data: memoryview, offset: int, explicit: bool, depth: int) -> int:
+def _skip_undefined_sequence(data: bytes, offset: int, explicit: bool, depth: int) -> int:
     """Offset just after the Sequence Delimitation Item of a sequence starting at `offset`."""
     if depth > MAX_DEPTH:
         raise _Unsupported("sequences nested too deep")
