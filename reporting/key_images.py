@@ -27,6 +27,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from inference.quantify import CONSOLIDATION, GGO, NORMAL_LUNG, Quantification
 from inference.volume import slice_normal, slice_position
+from reporting.charset import with_plain_character_set
 from reporting.seg import DEFAULT_MANUFACTURER, SEGMENT_COLOURS_RGB, SOFTWARE_VERSION
 
 if TYPE_CHECKING:
@@ -360,7 +361,7 @@ def build_key_images(
         pixels = render_key_image(volume_hu[index], labels[index], header)
         orientation = tuple(float(v) for v in getattr(source, "ImageOrientationPatient", (1, 0, 0, 0, 1, 0)))
         image = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=source,
+            ref_dataset=with_plain_character_set([source])[0],
             pixel_array=pixels,
             photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
             bits_allocated=8,

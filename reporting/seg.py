@@ -9,7 +9,6 @@ that handle them.
 
 from __future__ import annotations
 
-import copy
 
 import time
 from typing import Sequence
@@ -22,6 +21,7 @@ from pydicom.dataset import Dataset
 from inference.quantify import CONSOLIDATION, GGO, NORMAL_LUNG
 from inference.volume import SeriesError, slice_normal, slice_position
 from reporting import codes
+from reporting.charset import with_plain_character_set
 
 log = structlog.get_logger(__name__)
 
@@ -146,29 +146,6 @@ def _check_inputs(source_datasets: Sequence[Dataset], labels: np.ndarray) -> Non
         )
 
 
-#: Single-valued code-extension character sets and the plain term for the same repertoire:
-#: valid DICOM, but highdicom refuses them when copying patient/study attributes.
-_PLAIN_CHARACTER_SET = {"ISO 2022 IR 100": "ISO_IR 100", "ISO 2022 IR 101": "ISO_IR 101",
-                        "ISO 2022 IR 109": "ISO_IR 109", "ISO 2022 IR 110": "ISO_IR 110",
-                        "ISO 2022 IR 144": "ISO_IR 144", "ISO 2022 IR 148": "ISO_IR 148",
-                        "ISO 2022 IR 192": "ISO_IR 192"}
-
-
-def _with_plain_character_set(source_datasets: Sequence[Dataset]) -> list[Dataset]:
-    """The source headers, with a single-valued ISO 2022 character set named as its ISO_IR term.
-
-    Only headers that need it are copied (shallowly); the caller's datasets are not changed.
-    """
-    fixed = []
-    for ds in source_datasets:
-        charset = ds.get("SpecificCharacterSet")
-        if isinstance(charset, str) and charset in _PLAIN_CHARACTER_SET:
-            ds = copy.copy(ds)
-            ds.SpecificCharacterSet = _PLAIN_CHARACTER_SET[charset]
-        fixed.append(ds)
-    return fixed
-
-
 def build_segmentation(
     source_datasets: Sequence[Dataset],
     labels: np.ndarray,
@@ -195,7 +172,7 @@ def build_segmentation(
         labels = labels.astype(np.uint8)
     started = time.perf_counter()
     seg = hd.seg.Segmentation(
-        source_images=_with_plain_character_set(source_datasets),
+        source_images=with_plain_character_set(source_datasets),
         pixel_array=labels,  # label-map style: value n is segment n
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segment_descriptions(algorithm_name, algorithm_version),

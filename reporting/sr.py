@@ -53,6 +53,7 @@ from pydicom.uid import generate_uid
 
 from inference.quantify import CONSOLIDATION, GGO, NORMAL_LUNG, Quantification
 from reporting import codes
+from reporting.charset import with_plain_character_set
 from reporting.seg import DEFAULT_MANUFACTURER, SOFTWARE_VERSION
 
 if TYPE_CHECKING:
@@ -294,7 +295,7 @@ def build_measurement_report(
     study_uid = str(source_datasets[0].StudyInstanceUID)
     predecessors = _predecessor_stubs(study_uid, supersedes)
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*source_datasets, seg],
+        evidence=[*with_plain_character_set(source_datasets), seg],
         content=report[0],
         series_instance_uid=series_instance_uid or hd.UID(),
         series_number=series_number,
