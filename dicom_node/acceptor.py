@@ -58,10 +58,12 @@ ABORT_INVALID_PARAMETER = 0x06
 # DIMSE (PS3.7 9.3, E.1)
 C_STORE_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0030, 0x0FFF
 NO_DATASET = 0x0101
+STATUS_SUCCESS = 0x0000
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 STATUS_UNRECOGNISED_OPERATION = 0x0211
-STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATASET_MISMATCH = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC000
 
 TAG_AFFECTED_SOP_CLASS = 0x00000002
 TAG_COMMAND_FIELD = 0x00000100
@@ -119,14 +121,13 @@ class Acceptor:
     recognised" and `on_rejected(peer)` is told. `max_pdu_size` 0 announces no limit.
     """
 
-    def __init__(self, *, ae_title: str, contexts: Iterable[PresentationContext], on_store: StoreHandler,
+    def __init__(self, *, contexts: Iterable[PresentationContext], on_store: StoreHandler,
                  calling_ae_allowed: Callable[[str, str], bool] = lambda title, address: True,
                  on_accepted: Callable[[Peer], None] | None = None,
                  on_rejected: Callable[[Peer], None] | None = None,
                  max_pdu_size: int = 0, max_associations: int = 16, network_timeout: float = 60,
                  acse_timeout: float = 30, max_dataset_bytes: int = 4 << 30,
                  ssl_context: ssl.SSLContext | None = None) -> None:
-        self.ae_title = ae_title
         self.contexts = list(contexts)
         self.on_store = on_store
         self.calling_ae_allowed = calling_ae_allowed
@@ -223,7 +224,6 @@ class _Association:
         self.reader = conn.makefile("rb", buffering=1 << 16)
         self.peer = Peer("", address, port)
         self.contexts: dict[int, PresentationContext] = {}
-        self.peer_max_pdu = 0
 
     # ---- reading -------------------------------------------------------------------------
     def read_exact(self, size: int) -> bytes:
@@ -253,7 +253,8 @@ class _Association:
         self.send(struct.pack(">BBIBBBB", A_ASSOCIATE_RJ_TYPE, 0, 4, 0, result, source, reason))
 
     def send_command(self, context_id: int, elements: dict[int, bytes]) -> None:
-        """One command set in one P-DATA-TF PDU (a response is far below any peer's maximum)."""
+        """One command set in one P-DATA-TF PDU: a response (~200 bytes) is far below any
+        peer's maximum PDU length, so the peer's announced maximum is not consulted."""
         command = encode_command(elements)
         pdv_length = len(command) + 2
         self.send(struct.pack(">BBIIBB", P_DATA_TF_TYPE, 0, pdv_length + 4, pdv_length, context_id, 0x03)
@@ -299,9 +300,6 @@ class _Association:
         calling_ae = str(request.calling_ae_title).strip()
         self.peer = Peer(calling_ae, self.peer.address, self.peer.port)
         items = list(request.user_information or [])
-        for item in items:
-            if isinstance(item, MaximumLengthNotification):
-                self.peer_max_pdu = int(item.maximum_length_received or 0)
 
         refusal = None
         if not (pdu.protocol_version & 0x01):
@@ -473,7 +471,7 @@ class _MessageAssembler:
         if command_field == C_CANCEL_RQ:
             return
         if command_field == C_ECHO_RQ:
-            status, comment = 0x0000, None
+            status, comment = STATUS_SUCCESS, None
         elif command_field == C_STORE_RQ:
             status, comment = self.store(request, context, dataset, message_id, oversized)
         else:

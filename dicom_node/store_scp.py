@@ -31,19 +31,21 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from dicom_node.header_scan import scan_header
-from dicom_node.acceptor import Acceptor, Peer, Response, StoreRequest
+from dicom_node.acceptor import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DATASET_MISMATCH,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_SUCCESS,
+    Acceptor,
+    Peer,
+    Response,
+    StoreRequest,
+)
+from dicom_node.header_scan import LONG_LENGTH_VRS, UNDEFINED, scan_header
 from dicom_node.series import SeriesTracker
 from dicom_node.spool import InvalidUID, Spool
 
 log = structlog.get_logger(__name__)
-
-STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_DATASET_MISMATCH = 0xA900
-STATUS_CANNOT_UNDERSTAND = 0xC000
-STATUS_PROCESSING_FAILURE = 0x0110
-
 
 
 class InstanceRejected(ValueError):
@@ -103,7 +105,7 @@ def check_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str) -> In
                                f"Image pixel module incomplete: {type(exc).__name__}") from exc
     if min(rows, columns, samples, bits, frames) <= 0:
         raise InstanceRejected(STATUS_DATASET_MISMATCH, "Rows/Columns/BitsAllocated not positive")
-    if pixel_length == UNDEFINED_LENGTH:  # encapsulated: at least one item after the offset table
+    if pixel_length == UNDEFINED:  # encapsulated: at least one item after the offset table
         if not available or available <= 16:
             raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, "Empty encapsulated pixel data")
         return header
@@ -134,10 +136,6 @@ def _read_with_pydicom(data: bytes) -> tuple[Dataset, InstanceHeader, int | None
             raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, f"Unreadable dataset: {type(exc).__name__}") from exc
 
 
-UNDEFINED_LENGTH = 0xFFFFFFFF
-_LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-
-
 def _pixel_data_extent(data: bytes, offset: int, transfer_syntax) -> tuple[int | None, int]:
     """(declared Pixel Data length, bytes present after its element header) at `offset`.
 
@@ -148,7 +146,7 @@ def _pixel_data_extent(data: bytes, offset: int, transfer_syntax) -> tuple[int |
         return None, 0
     if transfer_syntax.is_implicit_VR:
         length, start = struct.unpack_from(order + "I", data, offset + 4)[0], offset + 8
-    elif bytes(data[offset + 4:offset + 6]) in _LONG_LENGTH_VRS:
+    elif bytes(data[offset + 4:offset + 6]) in LONG_LENGTH_VRS:
         if offset + 12 > len(data):
             return None, 0
         length, start = struct.unpack_from(order + "I", data, offset + 8)[0], offset + 12
@@ -223,7 +221,7 @@ class StoreSCP:
         contexts = [build_context(Verification)]
         contexts += [build_context(sop_class, ALL_TRANSFER_SYNTAXES)
                      for sop_class in (CTImageStorage, EnhancedCTImageStorage)]
-        self.acceptor = Acceptor(ae_title=ae_title, contexts=contexts, on_store=self._handle_store,
+        self.acceptor = Acceptor(contexts=contexts, on_store=self._handle_store,
                                  calling_ae_allowed=self.policy.allows, on_accepted=self._handle_accepted,
                                  on_rejected=self._handle_rejected, max_pdu_size=max_pdu_size,
                                  max_associations=16, network_timeout=60, acse_timeout=30,

@@ -36,7 +36,7 @@ class Recorder:
 
 def serve(handler, **kwargs) -> tuple[Acceptor, int]:
     contexts = [build_context(Verification), build_context(CTImageStorage)]
-    acceptor = Acceptor(ae_title="LDCTNODE", contexts=contexts, on_store=handler, **kwargs)
+    acceptor = Acceptor(contexts=contexts, on_store=handler, **kwargs)
     return acceptor, acceptor.start("127.0.0.1", 0)
 
 
