@@ -5,9 +5,10 @@ PDV several times: about 4 ms per CT instance on our machine before any of our c
 three times dcmtk's `storescp`. This acceptor keeps pynetdicom for the parts that are about
 correctness rather than throughput (decoding the A-ASSOCIATE-RQ, presentation-context and
 role negotiation, encoding the A-ASSOCIATE-AC) and runs the data phase itself: one blocking
-thread per association reads P-DATA-TF PDUs straight into buffers, reassembles command and
-dataset fragments, and hands each C-STORE's encoded dataset (File Meta prepended, nothing
-decoded) to a handler; the C-STORE-RSP goes out when the handler returns.
+thread per association reads P-DATA-TF PDUs into one reused buffer, reassembles command sets
+and streams each C-STORE's dataset (File Meta prepended, nothing decoded) to a sink the
+handler opened for it, fragment by fragment as it arrives, so the sink's writing overlaps the
+sender's sending; the C-STORE-RSP goes out when the sink has finished.
 
 Protocol references: PS3.8 section 9 (upper-layer PDUs), PS3.7 section 9.3 and annex E (DIMSE
 command sets, always Implicit VR Little Endian).
@@ -21,7 +22,7 @@ import ssl
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 import structlog
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
@@ -109,14 +110,32 @@ class StoreRequest:
 
 
 Response = tuple[int, str | None]  # status, error comment
-StoreHandler = Callable[[StoreRequest, bytes], Response]
+
+
+class StoreSink(Protocol):
+    """Where one C-STORE's Part 10 bytes go while they arrive (see `Acceptor`)."""
+
+    def write(self, data: memoryview) -> None:
+        """The next bytes; `data` is only valid during the call (the buffer is reused)."""
+
+    def finish(self) -> Response:
+        """Every byte has arrived: (status, error comment) for the C-STORE-RSP."""
+
+    def discard(self) -> None:
+        """The dataset will not be completed (association ended, too large): drop it."""
+
+
+StoreHandler = Callable[[StoreRequest], "StoreSink | Response"]
 
 
 class Acceptor:
     """Listens for associations and serves Verification and the given Storage contexts.
 
-    `on_store(request, encoded)` gets the Part 10 bytes (preamble, File Meta, dataset as
-    received) and returns (status, error comment). `calling_ae_allowed(title, address)`
+    `on_store(request)` is called when a C-STORE's command set has arrived and returns either
+    a (status, error comment) refusing it at once (its dataset is read and dropped) or a
+    `StoreSink` that then receives the Part 10 bytes (preamble, File Meta, dataset as received)
+    and answers when they are complete. Sinks must not raise; if one does, the peer gets
+    "cannot understand" and the server goes on. `calling_ae_allowed(title, address)`
     decides who may associate; refused callers get A-ASSOCIATE-RJ "calling AE title not
     recognised" and `on_rejected(peer)` is told. `max_pdu_size` 0 announces no limit.
     """
@@ -224,6 +243,7 @@ class _Association:
         self.reader = conn.makefile("rb", buffering=1 << 16)
         self.peer = Peer("", address, port)
         self.contexts: dict[int, PresentationContext] = {}
+        self.buffer = bytearray()
 
     # ---- reading -------------------------------------------------------------------------
     def read_exact(self, size: int) -> bytes:
@@ -232,6 +252,19 @@ class _Association:
         if len(data) < size:
             raise PeerClosed()
         return data
+
+    def read_into_buffer(self, size: int) -> memoryview:
+        """Exactly `size` bytes into the association's reused buffer (valid until the next call)."""
+        if len(self.buffer) < size:
+            self.buffer = bytearray(size)
+        view = memoryview(self.buffer)[:size]
+        filled = 0
+        while filled < size:
+            count = self.reader.readinto(view[filled:])
+            if not count:
+                raise PeerClosed()
+            filled += count
+        return view
 
     def read_pdu_header(self) -> tuple[int, int]:
         header = self.read_exact(6)
@@ -367,6 +400,12 @@ class _Association:
 
     def data_phase(self) -> None:
         messages = _MessageAssembler(self)
+        try:
+            self.serve_messages(messages)
+        finally:
+            messages.drop_unfinished()
+
+    def serve_messages(self, messages: "_MessageAssembler") -> None:
         while True:
             pdu_type, length = self.read_pdu_header()
             if pdu_type == P_DATA_TF_TYPE:
@@ -403,30 +442,38 @@ class _Association:
                 raise ProtocolError(f"PDV item length {item_length} outside its PDU")
             remaining -= item_length + 4
             size = item_length - 2
+            is_command = bool(control & 0x01)
             while True:
                 part = min(size, READ_CHUNK)
-                messages.fragment(context_id, control, self.read_exact(part), last_piece=part == size)
+                data = self.read_exact(part) if is_command else self.read_into_buffer(part)
+                messages.fragment(context_id, control, data, last_piece=part == size)
                 size -= part
                 if not size:
                     break
 
 
 class _MessageAssembler:
-    """Reassembles DIMSE messages from PDV fragments and answers them (one at a time)."""
+    """Reassembles DIMSE messages from PDV fragments and answers them (one at a time).
+
+    A C-STORE's dataset streams to the sink its handler opened when the command arrived; a
+    refusal decided then (or a dataset over `max_dataset_bytes`) is answered after the dataset
+    has been read and dropped, which keeps the association in step.
+    """
 
     def __init__(self, association: _Association) -> None:
         self.association = association
         self.command = bytearray()
         self.command_context: int | None = None
         self.request: dict[int, bytes] | None = None
-        self.dataset: list[bytes] = []
+        self.sink: StoreSink | None = None
+        self.answer: Response | None = None  # decided before the dataset ended
         self.dataset_bytes = 0
 
     @property
     def pending(self) -> bool:
         return bool(self.command) or self.request is not None
 
-    def fragment(self, context_id: int, control: int, data: bytes, last_piece: bool) -> None:
+    def fragment(self, context_id: int, control: int, data, last_piece: bool) -> None:
         if context_id not in self.association.contexts:
             raise ProtocolError(f"PDV on presentation context {context_id}, which was not accepted")
         is_command, is_last = bool(control & 0x01), bool(control & 0x02) and last_piece
@@ -443,64 +490,98 @@ class _MessageAssembler:
                 self.request = decode_command(bytes(self.command))
                 self.command.clear()
                 if _us(self.request, TAG_DATASET_TYPE, NO_DATASET) == NO_DATASET:
-                    self.dispatch(dataset=None)
+                    self.dispatch(has_dataset=False)
+                else:
+                    self.begin_dataset()
             return
         if self.request is None or context_id != self.command_context:
             raise ProtocolError("dataset fragment without its command")
         self.dataset_bytes += len(data)
-        if self.dataset_bytes <= self.association.acceptor.max_dataset_bytes:
-            self.dataset.append(data)
-        else:
-            self.dataset.clear()  # keep reading to stay in step, answer "out of resources"
+        if self.sink is not None:
+            if self.dataset_bytes <= self.association.acceptor.max_dataset_bytes:
+                self.sink_call("write", data)
+            else:  # keep reading to stay in step, answer "out of resources"
+                self.drop_unfinished()
+                self.answer = STATUS_OUT_OF_RESOURCES, "Instance larger than this node accepts"
         if is_last:
-            self.dispatch(dataset=self.dataset)
+            self.dispatch(has_dataset=True)
 
-    def dispatch(self, dataset: list[bytes] | None) -> None:
+    def begin_dataset(self) -> None:
+        """A C-STORE's dataset follows: open its sink, or decide the refusal now."""
+        request, context = self.request, self.association.contexts[self.command_context]
+        if _us(request, TAG_COMMAND_FIELD, 0) != C_STORE_RQ:
+            return
+        if str(context.abstract_syntax) == VERIFICATION:
+            self.answer = STATUS_SOP_CLASS_NOT_SUPPORTED, "C-STORE on the Verification context"
+            return
+        peer = self.association.peer
+        sop_class, sop_instance = _ui(request, TAG_AFFECTED_SOP_CLASS), _ui(request, TAG_AFFECTED_SOP_INSTANCE)
+        transfer_syntax = str(context.transfer_syntax[0])
+        store_request = StoreRequest(peer, sop_class, sop_instance, transfer_syntax,
+                                     _us(request, TAG_MESSAGE_ID, 0))
+        try:
+            opened = self.association.acceptor.on_store(store_request)
+        except Exception as exc:  # noqa: BLE001 - the peer gets a failure status, the server goes on
+            log.exception("store handler failed", sop_instance_uid=sop_instance[:64])
+            self.answer = STATUS_CANNOT_UNDERSTAND, f"Cannot store: {type(exc).__name__}"
+            return
+        if isinstance(opened, tuple):
+            self.answer = opened
+            return
+        self.sink = opened
+        self.sink_call("write", memoryview(file_meta(sop_class, sop_instance, transfer_syntax, peer.ae_title)))
+
+    def sink_call(self, method: str, *args):
+        """Call the sink; a sink that raises is dropped and the C-STORE fails."""
+        try:
+            return getattr(self.sink, method)(*args)
+        except Exception as exc:  # noqa: BLE001 - the peer gets a failure status, the server goes on
+            log.exception("store handler failed", step=method)
+            sink, self.sink = self.sink, None
+            if method != "discard":
+                try:
+                    sink.discard()
+                except Exception:  # noqa: BLE001 - already failing; the first error is logged
+                    pass
+            self.answer = STATUS_CANNOT_UNDERSTAND, f"Cannot store: {type(exc).__name__}"
+            return None
+
+    def drop_unfinished(self) -> None:
+        """Discard a dataset that will not be completed (association ended, or oversized)."""
+        if self.sink is not None:
+            self.sink_call("discard")
+            self.sink = None
+
+    def dispatch(self, has_dataset: bool) -> None:
         request, context_id = self.request, self.command_context
-        oversized = self.dataset_bytes > self.association.acceptor.max_dataset_bytes
-        self.request, self.command_context, self.dataset, self.dataset_bytes = None, None, [], 0
         command_field = _us(request, TAG_COMMAND_FIELD, 0)
-        message_id = _us(request, TAG_MESSAGE_ID, 0)
-        context = self.association.contexts[context_id]
         reply = {TAG_COMMAND_FIELD: _pack_us(command_field | 0x8000),
-                 TAG_MESSAGE_ID_RESPONDED: _pack_us(message_id),
+                 TAG_MESSAGE_ID_RESPONDED: _pack_us(_us(request, TAG_MESSAGE_ID, 0)),
                  TAG_DATASET_TYPE: _pack_us(NO_DATASET)}
         for tag in (TAG_AFFECTED_SOP_CLASS, TAG_AFFECTED_SOP_INSTANCE):
             if tag in request:
                 reply[tag] = request[tag]
+        sink, answer = self.sink, self.answer
+        self.request, self.command_context, self.sink, self.answer, self.dataset_bytes = None, None, None, None, 0
         if command_field == C_CANCEL_RQ:
             return
         if command_field == C_ECHO_RQ:
             status, comment = STATUS_SUCCESS, None
-        elif command_field == C_STORE_RQ:
-            status, comment = self.store(request, context, dataset, message_id, oversized)
-        else:
+        elif command_field != C_STORE_RQ:
             status, comment = STATUS_UNRECOGNISED_OPERATION, None
+        elif answer is not None:
+            status, comment = answer
+        elif not has_dataset or sink is None:
+            status, comment = STATUS_CANNOT_UNDERSTAND, "C-STORE without a dataset"
+        else:
+            self.sink = sink
+            result = self.sink_call("finish")
+            status, comment = result if result is not None else self.answer
+            self.sink, self.answer = None, None
         reply[TAG_STATUS] = _pack_us(status)
         if comment:
             reply[TAG_ERROR_COMMENT] = _pad(comment[:64].encode("ascii", "replace"), b" ")
         self.association.send_command(context_id, reply)
-
-    def store(self, request: dict[int, bytes], context: PresentationContext, dataset, message_id: int,
-              oversized: bool) -> Response:
-        sop_class = _ui(request, TAG_AFFECTED_SOP_CLASS)
-        sop_instance = _ui(request, TAG_AFFECTED_SOP_INSTANCE)
-        if str(context.abstract_syntax) == VERIFICATION:
-            return STATUS_SOP_CLASS_NOT_SUPPORTED, "C-STORE on the Verification context"
-        if oversized:
-            return STATUS_OUT_OF_RESOURCES, "Instance larger than this node accepts"
-        if dataset is None:
-            return STATUS_CANNOT_UNDERSTAND, "C-STORE without a dataset"
-        transfer_syntax = str(context.transfer_syntax[0])
-        store_request = StoreRequest(self.association.peer, sop_class, sop_instance, transfer_syntax, message_id)
-        meta = file_meta(sop_class, sop_instance, transfer_syntax, self.association.peer.ae_title)
-        encoded = b"".join([meta, *dataset])
-        dataset.clear()
-        try:
-            return self.association.acceptor.on_store(store_request, encoded)
-        except Exception as exc:  # noqa: BLE001 - the peer gets a failure status, the server goes on
-            log.exception("store handler failed", sop_instance_uid=sop_instance[:64])
-            return STATUS_CANNOT_UNDERSTAND, f"Cannot store: {type(exc).__name__}"
 
 
 # ---- command sets and File Meta (PS3.7 E.1, PS3.10 7.1) -------------------------------------

@@ -55,15 +55,19 @@ class ScannedHeader:
         return struct.unpack_from("<H", value)[0] if value is not None and len(value) >= 2 else default
 
 
-def scan_header(data: bytes) -> ScannedHeader | None:
-    """Scan a Part 10 instance (preamble + File Meta + dataset); None: ask pydicom instead."""
+def scan_header(data: bytes, total_size: int | None = None) -> ScannedHeader | None:
+    """Scan a Part 10 instance (preamble + File Meta + dataset); None: ask pydicom instead.
+
+    `data` may be the first bytes only when `total_size` gives the instance's full length:
+    the scan then answers if the header up to the Pixel Data element lies within them.
+    """
     try:
-        return _scan(bytes(data))
+        return _scan(bytes(data), len(data) if total_size is None else total_size)
     except (_Unsupported, struct.error, IndexError, UnicodeDecodeError):
         return None
 
 
-def _scan(data: bytes) -> ScannedHeader:
+def _scan(data: bytes, total_size: int) -> ScannedHeader:
     if len(data) < 144 or data[128:132] != b"DICM":
         raise _Unsupported("no Part 10 preamble")
     meta_length = _explicit_element(data, 132)
@@ -90,7 +94,7 @@ def _scan(data: bytes) -> ScannedHeader:
                                         else _implicit_element(data, offset))
         if tag == PIXEL_DATA:
             _check_values(values)
-            return ScannedHeader(transfer_syntax, values, length, size - value_start)
+            return ScannedHeader(transfer_syntax, values, length, total_size - value_start)
         if tag >= PIXEL_DATA or (tag >> 16) == 0xFFFE:
             raise _Unsupported("unexpected element before pixel data")
         if length == UNDEFINED:
@@ -107,6 +111,8 @@ def _scan(data: bytes) -> ScannedHeader:
             if tag == SPECIFIC_CHARACTER_SET and not _character_set_readable(values[name]):
                 raise _Unsupported("character set left to pydicom")
         offset = value_start + length
+    if size < total_size:
+        raise _Unsupported("header continues past the bytes given")
     _check_values(values)
     return ScannedHeader(transfer_syntax, values, None, 0)
 

@@ -1,8 +1,9 @@
 """The spool: received instances as raw files, written atomically.
 
 Layout: `<data_dir>/spool/<study uid>/<series uid>/<sop instance uid>.dcm`. Bytes are written
-to a temporary file in the same filesystem, fsynced and renamed into place, so a reader never
-sees half a file and a crash leaves at most a stray temporary file (cleaned at start).
+to a temporary file in the same filesystem as they arrive (`Spool.receive`), then fsynced and
+renamed into place once the instance is complete and checked, so a reader never sees half a
+file and a crash leaves at most a stray temporary file (cleaned at start).
 
 Durability (`durable=True`, the default): the file and then its folder (and any folder
 created for it) are fsynced before `store` returns, so an acknowledged instance survives a
@@ -18,16 +19,22 @@ never removes a file that a live receiver is writing.
 
 from __future__ import annotations
 
+import filecmp
 import os
 import re
 import shutil
 import socket
+import threading
 import time
 import uuid
+from collections import deque
 from pathlib import Path
 
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 TMP_DIR_NAME = ".incoming"
+HEAD_BYTES = 64 * 1024  # kept in memory while receiving: enough for a CT header
+PREPARED_FILES = 4  # empty temporary files kept ready for the next instances
+PREPARED_MAX_AGE_SECONDS = 3600  # older ones are replaced (shared spools clean day-old files)
 ABANDONED_PART_SECONDS = 24 * 3600
 
 
@@ -50,12 +57,15 @@ class Spool:
         self.min_free_bytes = min_free_bytes
         self.durable = durable
         self.tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.prepared = _PreparedFiles(self.tmp, PREPARED_FILES)
 
     def series_dir(self, study_uid: str, series_uid: str) -> Path:
         return self.root / study_uid / series_uid
 
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
-        return self.series_dir(study_uid, series_uid) / f"{sop_uid}.dcm"
+        """Where an instance is kept; raises InvalidUID for anything but UIDs (they become paths)."""
+        return self.series_dir(check_uid(study_uid, "StudyInstanceUID"),
+                               check_uid(series_uid, "SeriesInstanceUID")) / f"{check_uid(sop_uid, 'SOPInstanceUID')}.dcm"
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
@@ -63,42 +73,24 @@ class Spool:
     def has_room(self, incoming: int = 0) -> bool:
         return self.free_bytes() - incoming >= self.min_free_bytes
 
-    def differs(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> bool:
-        """True when this instance is already stored with different bytes (a changed re-send)."""
-        try:
-            path = self.instance_path(check_uid(study_uid, "StudyInstanceUID"),
-                                      check_uid(series_uid, "SeriesInstanceUID"),
-                                      check_uid(sop_uid, "SOPInstanceUID"))
-            return path.stat().st_size != len(data) or path.read_bytes() != data
-        except FileNotFoundError:
-            return False
+    def receive(self) -> "IncomingFile":
+        """A temporary file for an instance whose bytes are still arriving."""
+        return IncomingFile(self, *self.prepared.take())
+
+    def close(self) -> None:
+        """Remove the temporary files prepared ahead and stop preparing them."""
+        self.prepared.close()
 
     def store(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
-        """Write one instance durably; returns its final path."""
-        study_uid = check_uid(study_uid, "StudyInstanceUID")
-        series_uid = check_uid(series_uid, "SeriesInstanceUID")
-        sop_uid = check_uid(sop_uid, "SOPInstanceUID")
-        target_dir = self.series_dir(study_uid, series_uid)
-        if not target_dir.is_dir():
-            self._make_dirs(target_dir)
-        tmp_path = self.tmp / f"{sop_uid}~{_HOST}~{os.getpid()}~{uuid.uuid4().hex[:12]}.part"
-        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        """Write one whole instance (durably unless `durable=False`); returns its final path."""
+        final = self.instance_path(study_uid, series_uid, sop_uid)
+        incoming = self.receive()
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            if self.durable:
-                os.fsync(fd)
+            incoming.write(data)
         except BaseException:
-            os.close(fd)
-            tmp_path.unlink(missing_ok=True)
+            incoming.discard()
             raise
-        os.close(fd)
-        final = target_dir / f"{sop_uid}.dcm"
-        os.replace(tmp_path, final)
-        if self.durable:
-            _fsync_dir(target_dir)
+        incoming.commit(final)
         return final
 
     def _make_dirs(self, target_dir: Path) -> None:
@@ -146,13 +138,145 @@ class Spool:
 
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
-_PART_NAME = re.compile(r"^[0-9.]+~([A-Za-z0-9_-]+)~(\d+)~[0-9a-f]+\.part$")
+_PART_NAME = re.compile(r"^(?:[0-9.]+~)?([A-Za-z0-9_-]+)~(\d+)~[0-9a-f]+\.part$")
 
 
 def _part_owner(name: str) -> tuple[str, int] | None:
     """(host, pid) of a temporary file's writer, None for a name this version did not write."""
     match = _PART_NAME.match(name)
     return (match.group(1), int(match.group(2))) if match else None
+
+
+class IncomingFile:
+    """One instance being received: bytes go to a temporary file as they arrive.
+
+    `head` keeps the first HEAD_BYTES in memory for the header check; `commit` moves the
+    file into the series folder (after fsync when the spool is durable), `discard` drops it.
+    """
+
+    def __init__(self, spool: Spool, path: Path, fd: int) -> None:
+        self.spool, self.path = spool, path
+        self.fd: int | None = fd
+        self.head = bytearray()
+        self.size = 0
+
+    def write(self, data) -> None:
+        view = memoryview(data)
+        if len(self.head) < HEAD_BYTES:
+            self.head += view[:HEAD_BYTES - len(self.head)]
+        self.size += len(view)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def read_all(self) -> bytes:
+        """Everything written so far (for checks the head alone cannot answer)."""
+        return self.path.read_bytes()
+
+    def same_as(self, path: Path) -> bool:
+        """True when `path` holds exactly these bytes."""
+        try:
+            return path.stat().st_size == self.size and filecmp.cmp(path, self.path, shallow=False)
+        except FileNotFoundError:
+            return False
+
+    def commit(self, final: Path) -> None:
+        """Move into place at `final` (see `Spool.instance_path`), replacing an earlier copy."""
+        final_dir = final.parent
+        try:
+            if not final_dir.is_dir():
+                self.spool._make_dirs(final_dir)
+            if self.spool.durable:
+                os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = None
+            os.replace(self.path, final)
+        except BaseException:
+            self.discard()
+            raise
+        if self.spool.durable:
+            _fsync_dir(final_dir)
+
+    def discard(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self.path.unlink(missing_ok=True)
+
+
+def _create_part(tmp: Path) -> tuple[Path, int, float]:
+    """A new empty temporary file named after this host and process: (path, fd, created)."""
+    path = tmp / f"{_HOST}~{os.getpid()}~{uuid.uuid4().hex[:12]}.part"
+    return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), time.monotonic()
+
+
+class _PreparedFiles:
+    """Empty temporary files created ahead of need by a background thread.
+
+    Creating a file costs ~0.25 ms on the ext4 disk we measured, about a quarter of all the
+    time spent receiving a CT instance; made while the network is busy, it is off the path
+    between the last byte and the acknowledgement. When none is ready the caller creates one.
+    """
+
+    def __init__(self, tmp: Path, count: int) -> None:
+        self.tmp, self.count = tmp, count
+        self._lock = threading.Lock()
+        self._ready: deque[tuple[Path, int, float]] = deque()
+        self._wanted = threading.Semaphore(0)
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    def take(self) -> tuple[Path, int]:
+        with self._lock:
+            if self._thread is None:
+                self._start()
+            prepared = self._ready.popleft() if self._ready else None
+        if prepared is not None:
+            self._wanted.release()  # ask for its replacement
+        while prepared is not None and time.monotonic() - prepared[2] > PREPARED_MAX_AGE_SECONDS:
+            _remove(prepared)  # a shared spool's clean-up may take day-old files: never use stale ones
+            prepared = None
+        path, fd, _ = prepared or _create_part(self.tmp)
+        return path, fd
+
+    def _start(self) -> None:
+        self._closing = False
+        self._wanted = threading.Semaphore(self.count)
+        self._thread = threading.Thread(target=self._fill, name="spool-prepare", daemon=True)
+        self._thread.start()
+
+    def _fill(self) -> None:
+        while True:
+            self._wanted.acquire()
+            if self._closing:
+                return
+            try:
+                prepared = _create_part(self.tmp)
+            except OSError:
+                time.sleep(1)  # disk full or unwritable: take() creates inline and reports it
+                self._wanted.release()
+                continue
+            with self._lock:
+                if self._closing:
+                    _remove(prepared)
+                    return
+                self._ready.append(prepared)
+
+    def close(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._closing = True
+            ready, self._ready = list(self._ready), deque()
+        if thread is not None:
+            self._wanted.release()
+            thread.join(5)
+        for prepared in ready:
+            _remove(prepared)
+
+
+def _remove(prepared: tuple[Path, int, float]) -> None:
+    path, fd, _ = prepared
+    os.close(fd)
+    path.unlink(missing_ok=True)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -40,10 +40,11 @@ from dicom_node.acceptor import (
     Peer,
     Response,
     StoreRequest,
+    StoreSink,
 )
 from dicom_node.header_scan import LONG_LENGTH_VRS, UNDEFINED, scan_header
 from dicom_node.series import SeriesTracker
-from dicom_node.spool import InvalidUID, Spool
+from dicom_node.spool import IncomingFile, InvalidUID, Spool
 
 log = structlog.get_logger(__name__)
 
@@ -74,7 +75,22 @@ def check_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str) -> In
     Pixel Data length comes from its element header, compared with the bytes that follow:
     the check never copies or decompresses pixels.
     """
-    scanned = scan_header(data)
+    return check_received(data, len(data), lambda: data, sop_class_uid, sop_instance_uid)
+
+
+def check_received(head: bytes, size: int, read_all: Callable[[], bytes], sop_class_uid: str,
+                   sop_instance_uid: str) -> InstanceHeader:
+    """`check_instance` for an instance of `size` bytes of which `head` are the first.
+
+    The header scan usually answers from the head alone; otherwise `read_all()` supplies the
+    whole instance.
+    """
+    scanned = scan_header(head, size)
+    if scanned is None and len(head) < size:
+        data = read_all()
+        scanned = scan_header(data)
+    else:
+        data = head
     if scanned is not None:
         header = InstanceHeader(scanned.text("sop_class_uid"), scanned.text("sop_instance_uid"),
                                 scanned.text("study_uid"), scanned.text("series_uid"))
@@ -238,6 +254,7 @@ class StoreSCP:
         if self.port is not None:
             self.acceptor.stop()
             self.port = None
+        self.spool.close()
 
     @staticmethod
     def _handle_accepted(peer: Peer) -> None:
@@ -248,41 +265,84 @@ class StoreSCP:
         if self.on_rejected is not None:
             self.on_rejected(peer.ae_title, peer.address)
 
-    def _handle_store(self, request: StoreRequest, data: bytes) -> Response:
-        """Check, write durably, tell the tracker; a (status, error comment) for the peer."""
+    def _handle_store(self, request: StoreRequest) -> StoreSink | Response:
+        """Refuse at once what needs no bytes to refuse; otherwise spool the incoming instance."""
+        if request.sop_class_uid == EnhancedCTImageStorage:
+            log.warning("enhanced ct refused", sop_instance_uid=request.sop_instance_uid[:64],
+                        calling_ae=request.peer.ae_title)
+            return STATUS_CANNOT_UNDERSTAND, "Enhanced CT (multi-frame) unsupported; send CT Image"
+        if not self.spool.has_room():
+            log.error("disk space below threshold: refusing instance",
+                      sop_instance_uid=request.sop_instance_uid[:64], free_bytes=self.spool.free_bytes())
+            return STATUS_OUT_OF_RESOURCES, "Out of resources: disk space low"
+        try:
+            return _InstanceWriter(self, request, self.spool.receive())
+        except OSError as exc:
+            log.error("spool write failed", sop_instance_uid=request.sop_instance_uid[:64], error=str(exc))
+            return STATUS_OUT_OF_RESOURCES, f"Write failed: {exc.strerror or exc}"
+
+    def _stored(self, request: StoreRequest, header: InstanceHeader) -> None:
+        self.tracker.touch(header.study_uid, header.series_uid, request.peer.ae_title)
+        if self.on_stored is not None:
+            self.on_stored(request.peer, header.series_uid, header.sop_instance_uid)
+
+
+class _InstanceWriter:
+    """The StoreSink of one C-STORE: bytes to the spool as they arrive, checked at the end.
+
+    The instance is moved into its series folder only when whole and plausible (see
+    `check_instance`); a refused or failed one leaves nothing behind. A re-sent instance with
+    different content replaces the stored one (the last version wins) and says so in the log.
+    """
+
+    def __init__(self, scp: StoreSCP, request: StoreRequest, incoming: IncomingFile) -> None:
+        self.scp, self.request, self.incoming = scp, request, incoming
+        self.write_error: OSError | None = None
+
+    def write(self, data: memoryview) -> None:
+        if self.write_error is None:
+            try:
+                self.incoming.write(data)
+            except OSError as exc:
+                self.write_error = exc
+                self.incoming.discard()
+
+    def discard(self) -> None:
+        self.incoming.discard()
+
+    def finish(self) -> Response:
+        request, incoming = self.request, self.incoming
         calling_ae, sop_uid = request.peer.ae_title, request.sop_instance_uid
         try:
-            if request.sop_class_uid == EnhancedCTImageStorage:
-                log.warning("enhanced ct refused", sop_instance_uid=sop_uid, calling_ae=calling_ae)
-                return STATUS_CANNOT_UNDERSTAND, "Enhanced CT (multi-frame) unsupported; send CT Image"
-            if not self.spool.has_room(len(data)):
-                log.error("disk space below threshold: refusing instance", sop_instance_uid=sop_uid,
-                          free_bytes=self.spool.free_bytes())
-                return STATUS_OUT_OF_RESOURCES, "Out of resources: disk space low"
-            header = check_instance(data, request.sop_class_uid, sop_uid)
-            study_uid, series_uid = header.study_uid, header.series_uid
-            replaced = self.spool.differs(study_uid, series_uid, sop_uid, data)
-            path = self.spool.store(study_uid, series_uid, sop_uid, data)
+            if self.write_error is not None:
+                raise self.write_error
+            header = check_received(bytes(incoming.head), incoming.size, incoming.read_all,
+                                    request.sop_class_uid, sop_uid)
+            final = self.scp.spool.instance_path(header.study_uid, header.series_uid, sop_uid)
+            replaced = final.exists() and not incoming.same_as(final)
+            incoming.commit(final)
             if replaced:
                 log.warning("instance re-sent with different content: replaced", sop_instance_uid=sop_uid,
-                            series_uid=series_uid, calling_ae=calling_ae)
+                            series_uid=header.series_uid, calling_ae=calling_ae)
         except InstanceRejected as exc:
+            incoming.discard()
             log.warning("instance refused", sop_instance_uid=sop_uid[:64], calling_ae=calling_ae,
                         status=f"0x{exc.status:04X}", reason=str(exc))
             return exc.status, str(exc)
         except InvalidUID as exc:
+            incoming.discard()
             log.warning("instance refused", sop_instance_uid=sop_uid[:64], reason=str(exc))
             return STATUS_CANNOT_UNDERSTAND, str(exc)
         except OSError as exc:
-            log.error("spool write failed", sop_instance_uid=sop_uid, error=str(exc))
+            incoming.discard()
+            log.error("spool write failed", sop_instance_uid=sop_uid[:64], error=str(exc))
             return STATUS_OUT_OF_RESOURCES, f"Write failed: {exc.strerror or exc}"
         except Exception as exc:  # noqa: BLE001 - a handler must never take the server down
+            incoming.discard()
             log.exception("store handler failed", sop_instance_uid=sop_uid[:64])
             return STATUS_CANNOT_UNDERSTAND, f"Cannot store: {type(exc).__name__}"
-        self.tracker.touch(study_uid, series_uid, calling_ae)
-        if self.on_stored is not None:
-            self.on_stored(request.peer, series_uid, sop_uid)
-        log.debug("instance stored", sop_instance_uid=sop_uid, series_uid=series_uid, path=str(path))
+        self.scp._stored(request, header)
+        log.debug("instance stored", sop_instance_uid=sop_uid, series_uid=header.series_uid, path=str(final))
         return STATUS_SUCCESS, None
 
 

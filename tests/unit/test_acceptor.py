@@ -26,12 +26,28 @@ def ct_dataset(tmp_path_factory):
 
 
 class Recorder:
-    def __init__(self, status=0x0000, comment=None):
-        self.received, self.status, self.comment = [], status, comment
+    """A store handler keeping each instance's bytes in memory; answers with a fixed status."""
 
-    def __call__(self, request, data):
-        self.received.append((request, data))
-        return self.status, self.comment
+    def __init__(self, status=0x0000, comment=None):
+        self.received, self.discarded, self.status, self.comment = [], [], status, comment
+
+    def __call__(self, request):
+        return RecordingSink(self, request)
+
+
+class RecordingSink:
+    def __init__(self, recorder, request):
+        self.recorder, self.request, self.data = recorder, request, bytearray()
+
+    def write(self, data):
+        self.data += data
+
+    def finish(self):
+        self.recorder.received.append((self.request, bytes(self.data)))
+        return self.recorder.status, self.recorder.comment
+
+    def discard(self):
+        self.recorder.discarded.append(self.request)
 
 
 def serve(handler, **kwargs) -> tuple[Acceptor, int]:
@@ -100,7 +116,7 @@ def test_handler_status_and_comment_reach_the_requestor(ct_dataset):
 
 
 def test_handler_exception_becomes_a_failure_status_and_the_server_goes_on(ct_dataset):
-    def explode(request, data):
+    def explode(request):
         raise RuntimeError("boom")
 
     acceptor, port = serve(explode)
@@ -156,6 +172,38 @@ def test_more_associations_than_allowed_get_a_transient_rejection():
         second = requestor().associate("127.0.0.1", port)
         assert second.is_rejected
         first.release()
+    finally:
+        acceptor.stop()
+
+
+
+def test_dataset_over_the_size_limit_is_dropped_and_refused(ct_dataset):
+    recorder = Recorder()
+    acceptor, port = serve(recorder, max_dataset_bytes=200)
+    try:
+        assoc = requestor().associate("127.0.0.1", port)
+        assert assoc.send_c_store(ct_dataset).Status == 0xA700
+        assert assoc.send_c_echo().Status == 0  # still in step
+        assoc.release()
+        assert recorder.received == [] and len(recorder.discarded) == 1
+    finally:
+        acceptor.stop()
+
+
+def test_sink_failing_while_writing_fails_that_instance_only(ct_dataset):
+    class FailingSink(RecordingSink):
+        def write(self, data):
+            raise OSError("disk gone")
+
+    recorder = Recorder()
+    calls = iter([FailingSink, RecordingSink])
+    acceptor, port = serve(lambda request: next(calls)(recorder, request))
+    try:
+        assoc = requestor().associate("127.0.0.1", port)
+        assert assoc.send_c_store(ct_dataset).Status == 0xC000
+        assert assoc.send_c_store(ct_dataset).Status == 0
+        assoc.release()
+        assert len(recorder.discarded) == 1 and len(recorder.received) == 1
     finally:
         acceptor.stop()
 
@@ -286,3 +334,20 @@ def test_file_meta_reads_back_with_pydicom():
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
     assert ds.file_meta.SourceApplicationEntityTitle == "CT1"
     assert ds.file_meta.ImplementationClassUID
+
+
+def test_dataset_cut_by_an_abort_is_discarded(server, recorder):
+    _, port = server
+    command = encode_command({0x0002: b"1.2.840.10008.5.1.4.1.1.2\0", 0x0100: struct.pack("<H", 0x0001),
+                              0x0110: struct.pack("<H", 1), 0x0700: struct.pack("<H", 0),
+                              0x0800: struct.pack("<H", 0x0000), 0x1000: b"1.2.3.4\0"})
+    command_pdv = struct.pack(">IBB", len(command) + 2, 1, 0x03) + command
+    data_pdv = struct.pack(">IBB", 2 + 64, 1, 0x00) + b"\0" * 64  # a dataset fragment, not the last
+    answer = raw_session(port, associate_rq_pdu(), struct.pack(">BBI", 4, 0, len(command_pdv)) + command_pdv,
+                         struct.pack(">BBI", 4, 0, len(data_pdv)) + data_pdv,
+                         struct.pack(">BBIBBBB", 7, 0, 4, 0, 0, 0, 0))
+    assert pdu_types(answer) == [0x02]
+    deadline = time.monotonic() + 5
+    while not recorder.discarded and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [r.sop_instance_uid for r in recorder.discarded] == ["1.2.3.4"] and recorder.received == []

@@ -38,7 +38,7 @@ def ct_bytes(tmp_path_factory) -> bytes:
 def verdict(data: bytes, ds_class: str, ds_uid: str, *, use_scanner: bool, monkeypatch) -> object:
     """check_instance's answer (the UIDs or the refusal status) with or without the scanner."""
     if not use_scanner:
-        monkeypatch.setattr(store_scp, "scan_header", lambda data: None)
+        monkeypatch.setattr(store_scp, "scan_header", lambda data, total_size=None: None)
     try:
         return check_instance(data, ds_class, ds_uid)
     except InstanceRejected as exc:

@@ -54,8 +54,10 @@ def test_stores_atomically_and_tracks_the_series(scp, ct_files):
     ds = datasets[0]
     stored = server.spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     assert pydicom.dcmread(stored).PixelData == ds.PixelData
-    assert list(server.spool.tmp.iterdir()) == []
+    assert [p for p in server.spool.tmp.iterdir() if p.stat().st_size] == []  # only empty prepared files
     assert server.tracker.is_active(ds.SeriesInstanceUID)
+    server.stop()
+    assert list(server.spool.tmp.iterdir()) == []
 
 
 def test_unknown_calling_ae_is_refused_at_association(scp, ct_files):
@@ -166,6 +168,22 @@ def test_pixel_data_of_wrong_length_is_refused(scp, ct_files, tmp_path):
     ds.PixelData = ds.PixelData * 4
     assert send_file_bytes(port, tmp_path / "long.dcm", file_bytes(ds)) == 0xA900
     assert server.spool.series_dirs() == []
+
+
+def test_header_longer_than_the_kept_head_is_checked_from_the_file(scp, ct_files, tmp_path):
+    """A header beyond HEAD_BYTES (a large private element) is read back from the spooled file."""
+    from dicom_node.spool import HEAD_BYTES
+
+    server, port = scp
+    ds = pydicom.dcmread(ct_files[0])
+    ds.add_new(0x00291010, "OB", b"\x01" * (HEAD_BYTES + 1000))
+    assert send_file_bytes(port, tmp_path / "long-header.dcm", file_bytes(ds)) == 0
+    stored = server.spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert pydicom.dcmread(stored).PixelData == ds.PixelData
+    ds.SOPInstanceUID = "1.2.3.4.5.6.9"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    assert send_file_bytes(port, tmp_path / "long-header-short-pixels.dcm", file_bytes(ds)) == 0xA900
 
 
 def test_changed_resend_replaces_the_instance(scp, ct_files):
