@@ -4,9 +4,11 @@ Side by side in one run, alternating receivers, median of N runs, over 1 associa
 4 concurrent ones. The dcmtk tools run with TCP_NODELAY=1 on both sides (DCMTK 3.6.7 leaves
 Nagle's algorithm on otherwise, ~50 ms per instance); each receiver in its fast configuration:
 storescp writing files (--fork for concurrent associations), Orthanc with its defaults,
-ldct-node twice: with its shipped default (acknowledge after fsync of file and folder) and
-with `acknowledge_after = "write"` (acknowledge once the kernel has the bytes, which is what
-storescp and Orthanc do), so the cost of durability is measured rather than hidden.
+ldct-node with its shipped defaults (acknowledge after fsync of file and folder; one receiving
+process per CPU core, at most 4) and with `acknowledge_after = "write"` (acknowledge once the
+kernel has the bytes, which is what storescp and Orthanc do), so the cost of durability is
+measured rather than hidden; over 4 associations also with `receive_processes = 1`, to show
+what the extra receiving processes bring.
 """
 
 from __future__ import annotations
@@ -25,11 +27,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from dicom_node.receivers import receive_process_count  # noqa: E402
 from tests.integration.peers import LIDC_0002, NodeProcess, Orthanc, free_port, tool_env  # noqa: E402
 
 
 NODE, NODE_WRITE = "ldct-node", "ldct-node (acknowledge_after=write)"
-RECEIVERS = (NODE, NODE_WRITE, "storescp", "orthanc")
+NODE_WRITE_ONE_PROCESS = "ldct-node (acknowledge_after=write, receive_processes=1)"
+NODE_ENV = {NODE: {}, NODE_WRITE: {"LDCT_NODE__ACKNOWLEDGE_AFTER": "write"},
+            NODE_WRITE_ONE_PROCESS: {"LDCT_NODE__ACKNOWLEDGE_AFTER": "write", "LDCT_NODE__RECEIVE_PROCESSES": "1"}}
+
+
+def receivers(associations: int) -> tuple[str, ...]:
+    """One association always lands in one process: the single-process variant only matters for several."""
+    nodes = (NODE, NODE_WRITE) if associations == 1 else (NODE, NODE_WRITE, NODE_WRITE_ONE_PROCESS)
+    return (*nodes, "storescp", "orthanc")
 
 
 class StoreSCP:
@@ -78,11 +89,10 @@ def main(argv=None) -> dict:
         tmp = Path(tmp)
         for associations in (1, 4):
             for run in range(args.runs):
-                for name in RECEIVERS:  # alternate receivers each run
-                    workdir = tmp / f"{name}-{associations}-{run}"
-                    if name.startswith("ldct-node"):
-                        env = {"LDCT_NODE__ACKNOWLEDGE_AFTER": "write"} if name == NODE_WRITE else {}
-                        peer = NodeProcess(workdir, [], idle_seconds=3600, workers=0, env=env).start()
+                for index, name in enumerate(receivers(associations)):  # alternate receivers each run
+                    workdir = tmp / f"{index}-{associations}-{run}"
+                    if name in NODE_ENV:
+                        peer = NodeProcess(workdir, [], idle_seconds=3600, workers=0, env=NODE_ENV[name]).start()
                         port, called = peer.port, "LDCTNODE"
                     elif name == "storescp":
                         peer = StoreSCP(workdir).start()
@@ -104,9 +114,9 @@ def main(argv=None) -> dict:
                         for name, m in medians.items()}
         # speed ratios (instances/s of a node configuration over a peer's): > 1 means the node is faster
         table[assoc]["ratios"] = {f"{node} / {peer}": round(medians[peer] / medians[node], 2)
-                                  for node in (NODE, NODE_WRITE) for peer in ("storescp", "orthanc")}
+                                  for node in medians if node in NODE_ENV for peer in ("storescp", "orthanc")}
     report = {"instances": len(files), "bytes": sum(p.stat().st_size for p in files), "runs": args.runs,
-              "associations": table}
+              "receive_processes_by_default": receive_process_count(0), "associations": table}
     print(json.dumps(report, indent=2))
     return report
 

@@ -55,6 +55,11 @@ class NodeSettings(_Section):
                     "cut); write: once the kernel has the bytes, as storescp and Orthanc do (faster; a power cut "
                     "can lose instances acknowledged in the last seconds)",
     )
+    receive_processes: int = Field(
+        0, ge=0, le=64,
+        description="processes receiving DICOM on the port (SO_REUSEPORT), so that concurrent associations "
+                    "use several CPU cores; 0: one per CPU core, at most 4",
+    )
     workers: int = Field(1, ge=0, description="in-process workers started by `serve`")
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))

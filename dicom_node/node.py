@@ -24,7 +24,8 @@ from dicom_node.jobstore import SERIES_DUPLICATE, JobStore, utcnow
 from dicom_node.series import SeriesTracker, evaluate_series, instance_set_hash
 from dicom_node.spool import Spool
 from dicom_node.acceptor import Peer
-from dicom_node.store_scp import StoreSCP
+from dicom_node.receivers import ReceiverPool, ensure_port_free, receive_process_count
+from dicom_node.store_scp import InstanceHeader, StoreSCP
 from dicom_node.tls import scp_context
 from dicom_node.worker import Worker
 
@@ -45,16 +46,16 @@ class Node:
         self.settings = settings
         self.data_dir = prepare_data_dir(settings.node.data_dir)
         self.store = JobStore(settings.database_url)
-        self.spool = Spool(self.data_dir / "spool", settings.node.min_free_disk_mb * 1024 * 1024,
-                           durable=settings.node.acknowledge_after == "disk")
+        self.spool = make_spool(settings)
         self.tracker = SeriesTracker()
         self.dispatcher = Dispatcher(settings, self.store)
         self.receive = receive
+        self.receivers: ReceiverPool | None = None
         self.scp = StoreSCP(ae_title=settings.node.ae_title, spool=self.spool, tracker=self.tracker,
                             allowed_calling_ae_titles=settings.node.allowed_calling_ae_titles,
                             max_pdu_size=settings.node.max_pdu_size,
                             on_stored=self._on_instance_stored,
-                            allowed_peers=_allowed_peers(settings), ssl_context=scp_context(settings),
+                            allowed_peers=allowed_peers(settings), ssl_context=scp_context(settings),
                             on_rejected=self._on_association_rejected) if receive else None
         count = settings.node.workers if workers is None else workers
         self.workers = [Worker(settings, self.store, engine=engine, name=f"{_identity()}-{i}",
@@ -76,7 +77,15 @@ class Node:
             log.warning("re-queued jobs left running by a previous process", job_ids=requeued)
         if self.receive:
             self._resume_undecided_series()
-            self.scp.start(self.settings.node.bind_address, self.settings.node.port)
+            address, port = self.settings.node.bind_address, self.settings.node.port
+            extra_receivers = receive_process_count(self.settings.node.receive_processes) - 1
+            if extra_receivers:  # they listen first: once the port answers, every receiver is up
+                ensure_port_free(address, port)
+                self.receivers = ReceiverPool(self.settings, extra_receivers, port, spool=self.spool,
+                                              on_stored=self._on_receiver_stored,
+                                              on_rejected=self._on_association_rejected)
+                self.receivers.start()
+            self.scp.start(address, port, reuse_port=extra_receivers > 0)
             self.scheduler.add_job(self.sweep_completeness, "interval", seconds=1, id="completeness",
                                    max_instances=1, coalesce=True)
         self.scheduler.add_job(self.reap_leases, "interval", seconds=10, id="leases",
@@ -95,6 +104,9 @@ class Node:
                  receive=self.receive)
 
     def stop(self) -> None:
+        if self.receivers is not None:
+            self.receivers.stop()
+            self.receivers = None
         if self.scp is not None:
             self.scp.stop()
         self.scheduler.shutdown(wait=False)
@@ -109,7 +121,13 @@ class Node:
         self.store.audit("association_rejected", calling_ae=calling_ae, peer=peer)
 
     # ---- sweeps ----------------------------------------------------------------------
-    def _on_instance_stored(self, peer: Peer, series_uid: str, sop_uid: str) -> None:
+    def _on_receiver_stored(self, peer: Peer, header: InstanceHeader) -> None:
+        """An instance stored by a receiver process: the tracker lives here."""
+        self.tracker.touch(header.study_uid, header.series_uid, peer.ae_title)
+        self._on_instance_stored(peer, header)
+
+    def _on_instance_stored(self, peer: Peer, header: InstanceHeader) -> None:
+        series_uid = header.series_uid
         metrics.INSTANCES_RECEIVED.inc()
         if series_uid not in self._series_seen:
             self._series_seen.add(series_uid)
@@ -190,7 +208,12 @@ class Node:
             log.info("retention purge", job_id=job.id, series_uid=job.series_uid)
 
 
-def _allowed_peers(settings: Settings) -> dict[str, list[str]]:
+def make_spool(settings: Settings) -> Spool:
+    return Spool(Path(settings.node.data_dir) / "spool", settings.node.min_free_disk_mb * 1024 * 1024,
+                 durable=settings.node.acknowledge_after == "disk")
+
+
+def allowed_peers(settings: Settings) -> dict[str, list[str]]:
     """[[node.allowed_peers]] as calling AE title -> addresses (entries for one title merged)."""
     peers: dict[str, list[str]] = {}
     for peer in settings.node.allowed_peers:

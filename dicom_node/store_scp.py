@@ -14,6 +14,7 @@ becomes a failure status and a log line; the server keeps serving.
 from __future__ import annotations
 
 import ipaddress
+import os
 import ssl
 import struct
 import warnings
@@ -217,13 +218,14 @@ class CallerPolicy:
 class StoreSCP:
     """Receives instances into the spool and tells the tracker which series moved."""
 
-    def __init__(self, *, ae_title: str, spool: Spool, tracker: SeriesTracker,
+    def __init__(self, *, ae_title: str, spool: Spool, tracker: SeriesTracker | None = None,
                  allowed_calling_ae_titles: list[str] | None = None, max_pdu_size: int = 0,
-                 on_stored: Callable[[Peer, str, str], None] | None = None,
+                 on_stored: Callable[[Peer, InstanceHeader], None] | None = None,
                  allowed_peers: Mapping[str, Sequence[str]] | None = None,
                  ssl_context: ssl.SSLContext | None = None,
                  on_rejected: Callable[[str, str], None] | None = None) -> None:
-        """`on_stored(peer, series_uid, sop_uid)`: told about every instance stored.
+        """`tracker`: touched for every instance stored (None: a receiver process reports instead).
+        `on_stored(peer, header)`: told about every instance stored.
         `allowed_peers`: calling AE title -> source addresses/networks it may call from.
         `ssl_context`: serve DICOM TLS only (see dicom_node.tls.server_context).
         `on_rejected(calling_ae, peer_address)`: told about every refused association."""
@@ -244,8 +246,9 @@ class StoreSCP:
                                  ssl_context=ssl_context)
         self.port: int | None = None
 
-    def start(self, address: str, port: int) -> None:
-        self.port = self.acceptor.start(address, port)
+    def start(self, address: str, port: int, reuse_port: bool = False) -> None:
+        """`reuse_port`: share the port with the node's other receiver processes (SO_REUSEPORT)."""
+        self.port = self.acceptor.start(address, port, reuse_port=reuse_port)
         log.info("store scp listening", ae_title=self.ae_title, address=address, port=self.port,
                  tls=self.ssl_context is not None,
                  client_certificates=_client_cert_mode(self.ssl_context))
@@ -258,7 +261,7 @@ class StoreSCP:
 
     @staticmethod
     def _handle_accepted(peer: Peer) -> None:
-        log.info("association accepted", calling_ae=peer.ae_title, peer=peer.address)
+        log.info("association accepted", calling_ae=peer.ae_title, peer=peer.address, pid=os.getpid())
 
     def _handle_rejected(self, peer: Peer) -> None:
         log.warning("association rejected", calling_ae=peer.ae_title, peer=peer.address)
@@ -282,9 +285,10 @@ class StoreSCP:
             return STATUS_OUT_OF_RESOURCES, f"Write failed: {exc.strerror or exc}"
 
     def _stored(self, request: StoreRequest, header: InstanceHeader) -> None:
-        self.tracker.touch(header.study_uid, header.series_uid, request.peer.ae_title)
+        if self.tracker is not None:
+            self.tracker.touch(header.study_uid, header.series_uid, request.peer.ae_title)
         if self.on_stored is not None:
-            self.on_stored(request.peer, header.series_uid, header.sop_instance_uid)
+            self.on_stored(request.peer, header)
 
 
 class _InstanceWriter:

@@ -1,0 +1,107 @@
+"""Several receiving processes on one port (`node.receive_processes`), with real senders.
+
+Concurrent associations spread over the node and its receiver process; every instance of
+every series is stored once and every series processed once and sent to Orthanc; a receiver
+killed with SIGKILL is replaced and receiving goes on; stopping the node leaves no receiver
+behind; a second node on a port already in use refuses to start instead of sharing it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.integration.peers import REPO, storescu, tool_env, wait_until
+from tests.integration.test_faults import make_series, pacs_counts, spooled_files, wait_done_and_sent
+
+TWO_RECEIVERS = {"LDCT_NODE__RECEIVE_PROCESSES": "2"}
+
+
+def receiver_pids(node) -> list[int]:
+    out = subprocess.run(["ps", "-ww", "--ppid", str(node.process.pid), "-o", "pid=,args="],
+                         capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if "spawn_main" in line]
+
+
+def log_events(node, event: str) -> list[dict]:
+    events = []
+    for line in node.log_path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("event") == event:
+            events.append(record)
+    return events
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_concurrent_associations_use_both_processes_and_a_killed_receiver_is_replaced(orthanc, make_node, tmp_path):
+    folders = [tmp_path / f"series{seed}" for seed in range(5)]
+    for seed, folder in enumerate(folders):
+        make_series(folder, shape=(30, 64, 64), seed=200 + seed)
+    node = make_node(orthanc, engine="threshold", idle_seconds=3, workers=1, env=TWO_RECEIVERS).start()
+    [receiver] = receiver_pids(node)
+
+    echoes = [subprocess.run(["echoscu", "-aec", "LDCTNODE", "127.0.0.1", str(node.port)],
+                             env=tool_env(), capture_output=True) for _ in range(16)]
+    assert [e.returncode for e in echoes] == [0] * 16
+    results = []
+    senders = [threading.Thread(target=lambda f=f: results.append(storescu(node.port, f, check=False)))
+               for f in folders[:4]]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(300)
+    assert [r.returncode for r in results] == [0] * 4
+    pids = {event["pid"] for event in log_events(node, "association accepted")}
+    assert pids == {node.process.pid, receiver}, pids  # 20 associations: both processes took some
+    assert len(spooled_files(node)) == 4 * 30
+    wait_done_and_sent(node, 4)
+
+    os.kill(receiver, signal.SIGKILL)
+    wait_until(lambda: log_events(node, "receiver process restarted and listening"), 60,
+               what="the receiver to be replaced")
+    [replacement] = receiver_pids(node)
+    assert replacement != receiver
+    assert storescu(node.port, folders[4]).returncode == 0
+    jobs = wait_done_and_sent(node, 5)
+    assert sorted(j["instances"] for j in jobs) == [30] * 5
+    assert pacs_counts(orthanc) == (5, 5)
+    node.stop()
+    wait_until(lambda: not pid_alive(replacement), 10, what="the receiver to exit with the node")
+
+
+@pytest.mark.slow
+def test_a_second_node_on_a_port_in_use_refuses_to_start(make_node):
+    first = make_node(None, env=TWO_RECEIVERS).start()
+    second = make_node(None, env=TWO_RECEIVERS)
+    second.config.write_text(second.config.read_text().replace(f"port = {second.port}", f"port = {first.port}"))
+    result = subprocess.run([sys.executable, "-m", "dicom_node", "serve", "--config", str(second.config)],
+                            capture_output=True, text=True, timeout=60, cwd=REPO,
+                            env={**os.environ, **TWO_RECEIVERS})
+    assert result.returncode != 0
+    assert f"port {first.port}" in result.stderr and "in use" in result.stderr, result.stderr[-1500:]
+    assert "Traceback" not in result.stderr
+    time.sleep(0.5)
+    assert storescu_echo_ok(first.port)
+
+
+def storescu_echo_ok(port: int) -> bool:
+    return subprocess.run(["echoscu", "-aec", "LDCTNODE", "127.0.0.1", str(port)], env=tool_env(),
+                          capture_output=True).returncode == 0
