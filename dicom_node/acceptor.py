@@ -312,7 +312,7 @@ class _Association:
         self.stream = _Stream(conn)
         self.stream.set_timeout(acceptor.acse_timeout)
         self.peer = Peer("", address, port)
-        self.contexts: dict[int, PresentationContext] = {}
+        self.contexts: dict[int, tuple[str, str]] = {}  # accepted: id -> (abstract, transfer syntax)
         self.buffer = bytearray()
 
     # ---- reading -------------------------------------------------------------------------
@@ -418,7 +418,8 @@ class _Association:
                  for item in items if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
         results, role_replies = negotiate_as_acceptor(request.presentation_context_definition_list,
                                                       self.acceptor.contexts, roles or None)
-        self.contexts = {cx.context_id: cx for cx in results if cx.result == 0x00}
+        self.contexts = {cx.context_id: (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+                         for cx in results if cx.result == 0x00}
         self.send(self.accept_pdu(request, results, role_replies,
                                   any(isinstance(i, AsynchronousOperationsWindowNegotiation) for i in items)))
         if self.acceptor.on_accepted is not None:
@@ -569,15 +570,15 @@ class _MessageAssembler:
 
     def begin_dataset(self) -> None:
         """A C-STORE's dataset follows: open its sink, or decide the refusal now."""
-        request, context = self.request, self.association.contexts[self.command_context]
+        request = self.request
+        abstract_syntax, transfer_syntax = self.association.contexts[self.command_context]
         if _us(request, TAG_COMMAND_FIELD, 0) != C_STORE_RQ:
             return
-        if str(context.abstract_syntax) == VERIFICATION:
+        if abstract_syntax == VERIFICATION:
             self.answer = STATUS_SOP_CLASS_NOT_SUPPORTED, "C-STORE on the Verification context"
             return
         peer = self.association.peer
         sop_class, sop_instance = _ui(request, TAG_AFFECTED_SOP_CLASS), _ui(request, TAG_AFFECTED_SOP_INSTANCE)
-        transfer_syntax = str(context.transfer_syntax[0])
         store_request = StoreRequest(peer, sop_class, sop_instance, transfer_syntax,
                                      _us(request, TAG_MESSAGE_ID, 0))
         try:

@@ -39,13 +39,17 @@ class _Unsupported(Exception):
 
 @dataclass
 class ScannedHeader:
-    """Raw values of the wanted attributes (bytes) and the pixel data's declared length and
-    the number of bytes present after its element header (None: no pixel data element)."""
+    """Raw values of the wanted attributes (bytes), the pixel data's declared length and where
+    its value starts (both None: no pixel data element)."""
 
     transfer_syntax_uid: str
     values: dict[str, bytes]
     pixel_length: int | None
-    pixel_available: int
+    pixel_offset: int | None
+
+    def pixel_available(self, size: int) -> int:
+        """Bytes present after the Pixel Data element header in an instance of `size` bytes."""
+        return 0 if self.pixel_offset is None else size - self.pixel_offset
 
     def text(self, name: str) -> str:
         return self.values.get(name, b"").decode("latin-1").rstrip("\x00 ")
@@ -55,19 +59,19 @@ class ScannedHeader:
         return struct.unpack_from("<H", value)[0] if value is not None and len(value) >= 2 else default
 
 
-def scan_header(data: bytes, total_size: int | None = None) -> ScannedHeader | None:
+def scan_header(data: bytes, complete: bool = True) -> ScannedHeader | None:
     """Scan a Part 10 instance (preamble + File Meta + dataset); None: ask pydicom instead.
 
-    `data` may be the first bytes only when `total_size` gives the instance's full length:
-    the scan then answers if the header up to the Pixel Data element lies within them.
+    `complete=False`: `data` is only the first bytes of the instance (the rest is still
+    arriving); the scan answers if the header up to the Pixel Data element lies within them.
     """
     try:
-        return _scan(bytes(data), len(data) if total_size is None else total_size)
+        return _scan(bytes(data), complete)
     except (_Unsupported, struct.error, IndexError, UnicodeDecodeError):
         return None
 
 
-def _scan(data: bytes, total_size: int) -> ScannedHeader:
+def _scan(data: bytes, complete: bool) -> ScannedHeader:
     if len(data) < 144 or data[128:132] != b"DICM":
         raise _Unsupported("no Part 10 preamble")
     meta_length = _explicit_element(data, 132)
@@ -94,7 +98,7 @@ def _scan(data: bytes, total_size: int) -> ScannedHeader:
                                         else _implicit_element(data, offset))
         if tag == PIXEL_DATA:
             _check_values(values)
-            return ScannedHeader(transfer_syntax, values, length, total_size - value_start)
+            return ScannedHeader(transfer_syntax, values, length, value_start)
         if tag >= PIXEL_DATA or (tag >> 16) == 0xFFFE:
             raise _Unsupported("unexpected element before pixel data")
         if length == UNDEFINED:
@@ -111,10 +115,10 @@ def _scan(data: bytes, total_size: int) -> ScannedHeader:
             if tag == SPECIFIC_CHARACTER_SET and not _character_set_readable(values[name]):
                 raise _Unsupported("character set left to pydicom")
         offset = value_start + length
-    if size < total_size:
+    if not complete:
         raise _Unsupported("header continues past the bytes given")
     _check_values(values)
-    return ScannedHeader(transfer_syntax, values, None, 0)
+    return ScannedHeader(transfer_syntax, values, None, None)
 
 
 UID_VALUE = re.compile(rb"^[0-9]+(\.[0-9]+)*\x00?$")

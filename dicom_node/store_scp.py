@@ -43,9 +43,9 @@ from dicom_node.acceptor import (
     StoreRequest,
     StoreSink,
 )
-from dicom_node.header_scan import LONG_LENGTH_VRS, UNDEFINED, scan_header
+from dicom_node.header_scan import LONG_LENGTH_VRS, UNDEFINED, ScannedHeader, scan_header
 from dicom_node.series import SeriesTracker
-from dicom_node.spool import IncomingFile, InvalidUID, Spool
+from dicom_node.spool import HEAD_BYTES, IncomingFile, InvalidUID, Spool
 
 log = structlog.get_logger(__name__)
 
@@ -80,13 +80,14 @@ def check_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str) -> In
 
 
 def check_received(head: bytes, size: int, read_all: Callable[[], bytes], sop_class_uid: str,
-                   sop_instance_uid: str) -> InstanceHeader:
+                   sop_instance_uid: str, scanned: ScannedHeader | None = None) -> InstanceHeader:
     """`check_instance` for an instance of `size` bytes of which `head` are the first.
 
-    The header scan usually answers from the head alone; otherwise `read_all()` supplies the
-    whole instance.
+    `scanned`: the head's scan, made while the rest was arriving. The scan usually answers from
+    the head alone; otherwise `read_all()` supplies the whole instance.
     """
-    scanned = scan_header(head, size)
+    if scanned is None:
+        scanned = scan_header(head, complete=len(head) >= size)
     if scanned is None and len(head) < size:
         data = read_all()
         scanned = scan_header(data)
@@ -102,9 +103,9 @@ def check_received(head: bytes, size: int, read_all: Callable[[], bytes], sop_cl
                     scanned.us("bits_allocated"), int(frames) if frames else 1)
 
         encapsulated = False
-        pixel_length, available = scanned.pixel_length, scanned.pixel_available
+        pixel_length, available = scanned.pixel_length, scanned.pixel_available(size)
     else:
-        ds, header, pixel_length, available = _read_with_pydicom(data)
+        ds, header, pixel_length, available = _read_with_pydicom(data)  # data is whole here
 
         def pixel_module() -> tuple[int, int, int, int, int]:
             return (int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1)), int(ds.BitsAllocated),
@@ -302,14 +303,20 @@ class _InstanceWriter:
     def __init__(self, scp: StoreSCP, request: StoreRequest, incoming: IncomingFile) -> None:
         self.scp, self.request, self.incoming = scp, request, incoming
         self.write_error: OSError | None = None
+        self.scanned: ScannedHeader | None = None  # the header, read as soon as the head is in
 
     def write(self, data: memoryview) -> None:
-        if self.write_error is None:
-            try:
-                self.incoming.write(data)
-            except OSError as exc:
-                self.write_error = exc
-                self.incoming.discard()
+        if self.write_error is not None:
+            return
+        had_head = len(self.incoming.head) >= HEAD_BYTES
+        try:
+            self.incoming.write(data)
+        except OSError as exc:
+            self.write_error = exc
+            self.incoming.discard()
+            return
+        if not had_head and len(self.incoming.head) >= HEAD_BYTES:  # scanned while the rest arrives
+            self.scanned = scan_header(self.incoming.head, complete=False)
 
     def discard(self) -> None:
         self.incoming.discard()
@@ -320,8 +327,8 @@ class _InstanceWriter:
         try:
             if self.write_error is not None:
                 raise self.write_error
-            header = check_received(bytes(incoming.head), incoming.size, incoming.read_all,
-                                    request.sop_class_uid, sop_uid)
+            header = check_received(incoming.head, incoming.size, incoming.read_all,
+                                    request.sop_class_uid, sop_uid, self.scanned)
             final = self.scp.spool.instance_path(header.study_uid, header.series_uid, sop_uid)
             replaced = final.exists() and not incoming.same_as(final)
             incoming.commit(final)

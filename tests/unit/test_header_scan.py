@@ -38,7 +38,7 @@ def ct_bytes(tmp_path_factory) -> bytes:
 def verdict(data: bytes, ds_class: str, ds_uid: str, *, use_scanner: bool, monkeypatch) -> object:
     """check_instance's answer (the UIDs or the refusal status) with or without the scanner."""
     if not use_scanner:
-        monkeypatch.setattr(store_scp, "scan_header", lambda data, total_size=None: None)
+        monkeypatch.setattr(store_scp, "scan_header", lambda data, complete=True: None)
     try:
         return check_instance(data, ds_class, ds_uid)
     except InstanceRejected as exc:
@@ -64,6 +64,20 @@ def test_scanner_reads_what_pydicom_reads(ct_bytes, implicit, monkeypatch):
     assert scanned.us("rows") == ds.Rows and scanned.us("bits_allocated") == ds.BitsAllocated
     assert scanned.pixel_length == len(ds.PixelData)
     assert_same_verdict(data, ds, monkeypatch)
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_a_prefix_answers_once_it_holds_the_whole_header(ct_bytes, implicit):
+    """What the receive path scans while the pixels are still arriving."""
+    data = encoded(pydicom.dcmread(BytesIO(ct_bytes)), implicit)
+    whole = scan_header(data)
+    header_end = whole.pixel_offset
+    for cut in (header_end, header_end + 1, len(data) - 1):
+        early = scan_header(data[:cut], complete=False)
+        assert early is not None and early.values == whole.values, cut
+        assert early.pixel_available(len(data)) == whole.pixel_available(len(data)) == len(data) - header_end
+    for cut in (header_end - 1, header_end - 12, 300):
+        assert scan_header(data[:cut], complete=False) is None, cut  # not enough: decided at the end
 
 
 def test_scanner_steps_over_nested_undefined_length_sequences(ct_bytes, monkeypatch):
