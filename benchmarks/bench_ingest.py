@@ -1,7 +1,8 @@
 """Ingest: dcmtk storescu sending LIDC-IDRI-0002 to ldct-node, dcmtk storescp and Orthanc.
 
-Side by side in one run, alternating receivers, median of N runs, over 1 association and over
-4 concurrent ones. The dcmtk tools run with TCP_NODELAY=1 on both sides (DCMTK 3.6.7 leaves
+Side by side in one run, alternating receivers (a different one first in each run, dirty pages
+of the previous one synced before each measurement), median of N runs, over 1 association and
+over 4 concurrent ones. The dcmtk tools run with TCP_NODELAY=1 on both sides (DCMTK 3.6.7 leaves
 Nagle's algorithm on otherwise, ~50 ms per instance); each receiver in its fast configuration:
 storescp writing files (--fork for concurrent associations), Orthanc with its defaults,
 ldct-node with its shipped defaults (acknowledge after fsync of file and folder; one receiving
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -89,7 +91,9 @@ def main(argv=None) -> dict:
         tmp = Path(tmp)
         for associations in (1, 4):
             for run in range(args.runs):
-                for index, name in enumerate(receivers(associations)):  # alternate receivers each run
+                names = receivers(associations)
+                for index, name in enumerate(names[run % len(names):] + names[:run % len(names)]):
+                    # alternating, each receiver first in turn; each starts with nothing left to write back
                     workdir = tmp / f"{index}-{associations}-{run}"
                     if name in NODE_ENV:
                         peer = NodeProcess(workdir, [], idle_seconds=3600, workers=0, env=NODE_ENV[name]).start()
@@ -101,6 +105,7 @@ def main(argv=None) -> dict:
                         peer = Orthanc(workdir).start()
                         port, called = peer.dicom_port, peer.aet
                     try:
+                        os.sync()
                         seconds = send(port, called, files, associations)
                     finally:
                         peer.stop()
