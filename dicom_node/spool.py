@@ -33,7 +33,7 @@ from pathlib import Path
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 TMP_DIR_NAME = ".incoming"
 HEAD_BYTES = 64 * 1024  # kept in memory while receiving: enough for a CT header
-PREPARED_FILES = 4  # empty temporary files kept ready for the next instances
+PREPARED_FILES = 8  # empty temporary files kept ready for the next instances
 PREPARED_MAX_AGE_SECONDS = 3600  # older ones are replaced (shared spools clean day-old files)
 ABANDONED_PART_SECONDS = 24 * 3600
 
@@ -214,14 +214,17 @@ class _PreparedFiles:
 
     Creating a file costs ~0.25 ms on the ext4 disk we measured, about a quarter of all the
     time spent receiving a CT instance; made while the network is busy, it is off the path
-    between the last byte and the acknowledgement. When none is ready the caller creates one.
+    between the last byte and the acknowledgement. The thread is woken when half the files are
+    used and refills them all (one wake-up per `count // 2` instances, not one per instance).
+    When none is ready the caller creates one.
     """
 
     def __init__(self, tmp: Path, count: int) -> None:
         self.tmp, self.count = tmp, count
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._ready: deque[tuple[Path, int, float]] = deque()
-        self._wanted = threading.Semaphore(0)
+        self._refill = False
         self._thread: threading.Thread | None = None
         self._closing = False
 
@@ -230,8 +233,9 @@ class _PreparedFiles:
             if self._thread is None:
                 self._start()
             prepared = self._ready.popleft() if self._ready else None
-        if prepared is not None:
-            self._wanted.release()  # ask for its replacement
+            if len(self._ready) <= self.count // 2 and not self._refill:
+                self._refill = True
+                self._wake.notify()
         while prepared is not None and time.monotonic() - prepared[2] > PREPARED_MAX_AGE_SECONDS:
             _remove(prepared)  # a shared spool's clean-up may take day-old files: never use stale ones
             prepared = None
@@ -239,35 +243,39 @@ class _PreparedFiles:
         return path, fd
 
     def _start(self) -> None:
-        self._closing = False
-        self._wanted = threading.Semaphore(self.count)
+        self._closing, self._refill = False, True
         self._thread = threading.Thread(target=self._fill, name="spool-prepare", daemon=True)
         self._thread.start()
 
     def _fill(self) -> None:
         while True:
-            self._wanted.acquire()
-            if self._closing:
-                return
+            with self._lock:
+                while not (self._refill or self._closing):
+                    self._wake.wait()
+                if self._closing:
+                    return
+                missing = self.count - len(self._ready)
+            prepared = []
             try:
-                prepared = _create_part(self.tmp)
+                for _ in range(missing):
+                    prepared.append(_create_part(self.tmp))
             except OSError:
                 time.sleep(1)  # disk full or unwritable: take() creates inline and reports it
-                self._wanted.release()
-                continue
             with self._lock:
                 if self._closing:
-                    _remove(prepared)
+                    for item in prepared:
+                        _remove(item)
                     return
-                self._ready.append(prepared)
+                self._ready.extend(prepared)
+                self._refill = not prepared or len(self._ready) <= self.count // 2  # used meanwhile
 
     def close(self) -> None:
         with self._lock:
             thread, self._thread = self._thread, None
             self._closing = True
             ready, self._ready = list(self._ready), deque()
+            self._wake.notify()
         if thread is not None:
-            self._wanted.release()
             thread.join(5)
         for prepared in ready:
             _remove(prepared)
