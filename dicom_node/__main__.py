@@ -1,3 +1,4 @@
 from dicom_node.cli import app
 
-app(prog_name="ldct-node")
+if __name__ == "__main__":
+    app(prog_name="ldct-node")
