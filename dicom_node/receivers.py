@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import socket
 import threading
 import time
@@ -167,6 +168,9 @@ def run_receiver(settings: Settings, port: int, connection: Connection) -> None:
     from dicom_node.tls import scp_context
 
     configure_logging(settings.logging.format, settings.logging.level)
+    # Ctrl-C in a terminal reaches the whole process group: the node stops its receivers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_quietly)  # e.g. systemd stopping the whole unit
     send_lock = threading.Lock()
 
     def report(*message) -> None:
@@ -192,7 +196,11 @@ def run_receiver(settings: Settings, port: int, connection: Connection) -> None:
         while True:  # until the node says stop or its end of the pipe closes (it died)
             if connection.recv()[0] == "stop":
                 break
-    except (EOFError, OSError):
+    except (EOFError, OSError, SystemExit):
         pass
     finally:
         scp.stop()
+
+
+def _exit_quietly(signum, frame) -> None:
+    raise SystemExit(0)
