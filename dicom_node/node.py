@@ -85,7 +85,13 @@ class Node:
                                               on_stored=self._on_receiver_stored,
                                               on_rejected=self._on_association_rejected)
                 self.receivers.start()
-            self.scp.start(address, port, reuse_port=extra_receivers > 0)
+            try:
+                self.scp.start(address, port, reuse_port=extra_receivers > 0)
+            except OSError:
+                if self.receivers is not None:
+                    self.receivers.stop()
+                    self.receivers = None
+                raise
             self.scheduler.add_job(self.sweep_completeness, "interval", seconds=1, id="completeness",
                                    max_instances=1, coalesce=True)
         self.scheduler.add_job(self.reap_leases, "interval", seconds=10, id="leases",
@@ -209,6 +215,7 @@ class Node:
 
 
 def make_spool(settings: Settings) -> Spool:
+    """The spool under `node.data_dir`, as the node and its receiver processes share it."""
     return Spool(Path(settings.node.data_dir) / "spool", settings.node.min_free_disk_mb * 1024 * 1024,
                  durable=settings.node.acknowledge_after == "disk")
 

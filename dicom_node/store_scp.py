@@ -2,13 +2,14 @@
 
 The network side is `dicom_node.acceptor` (a fast upper layer on pynetdicom's negotiation).
 The bytes written are exactly those received, File Meta prepended, whatever the transfer
-syntax; "stored" means fsynced by default (see `Spool`). Before writing, the header is read
-(never the pixels) and the instance refused with a failure status and a reason when it
-cannot be a whole image: unreadable, truncated (no pixel
-data, or fewer pixel bytes than Rows x Columns x samples x bits say), or not the SOP class
-and instance the request named. A re-sent instance with different content replaces the
-stored one (the last version wins) and says so in the log. Any other exception in a handler
-becomes a failure status and a log line; the server keeps serving.
+syntax, streamed to a temporary spool file as they arrive; "stored" means fsynced by default
+(see `Spool`). Before the file is moved into its series folder, the header is read (never
+the pixels) and the instance refused with a failure status and a reason when it cannot be a
+whole image: unreadable, truncated (no pixel data, or fewer pixel bytes than Rows x Columns x
+samples x bits say), or not the SOP class and instance the request named; a refused instance
+leaves nothing behind. A re-sent instance with different content replaces the stored one
+(the last version wins) and says so in the log. Any other exception in a handler becomes a
+failure status and a log line; the server keeps serving.
 """
 
 from __future__ import annotations
