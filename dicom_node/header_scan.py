@@ -24,11 +24,15 @@ PIXEL_DATA = 0x7FE00010
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 LONG_LENGTH_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
                              b"UR", b"UT", b"UV"})
+KNOWN_VRS = LONG_LENGTH_VRS | frozenset({  # PS3.5 table 6.2-1
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH",
+    b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})
 SPECIFIC_CHARACTER_SET = 0x00080005
-WANTED = {
-    SPECIFIC_CHARACTER_SET: "specific_character_set", 0x00080016: "sop_class_uid", 0x00080018: "sop_instance_uid", 0x0020000D: "study_uid",
-    0x0020000E: "series_uid", 0x00280002: "samples_per_pixel", 0x00280008: "number_of_frames",
-    0x00280010: "rows", 0x00280011: "columns", 0x00280100: "bits_allocated",
+WANTED = {  # tag -> (name, its VR in the data dictionary)
+    SPECIFIC_CHARACTER_SET: ("specific_character_set", b"CS"), 0x00080016: ("sop_class_uid", b"UI"),
+    0x00080018: ("sop_instance_uid", b"UI"), 0x0020000D: ("study_uid", b"UI"), 0x0020000E: ("series_uid", b"UI"),
+    0x00280002: ("samples_per_pixel", b"US"), 0x00280008: ("number_of_frames", b"IS"),
+    0x00280010: ("rows", b"US"), 0x00280011: ("columns", b"US"), 0x00280100: ("bits_allocated", b"US"),
 }
 MAX_DEPTH = 8
 
@@ -109,8 +113,11 @@ def _scan(data: bytes, complete: bool) -> ScannedHeader:
             continue
         if value_start + length > size:
             raise _Unsupported("element runs past the end")
-        name = WANTED.get(tag)
-        if name is not None:
+        wanted = WANTED.get(tag)
+        if wanted is not None:
+            name, dictionary_vr = wanted
+            if explicit and vr != dictionary_vr:
+                raise _Unsupported(f"{name} with VR {vr!r}")  # pydicom reads it as that VR, or refuses
             values[name] = data[value_start:value_start + length]
             if tag == SPECIFIC_CHARACTER_SET and not _character_set_readable(values[name]):
                 raise _Unsupported("character set left to pydicom")
@@ -163,8 +170,8 @@ def _explicit_element(data: bytes, offset: int) -> tuple[int, bytes, int, int]:
         return tag, b"", _UINT32.unpack_from(data, offset + 4)[0], offset + 8
     if vr in LONG_LENGTH_VRS:
         return tag, vr, _UINT32.unpack_from(data, offset + 8)[0], offset + 12
-    if not vr.isalpha() or not vr.isupper():
-        raise _Unsupported("not a VR")
+    if vr not in KNOWN_VRS:
+        raise _Unsupported("not a VR")  # pydicom refuses a VR it does not know
     return tag, vr, short_length, offset + 8
 
 

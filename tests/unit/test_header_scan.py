@@ -127,3 +127,30 @@ def test_mutated_bytes_get_the_same_verdict_either_way(ct_bytes, data, monkeypat
         raw = raw[:data.draw(st.integers(132, len(raw)))]
     ds = pydicom.dcmread(BytesIO(ct_bytes), stop_before_pixels=True)
     assert_same_verdict(bytes(raw), ds, monkeypatch)
+
+
+def test_a_vr_pydicom_would_not_read_is_left_to_it(ct_bytes, monkeypatch):
+    """Found by the mutation test: 'CS' turned into 'CA' or 'US' was read by the scanner, refused by pydicom."""
+    at = ct_bytes.index(b"\x08\x00\x05\x00CS")  # Specific Character Set
+    ds = pydicom.dcmread(BytesIO(ct_bytes), stop_before_pixels=True)
+    for vr in (b"CA", b"US"):  # unknown; known but not this attribute's (pydicom then fails on it)
+        data = ct_bytes[:at + 4] + vr + ct_bytes[at + 6:]
+        assert scan_header(data) is None
+        assert_same_verdict(data, ds, monkeypatch)
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_every_single_byte_change_in_the_header_gets_pydicoms_verdict(ct_bytes, implicit, monkeypatch):
+    """Each header byte set to values that make other VRs, tags and lengths ('A', 'C', 'O', 'U',
+    0, 255, +1): the scanner accepts exactly what pydicom accepts, with the same UIDs."""
+    ds = pydicom.dcmread(BytesIO(ct_bytes), stop_before_pixels=True)
+    base = encoded(pydicom.dcmread(BytesIO(ct_bytes)), implicit)
+    mismatches = []
+    for position in range(128, scan_header(base).pixel_offset):
+        for value in {0x00, 0x41, 0x43, 0x4F, 0x55, 0xFF, (base[position] + 1) % 256} - {base[position]}:
+            data = base[:position] + bytes([value]) + base[position + 1:]
+            scanned = verdict(data, ds.SOPClassUID, ds.SOPInstanceUID, use_scanner=True, monkeypatch=monkeypatch)
+            reference = verdict(data, ds.SOPClassUID, ds.SOPInstanceUID, use_scanner=False, monkeypatch=monkeypatch)
+            if scanned != reference:
+                mismatches.append((position, value, scanned, reference))
+    assert mismatches == []
