@@ -24,6 +24,7 @@ from typing import Callable
 import structlog
 
 from config.settings import Settings
+from dicom_node import metrics
 from dicom_node.acceptor import Peer
 from dicom_node.spool import Spool
 from dicom_node.store_scp import InstanceHeader
@@ -153,6 +154,7 @@ class ReceiverPool:
         if self._stopping.is_set():
             return
         log.error("receiver process died: restarting", pid=process.pid, exitcode=process.exitcode)
+        metrics.RECEIVER_RESTARTS.inc()
         removed = self.spool.clean_temporary()  # its partial files were never acknowledged
         if removed:
             log.warning("removed partial files of the dead receiver", count=removed)

@@ -15,10 +15,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 
-from tests.integration.peers import REPO, storescu, tool_env, wait_until
+from tests.integration.peers import REPO, free_port, storescu, tool_env, wait_until
 from tests.integration.test_faults import make_series, pacs_counts, spooled_files, wait_done_and_sent
 
 TWO_RECEIVERS = {"LDCT_NODE__RECEIVE_PROCESSES": "2"}
@@ -55,7 +56,9 @@ def test_concurrent_associations_use_both_processes_and_a_killed_receiver_is_rep
     folders = [tmp_path / f"series{seed}" for seed in range(5)]
     for seed, folder in enumerate(folders):
         make_series(folder, shape=(30, 64, 64), seed=200 + seed)
-    node = make_node(orthanc, engine="threshold", idle_seconds=3, workers=1, env=TWO_RECEIVERS).start()
+    metrics_port = free_port()
+    node = make_node(orthanc, engine="threshold", idle_seconds=3, workers=1, env=TWO_RECEIVERS,
+                     extra=f"[metrics]\nport = {metrics_port}\n").start()
     [receiver] = receiver_pids(node)
 
     echoes = [subprocess.run(["echoscu", "-aec", "LDCTNODE", "127.0.0.1", str(node.port)],
@@ -79,6 +82,9 @@ def test_concurrent_associations_use_both_processes_and_a_killed_receiver_is_rep
                what="the receiver to be replaced")
     [replacement] = receiver_pids(node)
     assert replacement != receiver
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    assert "ldct_receiver_restarts_total 1.0" in scraped
+    assert "ldct_instances_received_total 120.0" in scraped  # counted by the node for both processes
     assert storescu(node.port, folders[4]).returncode == 0
     jobs = wait_done_and_sent(node, 5)
     assert sorted(j["instances"] for j in jobs) == [30] * 5
