@@ -4,7 +4,7 @@ Python interpreter lock.
 `node.receive_processes = N` runs N - 1 receiver processes beside the node's own Store SCP,
 all listening on the same port (SO_REUSEPORT: the kernel spreads new associations across
 them), each writing into the same spool with the same checks and policy (dcmtk's
-`storescp --fork` gets its concurrency the same way, one process per association). A
+`storescp --fork` forks a process per association for the same reason). A
 receiver reports every stored instance and refused association to the node over a pipe;
 the node keeps the one series tracker, the audit trail and the metrics. A receiver that
 dies is restarted; receivers exit when the node stops or disappears.
@@ -60,6 +60,7 @@ def receive_process_count(configured: int) -> int:
     return configured or max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                     else os.cpu_count() or 1))
 
+
 StoredCallback = Callable[[Peer, InstanceHeader], None]
 RejectedCallback = Callable[[str, str], None]
 
@@ -75,6 +76,7 @@ class ReceiverPool:
         self._receivers: dict[Connection, multiprocessing.process.BaseProcess] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._respawn_at: list[float] = []  # monotonic times at which to replace dead receivers
 
     def start(self) -> None:
         """Start the receivers and return once each listens (ReceiverStartError otherwise)."""
@@ -125,7 +127,13 @@ class ReceiverPool:
     def _listen(self) -> None:
         """Apply the receivers' reports; restart a receiver whose pipe closed (it died)."""
         while not self._stopping.is_set():
-            for connection in wait(list(self._receivers), timeout=0.5):
+            while self._respawn_at and self._respawn_at[0] <= time.monotonic():
+                self._respawn_at.pop(0)
+                self._spawn()  # its "ready" arrives as a report
+            if not self._receivers:
+                time.sleep(0.2)
+                continue
+            for connection in wait(list(self._receivers), timeout=0.2):
                 try:
                     report = connection.recv()
                 except (EOFError, OSError):
@@ -158,8 +166,7 @@ class ReceiverPool:
         removed = self.spool.clean_temporary()  # its partial files were never acknowledged
         if removed:
             log.warning("removed partial files of the dead receiver", count=removed)
-        time.sleep(RESTART_DELAY_SECONDS)
-        self._spawn()
+        self._respawn_at.append(time.monotonic() + RESTART_DELAY_SECONDS)  # not at once: no tight crash loop
 
 
 def run_receiver(settings: Settings, port: int, connection: Connection) -> None:
