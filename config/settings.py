@@ -57,8 +57,8 @@ class NodeSettings(_Section):
     )
     receive_processes: int = Field(
         0, ge=0, le=64,
-        description="processes receiving DICOM on the port (SO_REUSEPORT), so that concurrent associations "
-                    "use several CPU cores; 0: one per CPU core, at most 4",
+        description="processes serving DICOM associations (the node hands each to the least busy), so that "
+                    "concurrent associations use several CPU cores; 0: one per CPU core, at most 4",
     )
     workers: int = Field(1, ge=0, description="in-process workers started by `serve`")
 

@@ -138,6 +138,8 @@ class Acceptor:
     "cannot understand" and the server goes on. `calling_ae_allowed(title, address)`
     decides who may associate; refused callers get A-ASSOCIATE-RJ "calling AE title not
     recognised" and `on_rejected(peer)` is told. `max_pdu_size` 0 announces no limit.
+    `hand_off(conn)`, when set, may pass a newly accepted connection to another process
+    (returning True); `on_closed()` is told whenever a connection served here has ended.
     """
 
     def __init__(self, *, contexts: Iterable[PresentationContext], on_store: StoreHandler,
@@ -158,6 +160,8 @@ class Acceptor:
         self.acse_timeout = acse_timeout
         self.max_dataset_bytes = max_dataset_bytes
         self.ssl_context = ssl_context
+        self.hand_off: Callable[[socket.socket], bool] | None = None
+        self.on_closed: Callable[[], None] | None = None
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -165,15 +169,13 @@ class Acceptor:
         self._active: dict[int, tuple[socket.socket, threading.Thread]] = {}
 
     # ---- lifecycle -----------------------------------------------------------------------
-    def start(self, address: str, port: int, reuse_port: bool = False) -> int:
-        """Bind and start accepting in a background thread; returns the bound port.
-
-        `reuse_port`: other processes may listen on the same port (SO_REUSEPORT); the kernel
-        spreads new connections across them.
-        """
+    def start(self, address: str, port: int) -> int:
+        """Bind and start accepting in a background thread; returns the bound port."""
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        self._listener = socket.create_server((address, port), family=family, backlog=64,
-                                              reuse_port=reuse_port)
+        try:
+            self._listener = socket.create_server((address, port), family=family, backlog=64)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {address} port {port}: {exc.strerror or exc}") from exc
         self._stopping.clear()
         self._thread = threading.Thread(target=self._accept_loop, name="dicom-acceptor", daemon=True)
         self._thread.start()
@@ -210,11 +212,18 @@ class Acceptor:
                     conn, address = listener.accept()
                 except OSError:
                     continue
-                thread = threading.Thread(target=self._serve, args=(conn, address),
-                                          name=f"dicom-assoc-{address[0]}:{address[1]}", daemon=True)
-                with self._lock:
-                    self._active[id(conn)] = (conn, thread)
-                thread.start()
+                if self.hand_off is not None and self.hand_off(conn):
+                    conn.close()  # another process serves it now
+                    continue
+                self.serve(conn, address)
+
+    def serve(self, conn: socket.socket, address: tuple) -> None:
+        """Serve one accepted connection in its own thread (also one handed over by another process)."""
+        thread = threading.Thread(target=self._serve, args=(conn, address),
+                                  name=f"dicom-assoc-{address[0]}:{address[1]}", daemon=True)
+        with self._lock:
+            self._active[id(conn)] = (conn, thread)
+        thread.start()
 
     def _serve(self, raw: socket.socket, address: tuple) -> None:
         peer_address, peer_port = address[0], address[1]
@@ -237,6 +246,8 @@ class Acceptor:
             _shutdown(raw)
             conn.close()
             raw.close()
+            if self.on_closed is not None:
+                self.on_closed()
 
 
 class _Stream:

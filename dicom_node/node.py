@@ -24,7 +24,7 @@ from dicom_node.jobstore import SERIES_DUPLICATE, JobStore, utcnow
 from dicom_node.series import SeriesTracker, evaluate_series, instance_set_hash
 from dicom_node.spool import Spool
 from dicom_node.acceptor import Peer
-from dicom_node.receivers import ReceiverPool, ensure_port_free, receive_process_count
+from dicom_node.receivers import ReceiverPool, receive_process_count
 from dicom_node.store_scp import InstanceHeader, StoreSCP
 from dicom_node.tls import scp_context
 from dicom_node.worker import Worker
@@ -79,14 +79,15 @@ class Node:
             self._resume_undecided_series()
             address, port = self.settings.node.bind_address, self.settings.node.port
             extra_receivers = receive_process_count(self.settings.node.receive_processes) - 1
-            if extra_receivers:  # they listen first: once the port answers, every receiver is up
-                ensure_port_free(address, port)
-                self.receivers = ReceiverPool(self.settings, extra_receivers, port, spool=self.spool,
+            if extra_receivers:  # ready before the port opens: once it answers, every receiver is up
+                self.receivers = ReceiverPool(self.settings, extra_receivers, spool=self.spool,
+                                              local_associations=lambda: self.scp.acceptor.active_associations,
                                               on_stored=self._on_receiver_stored,
                                               on_rejected=self._on_association_rejected)
                 self.receivers.start()
+                self.scp.acceptor.hand_off = self.receivers.hand_off
             try:
-                self.scp.start(address, port, reuse_port=extra_receivers > 0)
+                self.scp.start(address, port)
             except OSError:
                 if self.receivers is not None:
                     self.receivers.stop()

@@ -1,13 +1,15 @@
 """Extra receiving processes, so that concurrent associations are not serialised by one
 Python interpreter lock.
 
-`node.receive_processes = N` runs N - 1 receiver processes beside the node's own Store SCP,
-all listening on the same port (SO_REUSEPORT: the kernel spreads new associations across
-them), each writing into the same spool with the same checks and policy (dcmtk's
-`storescp --fork` forks a process per association for the same reason). A
-receiver reports every stored instance and refused association to the node over a pipe;
-the node keeps the one series tracker, the audit trail and the metrics. A receiver that
-dies is restarted; receivers exit when the node stops or disappears.
+`node.receive_processes = N` runs N - 1 receiver processes beside the node's own Store SCP.
+The node alone listens on the port; each association it accepts goes to the process serving
+the fewest associations at that moment (itself included; ties in turn), the socket passed
+over a UNIX pipe (SCM_RIGHTS) before a byte is read, so TLS, the caller policy and the DICOM
+exchange all happen in the receiving process, which writes into the same spool with the same
+checks (dcmtk's `storescp --fork` forks a process per association for the same reason). A
+receiver reports every stored instance, refused and ended association to the node; the node
+keeps the one series tracker, the audit trail and the metrics. A receiver that dies is
+restarted; receivers exit when the node stops or disappears.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import socket
 import threading
 import time
 from multiprocessing.connection import Connection, wait
+from multiprocessing.reduction import recv_handle, send_handle
 from typing import Callable
 
 import structlog
@@ -39,22 +42,6 @@ class ReceiverStartError(OSError):
     """A receiver process did not come up (its reason is in the message)."""
 
 
-def ensure_port_free(address: str, port: int, wait_seconds: float = 5) -> None:
-    """Fail when something already listens on the port: with SO_REUSEPORT a second node started
-    by mistake would otherwise share it silently and take half the associations. Waits a few
-    seconds first, for the receivers of a node that was just killed to notice and exit."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        try:
-            socket.create_server((address, port), family=family).close()
-            return
-        except OSError as exc:
-            if time.monotonic() >= deadline:
-                raise ReceiverStartError(f"port {port} on {address} is in use: {exc.strerror or exc}") from exc
-            time.sleep(0.2)
-
-
 def receive_process_count(configured: int) -> int:
     """`node.receive_processes`, with 0 meaning one per CPU core, at most 4."""
     return configured or max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -65,64 +52,104 @@ StoredCallback = Callable[[Peer, InstanceHeader], None]
 RejectedCallback = Callable[[str, str], None]
 
 
-class ReceiverPool:
-    """Starts, watches and stops the extra receiver processes of one node."""
+class _Receiver:
+    """The node's side of one receiver process: its process, pipes and open associations."""
 
-    def __init__(self, settings: Settings, count: int, port: int, *, spool: Spool, on_stored: StoredCallback,
-                 on_rejected: RejectedCallback) -> None:
-        self.settings, self.count, self.port, self.spool = settings, count, port, spool
+    def __init__(self, process, reports: Connection, sockets: Connection) -> None:
+        self.process, self.reports, self.sockets = process, reports, sockets
+        self.associations = 0
+
+
+class ReceiverPool:
+    """Starts, feeds, watches and stops the extra receiver processes of one node.
+
+    `local_associations()` says how many associations the node serves itself; `hand_off` is
+    the node acceptor's hook that picks the least busy process for a new connection.
+    """
+
+    def __init__(self, settings: Settings, count: int, *, spool: Spool, local_associations: Callable[[], int],
+                 on_stored: StoredCallback, on_rejected: RejectedCallback) -> None:
+        self.settings, self.count, self.spool = settings, count, spool
+        self.local_associations = local_associations
         self.on_stored, self.on_rejected = on_stored, on_rejected
         self._context = multiprocessing.get_context("spawn")
-        self._receivers: dict[Connection, multiprocessing.process.BaseProcess] = {}
+        self._receivers: dict[Connection, _Receiver] = {}  # by their reports pipe
+        self._lock = threading.Lock()
+        self._turn = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._respawn_at: list[float] = []  # monotonic times at which to replace dead receivers
 
     def start(self) -> None:
-        """Start the receivers and return once each listens (ReceiverStartError otherwise)."""
+        """Start the receivers and return once each is ready (ReceiverStartError otherwise)."""
         for _ in range(self.count):
             self._spawn()
-        for connection, process in self._receivers.items():
-            report = connection.recv() if connection.poll(READY_TIMEOUT_SECONDS) else ("timeout",)
+        for receiver in list(self._receivers.values()):
+            ready = receiver.reports.poll(READY_TIMEOUT_SECONDS)
+            report = receiver.reports.recv() if ready else ("timeout",)
             if report[0] != "ready":
                 self.stop()
-                raise ReceiverStartError(f"receiver process {process.pid} did not start: "
+                raise ReceiverStartError(f"receiver process {receiver.process.pid} did not start: "
                                          f"{report[1] if len(report) > 1 else report[0]}")
         self._thread = threading.Thread(target=self._listen, name="receiver-reports", daemon=True)
         self._thread.start()
-        log.info("receiver processes started", count=self.count,
-                 pids=[p.pid for p in self._receivers.values()])
+        log.info("receiver processes started", count=self.count, pids=self.pids)
 
     def stop(self, timeout: float = 10) -> None:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        for connection, process in list(self._receivers.items()):
+        receivers = list(self._receivers.values())
+        for receiver in receivers:
             try:
-                connection.send(("stop",))
+                receiver.reports.send(("stop",))
             except OSError:
                 pass
         deadline = time.monotonic() + timeout
-        for connection, process in list(self._receivers.items()):
-            process.join(max(0.1, deadline - time.monotonic()))
-            if process.is_alive():
-                log.warning("receiver process did not stop: terminated", pid=process.pid)
-                process.terminate()
-                process.join(2)
-            connection.close()
+        for receiver in receivers:
+            receiver.process.join(max(0.1, deadline - time.monotonic()))
+            if receiver.process.is_alive():
+                log.warning("receiver process did not stop: terminated", pid=receiver.process.pid)
+                receiver.process.terminate()
+                receiver.process.join(2)
+            receiver.reports.close()
+            receiver.sockets.close()
         self._receivers.clear()
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self._receivers.values()]
+        return [r.process.pid for r in self._receivers.values()]
+
+    def hand_off(self, conn: socket.socket) -> bool:
+        """Pass `conn` to the least busy receiver; False: the node serves it itself."""
+        with self._lock:
+            loads = [(self.local_associations(), None)]
+            loads += [(r.associations, r) for r in self._receivers.values() if r.process.is_alive()]
+            least = min(load for load, _ in loads)
+            candidates = [r for load, r in loads if load == least]
+            self._turn += 1
+            receiver = candidates[self._turn % len(candidates)]
+            if receiver is None:
+                return False
+            try:
+                send_handle(receiver.sockets, conn.fileno(), receiver.process.pid)
+            except OSError as exc:
+                log.warning("hand-off to a receiver failed: served here", pid=receiver.process.pid,
+                            error=str(exc))
+                return False
+            receiver.associations += 1
+            return True
 
     def _spawn(self) -> None:
-        ours, theirs = self._context.Pipe(duplex=True)
-        process = self._context.Process(target=run_receiver, args=(self.settings, self.port, theirs),
+        reports, their_reports = self._context.Pipe(duplex=True)
+        sockets, their_sockets = self._context.Pipe(duplex=True)  # a UNIX socket pair: it carries file descriptors
+        process = self._context.Process(target=run_receiver, args=(self.settings, their_reports, their_sockets),
                                         name="ldct-node-receiver", daemon=True)
         process.start()
-        theirs.close()
-        self._receivers[ours] = process
+        their_reports.close()
+        their_sockets.close()
+        with self._lock:
+            self._receivers[reports] = _Receiver(process, reports, sockets)
 
     def _listen(self) -> None:
         """Apply the receivers' reports; restart a receiver whose pipe closed (it died)."""
@@ -140,28 +167,33 @@ class ReceiverPool:
                     self._replace(connection)
                     continue
                 try:
-                    self._apply(report)
+                    self._apply(self._receivers[connection], report)
                 except Exception:  # noqa: BLE001 - a bad report must not stop the others
                     log.exception("receiver report failed", kind=report[0] if report else None)
 
-    def _apply(self, report: tuple) -> None:
+    def _apply(self, receiver: _Receiver, report: tuple) -> None:
         kind = report[0]
-        if kind == "ready":
-            log.info("receiver process restarted and listening")
-        elif kind == "stored":
+        if kind == "stored":
             _, ae_title, address, port, study_uid, series_uid, sop_uid = report
-            self.on_stored(Peer(ae_title, address, port),
-                           InstanceHeader("", sop_uid, study_uid, series_uid))
+            self.on_stored(Peer(ae_title, address, port), InstanceHeader("", sop_uid, study_uid, series_uid))
+        elif kind == "closed":
+            with self._lock:
+                receiver.associations = max(0, receiver.associations - 1)
         elif kind == "rejected":
             self.on_rejected(report[1], report[2])
+        elif kind == "ready":
+            log.info("receiver process restarted and ready", pid=receiver.process.pid)
 
     def _replace(self, connection: Connection) -> None:
-        process = self._receivers.pop(connection)
-        connection.close()
-        process.join(1)
+        with self._lock:
+            receiver = self._receivers.pop(connection)
+        receiver.reports.close()
+        receiver.sockets.close()
+        receiver.process.join(1)
         if self._stopping.is_set():
             return
-        log.error("receiver process died: restarting", pid=process.pid, exitcode=process.exitcode)
+        log.error("receiver process died: restarting", pid=receiver.process.pid,
+                  exitcode=receiver.process.exitcode, associations_lost=receiver.associations)
         metrics.RECEIVER_RESTARTS.inc()
         removed = self.spool.clean_temporary()  # its partial files were never acknowledged
         if removed:
@@ -169,8 +201,8 @@ class ReceiverPool:
         self._respawn_at.append(time.monotonic() + RESTART_DELAY_SECONDS)  # not at once: no tight crash loop
 
 
-def run_receiver(settings: Settings, port: int, connection: Connection) -> None:
-    """A receiver process: the node's Store SCP on the shared port, reporting to the node."""
+def run_receiver(settings: Settings, connection: Connection, sockets: Connection) -> None:
+    """A receiver process: serves the associations the node hands it, reporting back."""
     from dicom_node.logging import configure_logging
     from dicom_node.node import allowed_peers, make_spool  # noqa: F401 - node imports this module
     from dicom_node.store_scp import StoreSCP
@@ -195,12 +227,10 @@ def run_receiver(settings: Settings, port: int, connection: Connection) -> None:
                    allowed_calling_ae_titles=node.allowed_calling_ae_titles, max_pdu_size=node.max_pdu_size,
                    on_stored=stored, allowed_peers=allowed_peers(settings), ssl_context=scp_context(settings),
                    on_rejected=lambda ae_title, address: report("rejected", ae_title, address))
-    try:
-        scp.start(node.bind_address, port, reuse_port=True)
-    except OSError as exc:
-        report("failed", f"cannot listen on port {port}: {exc}")
-        return
+    scp.acceptor.on_closed = lambda: report("closed")
+    threading.Thread(target=_serve_handed_sockets, args=(scp, sockets), name="receiver-sockets", daemon=True).start()
     report("ready")
+    log.info("receiver ready", pid=os.getpid())
     try:
         while True:  # until the node says stop or its end of the pipe closes (it died)
             if connection.recv()[0] == "stop":
@@ -209,6 +239,22 @@ def run_receiver(settings: Settings, port: int, connection: Connection) -> None:
         pass
     finally:
         scp.stop()
+
+
+def _serve_handed_sockets(scp, sockets: Connection) -> None:
+    """Serve every connection the node passes over `sockets` until that pipe closes."""
+    while True:
+        try:
+            fd = recv_handle(sockets)
+        except (EOFError, OSError):
+            return
+        conn = socket.socket(fileno=fd)
+        try:
+            address = conn.getpeername()
+        except OSError:  # the peer left before we got it
+            conn.close()
+            continue
+        scp.acceptor.serve(conn, address)
 
 
 def _exit_quietly(signum, frame) -> None:

@@ -248,17 +248,16 @@ class StoreSCP:
                                  ssl_context=ssl_context)
         self.port: int | None = None
 
-    def start(self, address: str, port: int, reuse_port: bool = False) -> None:
-        """`reuse_port`: share the port with the node's other receiver processes (SO_REUSEPORT)."""
-        self.port = self.acceptor.start(address, port, reuse_port=reuse_port)
+    def start(self, address: str, port: int) -> None:
+        self.port = self.acceptor.start(address, port)
         log.info("store scp listening", ae_title=self.ae_title, address=address, port=self.port,
                  tls=self.ssl_context is not None,
                  client_certificates=_client_cert_mode(self.ssl_context))
 
     def stop(self) -> None:
-        if self.port is not None:
-            self.acceptor.stop()
-            self.port = None
+        """Stop listening (if it was) and close every association served here."""
+        self.acceptor.stop()
+        self.port = None
         self.spool.close()
 
     @staticmethod

@@ -3,7 +3,7 @@
 Concurrent associations spread over the node and its receiver process; every instance of
 every series is stored once and every series processed once and sent to Orthanc; a receiver
 killed with SIGKILL is replaced and receiving goes on; stopping the node leaves no receiver
-behind; a second node on a port already in use refuses to start instead of sharing it.
+behind; a second node on a port already in use refuses to start with a clear message.
 """
 
 from __future__ import annotations
@@ -72,13 +72,14 @@ def test_concurrent_associations_use_both_processes_and_a_killed_receiver_is_rep
     for sender in senders:
         sender.join(300)
     assert [r.returncode for r in results] == [0] * 4
-    pids = {event["pid"] for event in log_events(node, "association accepted")}
-    assert pids == {node.process.pid, receiver}, pids  # 20 associations: both processes took some
+    pids = [event["pid"] for event in log_events(node, "association accepted")]
+    assert {node.process.pid, receiver} == set(pids), pids
+    assert abs(pids.count(receiver) - pids.count(node.process.pid)) <= 2, pids  # taken in turn when idle
     assert len(spooled_files(node)) == 4 * 30
     wait_done_and_sent(node, 4)
 
     os.kill(receiver, signal.SIGKILL)
-    wait_until(lambda: log_events(node, "receiver process restarted and listening"), 60,
+    wait_until(lambda: log_events(node, "receiver process restarted and ready"), 60,
                what="the receiver to be replaced")
     [replacement] = receiver_pids(node)
     assert replacement != receiver

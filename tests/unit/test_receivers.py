@@ -1,4 +1,4 @@
-"""Receiver processes: how many by default, and what happens when one cannot listen.
+"""Receiver processes: how many by default, and associations handed to the least busy one.
 
 The whole behaviour with real senders (spread, restart, stop) is in
 tests/integration/test_receivers.py.
@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
-import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
 from config.settings import load_settings
-from dicom_node.receivers import ReceiverPool, ReceiverStartError, ensure_port_free, receive_process_count
+from dicom_node.receivers import ReceiverPool, receive_process_count
 from dicom_node.spool import Spool
+from dicom_node.store_scp import StoreSCP
 
 
 def test_default_count_is_one_per_core_at_most_four():
@@ -22,14 +25,35 @@ def test_default_count_is_one_per_core_at_most_four():
     assert receive_process_count(1) == 1 and receive_process_count(6) == 6
 
 
-def test_a_port_held_without_reuse_refuses_both_the_check_and_a_receiver(tmp_path):
-    with socket.create_server(("127.0.0.1", 0)) as holder:  # a listener that does not share its port
-        port = holder.getsockname()[1]
-        with pytest.raises(ReceiverStartError, match=f"port {port} on 127.0.0.1 is in use"):
-            ensure_port_free("127.0.0.1", port, wait_seconds=0.2)
-        settings = load_settings(environ={"LDCT_NODE__DATA_DIR": str(tmp_path), "LDCT_NODE__BIND_ADDRESS": "127.0.0.1"})
-        pool = ReceiverPool(settings, 1, port, spool=Spool(tmp_path / "spool"),
-                            on_stored=lambda peer, header: None, on_rejected=lambda title, address: None)
-        with pytest.raises(ReceiverStartError, match=f"cannot listen on port {port}"):
-            pool.start()
-        assert pool.pids == []  # the failed receiver was stopped, nothing left running
+def test_associations_go_to_the_least_busy_process_in_turn(tmp_path):
+    settings = load_settings(environ={"LDCT_NODE__DATA_DIR": str(tmp_path), "LDCT_NODE__BIND_ADDRESS": "127.0.0.1"})
+    spool = Spool(tmp_path / "spool")
+    scp = StoreSCP(ae_title="LDCTNODE", spool=spool)
+    pool = ReceiverPool(settings, 2, spool=spool, local_associations=lambda: scp.acceptor.active_associations,
+                        on_stored=lambda peer, header: None, on_rejected=lambda title, address: None)
+    pool.start()
+    served = []
+    try:
+        scp.acceptor.hand_off = lambda conn: served.append(pool.hand_off(conn)) or served[-1]
+        scp.start("127.0.0.1", 0)
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context(Verification)
+        held = []
+        for _ in range(3):  # one each: the node itself, then the two receivers (all idle, in turn)
+            assoc = ae.associate("127.0.0.1", scp.port, ae_title="LDCTNODE")
+            assert assoc.is_established and assoc.send_c_echo().Status == 0
+            held.append(assoc)
+        assert sorted(served) == [False, True, True]
+        assert scp.acceptor.active_associations == 1
+        busy = sorted(r.associations for r in pool._receivers.values())
+        assert busy == [1, 1]
+        for assoc in held:
+            assoc.release()
+        deadline = time.monotonic() + 10
+        while any(r.associations for r in pool._receivers.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the receivers report the ends
+        assert [r.associations for r in pool._receivers.values()] == [0, 0]
+    finally:
+        scp.stop()
+        pool.stop()
+    assert pool.pids == []
