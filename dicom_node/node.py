@@ -51,7 +51,7 @@ class Node:
         self.dispatcher = Dispatcher(settings, self.store)
         self.receive = receive
         self.receivers: ReceiverPool | None = None
-        self.scp = StoreSCP(ae_title=settings.node.ae_title, spool=self.spool, tracker=self.tracker,
+        self.scp = StoreSCP(ae_title=settings.node.ae_title, spool=self.spool,
                             allowed_calling_ae_titles=settings.node.allowed_calling_ae_titles,
                             max_pdu_size=settings.node.max_pdu_size,
                             on_stored=self._on_instance_stored,
@@ -82,7 +82,7 @@ class Node:
             if extra_receivers:  # ready before the port opens: once it answers, every receiver is up
                 self.receivers = ReceiverPool(self.settings, extra_receivers, spool=self.spool,
                                               local_associations=lambda: self.scp.acceptor.active_associations,
-                                              on_stored=self._on_receiver_stored,
+                                              on_stored=self._on_instance_stored,
                                               on_rejected=self._on_association_rejected)
                 self.receivers.start()
                 self.scp.acceptor.hand_off = self.receivers.hand_off
@@ -128,13 +128,10 @@ class Node:
         self.store.audit("association_rejected", calling_ae=calling_ae, peer=peer)
 
     # ---- sweeps ----------------------------------------------------------------------
-    def _on_receiver_stored(self, peer: Peer, header: InstanceHeader) -> None:
-        """An instance stored by a receiver process: the tracker lives here."""
-        self.tracker.touch(header.study_uid, header.series_uid, peer.ae_title)
-        self._on_instance_stored(peer, header)
-
     def _on_instance_stored(self, peer: Peer, header: InstanceHeader) -> None:
+        """Every instance stored, here or by a receiver process: the one tracker lives here."""
         series_uid = header.series_uid
+        self.tracker.touch(header.study_uid, series_uid, peer.ae_title)
         metrics.INSTANCES_RECEIVED.inc()
         if series_uid not in self._series_seen:
             self._series_seen.add(series_uid)

@@ -19,7 +19,6 @@ never removes a file that a live receiver is writing.
 
 from __future__ import annotations
 
-import filecmp
 import os
 import re
 import shutil
@@ -70,8 +69,8 @@ class Spool:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
-    def has_room(self, incoming: int = 0) -> bool:
-        return self.free_bytes() - incoming >= self.min_free_bytes
+    def has_room(self) -> bool:
+        return self.free_bytes() >= self.min_free_bytes
 
     def receive(self) -> "IncomingFile":
         """A temporary file for an instance whose bytes are still arriving."""
@@ -172,10 +171,16 @@ class IncomingFile:
         """Everything written so far (for checks the head alone cannot answer)."""
         return self.path.read_bytes()
 
-    def same_as(self, path: Path) -> bool:
-        """True when `path` holds exactly these bytes."""
+    def replaces_different(self, final: Path) -> bool:
+        """True when `final` already holds other bytes than these (a changed re-send)."""
         try:
-            return path.stat().st_size == self.size and filecmp.cmp(path, self.path, shallow=False)
+            if final.stat().st_size != self.size:
+                return True
+            with open(final, "rb") as stored, open(self.path, "rb") as received:
+                while chunk := stored.read(1 << 20):
+                    if chunk != received.read(len(chunk)):
+                        return True
+            return False
         except FileNotFoundError:
             return False
 
@@ -236,7 +241,7 @@ class _PreparedFiles:
             if len(self._ready) <= self.count // 2 and not self._refill:
                 self._refill = True
                 self._wake.notify()
-        while prepared is not None and time.monotonic() - prepared[2] > PREPARED_MAX_AGE_SECONDS:
+        if prepared is not None and time.monotonic() - prepared[2] > PREPARED_MAX_AGE_SECONDS:
             _remove(prepared)  # a shared spool's clean-up may take day-old files: never use stale ones
             prepared = None
         path, fd, _ = prepared or _create_part(self.tmp)

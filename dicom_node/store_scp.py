@@ -330,7 +330,7 @@ class _InstanceWriter:
             header = check_received(incoming.head, incoming.size, incoming.read_all,
                                     request.sop_class_uid, sop_uid, self.scanned)
             final = self.scp.spool.instance_path(header.study_uid, header.series_uid, sop_uid)
-            replaced = final.exists() and not incoming.same_as(final)
+            replaced = incoming.replaces_different(final)
             incoming.commit(final)
             if replaced:
                 log.warning("instance re-sent with different content: replaced", sop_instance_uid=sop_uid,
