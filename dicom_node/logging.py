@@ -44,7 +44,9 @@ def configure_logging(fmt: str = "console", level: str = "info", stream=None) ->
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        # one write per line: the node and its receiver processes share stderr, and a line written
+        # in two pieces (print writes the text, then the newline) can interleave with another's
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
     # pynetdicom logs whole datasets (with patient names) at debug level: keep it quiet.
