@@ -2,9 +2,8 @@
 
 pynetdicom's association reactor polls its queues with millisecond sleeps and copies every
 PDV several times: about 4 ms per CT instance on our machine before any of our code runs,
-three times dcmtk's `storescp`. This acceptor keeps pynetdicom for the parts that are about
-correctness rather than throughput (decoding the A-ASSOCIATE-RQ, presentation-context and
-role negotiation, encoding the A-ASSOCIATE-AC) and runs the data phase itself: one blocking
+three times dcmtk's `storescp`. This acceptor negotiates with `acse` (checked byte for byte
+against pynetdicom's negotiation in the tests) and runs the data phase itself: one blocking
 thread per association reads P-DATA-TF PDUs into one reused buffer, reassembles command sets
 and streams each C-STORE's dataset (File Meta prepended, nothing decoded) to a sink the
 handler opened for it, fragment by fragment as it arrives, so the sink's writing overlaps the
@@ -26,16 +25,9 @@ from typing import Callable, Iterable, Protocol
 
 import structlog
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    AsynchronousOperationsWindowNegotiation,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
-    MaximumLengthNotification,
-    SCP_SCU_RoleSelectionNegotiation,
-)
-from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+from pynetdicom.presentation import PresentationContext
+
+from dicom_node.acse import ACCEPTANCE, MalformedPDU, decode_associate_rq, encode_associate_ac, negotiate
 
 log = structlog.get_logger(__name__)
 
@@ -149,7 +141,7 @@ class Acceptor:
                  max_pdu_size: int = 0, max_associations: int = 16, network_timeout: float = 60,
                  acse_timeout: float = 30, max_dataset_bytes: int = 4 << 30,
                  ssl_context: ssl.SSLContext | None = None) -> None:
-        self.contexts = list(contexts)
+        self.supported = _supported_syntaxes(contexts)
         self.on_store = on_store
         self.calling_ae_allowed = calling_ae_allowed
         self.on_accepted = on_accepted
@@ -395,21 +387,17 @@ class _Association:
             raise ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}", ABORT_UNEXPECTED_PDU)
         if length > MAX_ASSOCIATE_RQ_BYTES:
             raise ProtocolError(f"A-ASSOCIATE-RQ of {length} bytes")
-        body = self.read_exact(length)
-        pdu = A_ASSOCIATE_RQ()
         try:
-            pdu.decode(struct.pack(">BBI", pdu_type, 0, length) + bytes(body))
-            request = pdu.to_primitive()
-        except Exception as exc:  # noqa: BLE001 - any decoding failure is the peer's malformed PDU
-            raise ProtocolError(f"undecodable A-ASSOCIATE-RQ: {type(exc).__name__}") from exc
-        calling_ae = str(request.calling_ae_title).strip()
+            request = decode_associate_rq(self.read_exact(length))
+        except MalformedPDU as exc:
+            raise ProtocolError(f"malformed A-ASSOCIATE-RQ: {exc}") from exc
+        calling_ae = request.calling_ae_title
         self.peer = Peer(calling_ae, self.peer.address, self.peer.port)
-        items = list(request.user_information or [])
 
         refusal = None
-        if not (pdu.protocol_version & 0x01):
+        if not (request.protocol_version & 0x01):
             refusal = REJECT_PROTOCOL_VERSION
-        elif str(request.application_context_name) != APPLICATION_CONTEXT_NAME:
+        elif request.application_context != APPLICATION_CONTEXT_NAME:
             refusal = REJECT_APPLICATION_CONTEXT
         elif not self.acceptor.calling_ae_allowed(calling_ae, self.peer.address):
             refusal = REJECT_CALLING_AE
@@ -425,42 +413,16 @@ class _Association:
             self.await_close()
             return False
 
-        roles = {str(item.sop_class_uid): (item.scu_role, item.scp_role)
-                 for item in items if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
-        results, role_replies = negotiate_as_acceptor(request.presentation_context_definition_list,
-                                                      self.acceptor.contexts, roles or None)
-        self.contexts = {cx.context_id: (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
-                         for cx in results if cx.result == 0x00}
-        self.send(self.accept_pdu(request, results, role_replies,
-                                  any(isinstance(i, AsynchronousOperationsWindowNegotiation) for i in items)))
+        results = negotiate(request.contexts, self.acceptor.supported)
+        self.contexts = {cx.context_id: (cx.abstract_syntax, cx.transfer_syntax)
+                         for cx in results if cx.result == ACCEPTANCE}
+        self.send(encode_associate_ac(
+            request, results, application_context=APPLICATION_CONTEXT_NAME, max_pdu_size=self.acceptor.max_pdu_size,
+            implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
+            implementation_version=PYNETDICOM_IMPLEMENTATION_VERSION))
         if self.acceptor.on_accepted is not None:
             self.acceptor.on_accepted(self.peer)
         return True
-
-    def accept_pdu(self, request: A_ASSOCIATE, results: list[PresentationContext],
-                   role_replies: list, asynchronous_requested: bool) -> bytes:
-        accept = A_ASSOCIATE()
-        accept.application_context_name = APPLICATION_CONTEXT_NAME
-        accept.calling_ae_title = request.calling_ae_title
-        accept.called_ae_title = request.called_ae_title
-        accept.result, accept.result_source = 0x00, 0x01
-        accept.presentation_context_definition_results_list = results
-        max_length = MaximumLengthNotification()
-        max_length.maximum_length_received = self.acceptor.max_pdu_size
-        class_uid = ImplementationClassUIDNotification()
-        class_uid.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
-        version = ImplementationVersionNameNotification()
-        version.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
-        info = [max_length, class_uid, version, *role_replies]
-        if asynchronous_requested:  # we perform and invoke one operation at a time
-            window = AsynchronousOperationsWindowNegotiation()
-            window.maximum_number_operations_invoked = 1
-            window.maximum_number_operations_performed = 1
-            info.append(window)
-        accept.user_information = info
-        pdu = A_ASSOCIATE_AC()
-        pdu.from_primitive(accept)
-        return pdu.encode()
 
     def await_close(self) -> None:
         """After a rejection, give the peer a moment to read it and close (PS3.8 Sta13)."""
@@ -655,6 +617,16 @@ class _MessageAssembler:
         if comment:
             reply[TAG_ERROR_COMMENT] = _pad(comment[:64].encode("ascii", "replace"), b" ")
         self.association.send_command(context_id, reply)
+
+
+def _supported_syntaxes(contexts: Iterable[PresentationContext]) -> dict[str, tuple[str, ...]]:
+    """Abstract syntax -> transfer syntaxes in order of preference; roles are not negotiated here."""
+    supported = {}
+    for context in contexts:
+        if context.scu_role is not None or context.scp_role is not None:
+            raise ValueError(f"{context.abstract_syntax}: SCP/SCU role selection is not supported")
+        supported[str(context.abstract_syntax)] = tuple(str(ts) for ts in context.transfer_syntax)
+    return supported
 
 
 # ---- command sets and File Meta (PS3.7 E.1, PS3.10 7.1) -------------------------------------
