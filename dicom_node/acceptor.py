@@ -69,6 +69,7 @@ TAG_AFFECTED_SOP_INSTANCE = 0x00001000
 
 MAX_ASSOCIATE_RQ_BYTES = 1 << 20  # an A-ASSOCIATE-RQ is a few KB; refuse absurd lengths
 READ_CHUNK = 4 << 20  # largest single read buffer when a PDV is bigger than this
+READ_AHEAD = 1 << 16  # a PDU header read takes up to this much of what follows
 
 
 class ProtocolError(Exception):
@@ -255,8 +256,9 @@ class _Stream:
     def __init__(self, conn: socket.socket) -> None:
         self.conn = conn
         self.plain = not isinstance(conn, ssl.SSLSocket)
-        self.pending = bytearray()
-        self.start = 0
+        self.buffer = bytearray(READ_AHEAD)  # bytes received but not yet consumed: [start, end)
+        self.view = memoryview(self.buffer)
+        self.start = self.end = 0
 
     def set_timeout(self, seconds: float) -> None:
         if not self.plain:
@@ -269,22 +271,28 @@ class _Stream:
 
     def read_exact(self, size: int) -> bytes:
         """Exactly `size` bytes."""
-        while len(self.pending) - self.start < size:
+        if self.end - self.start < size:
+            if size > len(self.buffer):  # an association request or a long command: rare
+                data = bytearray(size)
+                self.read_into(memoryview(data))
+                return bytes(data)
             if self.start:
-                del self.pending[:self.start]
+                self.buffer[:self.end - self.start] = self.buffer[self.start:self.end]
+                self.end -= self.start
                 self.start = 0
-            chunk = self._call(self.conn.recv, 1 << 16)
-            if not chunk:
-                raise PeerClosed()
-            self.pending += chunk
-        data = bytes(self.pending[self.start:self.start + size])
+            while self.end < size:
+                count = self._call(self.conn.recv_into, self.view[self.end:])
+                if not count:
+                    raise PeerClosed()
+                self.end += count
+        data = bytes(self.view[self.start:self.start + size])
         self.start += size
         return data
 
     def read_into(self, view: memoryview) -> None:
         """Fill `view` exactly: what is buffered first, then straight from the socket."""
-        buffered = min(len(self.pending) - self.start, len(view))
-        view[:buffered] = self.pending[self.start:self.start + buffered]
+        buffered = min(self.end - self.start, len(view))
+        view[:buffered] = self.view[self.start:self.start + buffered]
         self.start += buffered
         filled = buffered
         while filled < len(view):
