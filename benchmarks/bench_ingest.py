@@ -1,14 +1,15 @@
 """Ingest: dcmtk storescu sending LIDC-IDRI-0002 to ldct-node, dcmtk storescp and Orthanc.
 
 Side by side in one run, alternating receivers (a different one first in each run, dirty pages
-of the previous one synced before each measurement), median of N runs, over 1 association and
-over 4 concurrent ones. The dcmtk tools run with TCP_NODELAY=1 on both sides (DCMTK 3.6.7 leaves
+of the previous one synced before each measurement), median of N runs, over 1 association,
+over 4 concurrent ones, and with one association per instance (20 instances, one storescu
+after the other: what a sender that associates for every image costs, set-up included). The dcmtk tools run with TCP_NODELAY=1 on both sides (DCMTK 3.6.7 leaves
 Nagle's algorithm on otherwise, ~50 ms per instance); each receiver in its fast configuration:
 storescp writing files (--fork for concurrent associations), Orthanc with its defaults,
 ldct-node with its shipped defaults (acknowledge after fsync of file and folder; one receiving
 process per CPU core, at most 4) and with `acknowledge_after = "write"` (acknowledge once the
-kernel has the bytes, which is what storescp and Orthanc do), so the cost of durability is
-measured rather than hidden; over 4 associations also with `receive_processes = 1`, to show
+kernel has the bytes, which is what storescp does; Orthanc 1.7.4+ syncs each file by default,
+like the node's default), so the cost of durability is measured rather than hidden; over 4 associations also with `receive_processes = 1`, to show
 what the extra receiving processes bring.
 """
 
@@ -39,9 +40,13 @@ NODE_ENV = {NODE: {}, NODE_WRITE: {"LDCT_NODE__ACKNOWLEDGE_AFTER": "write"},
             NODE_WRITE_ONE_PROCESS: {"LDCT_NODE__ACKNOWLEDGE_AFTER": "write", "LDCT_NODE__RECEIVE_PROCESSES": "1"}}
 
 
-def receivers(associations: int) -> tuple[str, ...]:
+ONE_PER_INSTANCE = "one per instance"  # some senders open an association for every image
+ONE_PER_INSTANCE_COUNT = 20
+
+
+def receivers(associations: int | str) -> tuple[str, ...]:
     """One association always lands in one process: the single-process variant only matters for several."""
-    nodes = (NODE, NODE_WRITE) if associations == 1 else (NODE, NODE_WRITE, NODE_WRITE_ONE_PROCESS)
+    nodes = {1: (NODE, NODE_WRITE), ONE_PER_INSTANCE: (NODE,)}.get(associations, (NODE, NODE_WRITE, NODE_WRITE_ONE_PROCESS))
     return (*nodes, "storescp", "orthanc")
 
 
@@ -64,8 +69,14 @@ class StoreSCP:
         self.process.wait(10)
 
 
-def send(port: int, called: str, files: list[Path], associations: int) -> float:
-    """Seconds for storescu to send all files over `associations` concurrent associations."""
+def send(port: int, called: str, files: list[Path], associations: int | str) -> float:
+    """Seconds for storescu to send all files over `associations` concurrent associations, or
+    (ONE_PER_INSTANCE) one after the other, each file in an association of its own."""
+    if associations == ONE_PER_INSTANCE:
+        start = time.perf_counter()
+        for file in files:
+            send(port, called, [file], 1)
+        return time.perf_counter() - start
     groups = [files[i::associations] for i in range(associations)]
 
     def one(group):
@@ -89,7 +100,8 @@ def main(argv=None) -> dict:
     results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for associations in (1, 4):
+        for associations in (1, 4, ONE_PER_INSTANCE):
+            sent = files[:ONE_PER_INSTANCE_COUNT] if associations == ONE_PER_INSTANCE else files
             for run in range(args.runs):
                 names = receivers(associations)
                 for index, name in enumerate(names[run % len(names):] + names[:run % len(names)]):
@@ -106,7 +118,7 @@ def main(argv=None) -> dict:
                         port, called = peer.dicom_port, peer.aet
                     try:
                         os.sync()
-                        seconds = send(port, called, files, associations)
+                        seconds = send(port, called, sent, associations)
                     finally:
                         peer.stop()
                         shutil.rmtree(workdir, ignore_errors=True)
@@ -114,8 +126,9 @@ def main(argv=None) -> dict:
                     print(f"{associations} assoc, run {run + 1}: {name} {seconds:.2f} s", file=sys.stderr)
     table = {}
     for assoc, by_name in results.items():
+        count = ONE_PER_INSTANCE_COUNT if assoc == ONE_PER_INSTANCE else len(files)
         medians = {name: statistics.median(times) for name, times in by_name.items()}
-        table[assoc] = {name: {"median_s": round(m, 3), "instances_per_s": round(len(files) / m, 1)}
+        table[assoc] = {name: {"median_s": round(m, 3), "instances_per_s": round(count / m, 1)}
                         for name, m in medians.items()}
         # speed ratios (instances/s of a node configuration over a peer's): > 1 means the node is faster
         table[assoc]["ratios"] = {f"{node} / {peer}": round(medians[peer] / medians[node], 2)

@@ -52,7 +52,8 @@ class NodeSettings(_Section):
     acknowledge_after: Literal["disk", "write"] = Field(
         "disk",
         description="disk: answer C-STORE success once the file and its folder are fsynced (survives a power "
-                    "cut); write: once the kernel has the bytes, as storescp and Orthanc do (faster; a power cut "
+                    "cut; Orthanc also syncs each file by default); write: once the kernel has the bytes, as "
+                    "dcmtk's storescp does (faster; a power cut "
                     "can lose instances acknowledged in the last seconds)",
     )
     receive_processes: int = Field(

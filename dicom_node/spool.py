@@ -8,7 +8,7 @@ file and a crash leaves at most a stray temporary file (cleaned at start).
 Durability (`durable=True`, the default): the file and then its folder (and any folder
 created for it) are fsynced before `store` returns, so an acknowledged instance survives a
 power cut, not only a process crash. `durable=False` returns once the kernel has the bytes,
-as dcmtk's storescp and Orthanc do: several times faster on slow-to-sync disks, but
+as dcmtk's storescp does (Orthanc syncs each file by default, `SyncStorageArea`): faster, but
 instances acknowledged in the last seconds before a power cut or kernel crash can be lost.
 
 The spool may be shared (a receiving host and GPU worker hosts mount the same path), so a
