@@ -131,14 +131,16 @@ class Acceptor:
     "cannot understand" and the server goes on. `calling_ae_allowed(title, address)`
     decides who may associate; refused callers get A-ASSOCIATE-RJ "calling AE title not
     recognised" and `on_rejected(peer)` is told. `max_pdu_size` 0 announces no limit.
-    `hand_off(conn)`, when set, may pass a newly accepted connection to another process
-    (returning True); `on_closed()` is told whenever a connection served here has ended.
+    `hand_off(conn)` may pass a newly accepted connection to another process (returning True);
+    `on_closed()` is told whenever a connection served here has ended.
     """
 
     def __init__(self, *, contexts: Iterable[PresentationContext], on_store: StoreHandler,
                  calling_ae_allowed: Callable[[str, str], bool] = lambda title, address: True,
                  on_accepted: Callable[[Peer], None] | None = None,
                  on_rejected: Callable[[Peer], None] | None = None,
+                 hand_off: Callable[[socket.socket], bool] | None = None,
+                 on_closed: Callable[[], None] | None = None,
                  max_pdu_size: int = 0, max_associations: int = 16, network_timeout: float = 60,
                  acse_timeout: float = 30, max_dataset_bytes: int = 4 << 30,
                  ssl_context: ssl.SSLContext | None = None) -> None:
@@ -153,8 +155,8 @@ class Acceptor:
         self.acse_timeout = acse_timeout
         self.max_dataset_bytes = max_dataset_bytes
         self.ssl_context = ssl_context
-        self.hand_off: Callable[[socket.socket], bool] | None = None
-        self.on_closed: Callable[[], None] | None = None
+        self.hand_off = hand_off
+        self.on_closed = on_closed
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()

@@ -56,7 +56,8 @@ class Node:
                             max_pdu_size=settings.node.max_pdu_size,
                             on_stored=self._on_instance_stored,
                             allowed_peers=allowed_peers(settings), ssl_context=scp_context(settings),
-                            on_rejected=self._on_association_rejected) if receive else None
+                            on_rejected=self._on_association_rejected,
+                            hand_off=self._hand_off_to_receiver) if receive else None
         count = settings.node.workers if workers is None else workers
         self.workers = [Worker(settings, self.store, engine=engine, name=f"{_identity()}-{i}",
                                on_done=self._on_job_done)
@@ -85,7 +86,6 @@ class Node:
                                               on_stored=self._on_instance_stored,
                                               on_rejected=self._on_association_rejected)
                 self.receivers.start()
-                self.scp.acceptor.hand_off = self.receivers.hand_off
             try:
                 self.scp.start(address, port)
             except OSError:
@@ -128,6 +128,10 @@ class Node:
         self.store.audit("association_rejected", calling_ae=calling_ae, peer=peer)
 
     # ---- sweeps ----------------------------------------------------------------------
+    def _hand_off_to_receiver(self, conn) -> bool:
+        """A new association goes to the least busy receiving process (False: serve it here)."""
+        return self.receivers is not None and self.receivers.hand_off(conn)
+
     def _on_instance_stored(self, peer: Peer, header: InstanceHeader) -> None:
         """Every instance stored, here or by a receiver process: the one tracker lives here."""
         series_uid = header.series_uid

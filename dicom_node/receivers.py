@@ -64,7 +64,8 @@ class ReceiverPool:
     """Starts, feeds, watches and stops the extra receiver processes of one node.
 
     `local_associations()` says how many associations the node serves itself; `hand_off` is
-    the node acceptor's hook that picks the least busy process for a new connection.
+    what the node's acceptor calls (through `Node._hand_off_to_receiver`) to give a new
+    connection to the least busy process.
     """
 
     def __init__(self, settings: Settings, count: int, *, spool: Spool, local_associations: Callable[[], int],
@@ -226,8 +227,8 @@ def run_receiver(settings: Settings, connection: Connection, sockets: Connection
     scp = StoreSCP(ae_title=node.ae_title, spool=make_spool(settings),
                    allowed_calling_ae_titles=node.allowed_calling_ae_titles, max_pdu_size=node.max_pdu_size,
                    on_stored=stored, allowed_peers=allowed_peers(settings), ssl_context=scp_context(settings),
-                   on_rejected=lambda ae_title, address: report("rejected", ae_title, address))
-    scp.acceptor.on_closed = lambda: report("closed")
+                   on_rejected=lambda ae_title, address: report("rejected", ae_title, address),
+                   on_closed=lambda: report("closed"))
     threading.Thread(target=_serve_handed_sockets, args=(scp, sockets), name="receiver-sockets", daemon=True).start()
     report("ready")
     log.info("receiver ready", pid=os.getpid())

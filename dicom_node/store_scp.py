@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import ssl
 import struct
 import warnings
@@ -225,12 +226,15 @@ class StoreSCP:
                  on_stored: Callable[[Peer, InstanceHeader], None] | None = None,
                  allowed_peers: Mapping[str, Sequence[str]] | None = None,
                  ssl_context: ssl.SSLContext | None = None,
-                 on_rejected: Callable[[str, str], None] | None = None) -> None:
+                 on_rejected: Callable[[str, str], None] | None = None,
+                 hand_off: Callable[[socket.socket], bool] | None = None,
+                 on_closed: Callable[[], None] | None = None) -> None:
         """`tracker`: touched for every instance stored (None: a receiver process reports instead).
         `on_stored(peer, header)`: told about every instance stored.
         `allowed_peers`: calling AE title -> source addresses/networks it may call from.
         `ssl_context`: serve DICOM TLS only (see dicom_node.tls.server_context).
-        `on_rejected(calling_ae, peer_address)`: told about every refused association."""
+        `on_rejected(calling_ae, peer_address)`: told about every refused association.
+        `hand_off`, `on_closed`: see `Acceptor` (used by the node's receiver processes)."""
         self.spool = spool
         self.tracker = tracker
         self.policy = CallerPolicy(allowed_calling_ae_titles or [], allowed_peers)
@@ -243,7 +247,8 @@ class StoreSCP:
                      for sop_class in (CTImageStorage, EnhancedCTImageStorage)]
         self.acceptor = Acceptor(contexts=contexts, on_store=self._handle_store,
                                  calling_ae_allowed=self.policy.allows, on_accepted=self._handle_accepted,
-                                 on_rejected=self._handle_rejected, max_pdu_size=max_pdu_size,
+                                 on_rejected=self._handle_rejected, hand_off=hand_off, on_closed=on_closed,
+                                 max_pdu_size=max_pdu_size,
                                  max_associations=16, network_timeout=60, acse_timeout=30,
                                  ssl_context=ssl_context)
         self.port: int | None = None

@@ -28,13 +28,13 @@ def test_default_count_is_one_per_core_at_most_four():
 def test_associations_go_to_the_least_busy_process_in_turn(tmp_path):
     settings = load_settings(environ={"LDCT_NODE__DATA_DIR": str(tmp_path), "LDCT_NODE__BIND_ADDRESS": "127.0.0.1"})
     spool = Spool(tmp_path / "spool")
-    scp = StoreSCP(ae_title="LDCTNODE", spool=spool)
+    served = []
+    scp = StoreSCP(ae_title="LDCTNODE", spool=spool,
+                   hand_off=lambda conn: served.append(pool.hand_off(conn)) or served[-1])
     pool = ReceiverPool(settings, 2, spool=spool, local_associations=lambda: scp.acceptor.active_associations,
                         on_stored=lambda peer, header: None, on_rejected=lambda title, address: None)
     pool.start()
-    served = []
     try:
-        scp.acceptor.hand_off = lambda conn: served.append(pool.hand_off(conn)) or served[-1]
         scp.start("127.0.0.1", 0)
         ae = AE(ae_title="SCANNER")
         ae.add_requested_context(Verification)
