@@ -228,6 +228,8 @@ def health(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption,
         checks.append(("store scp", True, f"C-ECHO {settings.node.ae_title}@{host}:{settings.node.port} answered"))
     except SendError as exc:
         checks.append(("store scp", False, str(exc)))
+    if settings.metrics.port:
+        checks.append(_receivers_check(settings))
     if destinations:
         for d in settings.destinations:
             try:
@@ -244,6 +246,28 @@ def health(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption,
             console.print(f"{'[green]ok[/green]' if ok else '[red]FAIL[/red]'}  {name}: {detail}", highlight=False)
     if not healthy:
         raise typer.Exit(1)
+
+
+def _receivers_check(settings) -> tuple[str, bool, str]:
+    """Receiving processes up and restarts so far, read from the node's metrics endpoint."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from dicom_node.receivers import receive_process_count
+
+    host = "127.0.0.1" if settings.metrics.bind_address in ("0.0.0.0", "") else settings.metrics.bind_address
+    url = f"http://{host}:{settings.metrics.port}/metrics"
+    try:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    except OSError as exc:
+        return "receiving processes", False, f"metrics endpoint {url} not answering: {exc}"
+    values = {sample.name: sample.value for family in text_string_to_metric_families(text)
+              for sample in family.samples}
+    expected = receive_process_count(settings.node.receive_processes)
+    up, restarts = int(values.get("ldct_receive_processes", 0)), int(values.get("ldct_receiver_restarts_total", 0))
+    return ("receiving processes", up == expected,
+            f"{up} of {expected} up, {restarts} restarted since the node started")
 
 
 @app.command()

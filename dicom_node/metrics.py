@@ -9,13 +9,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
 INSTANCES_RECEIVED = Counter("ldct_instances_received_total", "Instances stored in the spool")
 SERIES_DECIDED = Counter("ldct_series_decided_total", "Completeness decisions", ["outcome"])
 JOBS_FINISHED = Counter("ldct_jobs_finished_total", "Jobs finished, by resulting state", ["state"])
 RECEIVER_RESTARTS = Counter("ldct_receiver_restarts_total", "Receiver processes that died and were restarted")
+RECEIVE_PROCESSES = Gauge("ldct_receive_processes", "Processes serving DICOM associations now, the node included")
 DISPATCH_ATTEMPTS = Counter("ldct_dispatch_attempts_total", "C-STORE dispatch attempts", ["result"])
 JOB_SECONDS = Histogram("ldct_job_duration_seconds", "Wall time of one job (load to results written)",
                         buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600))

@@ -103,6 +103,8 @@ class Node:
                                max_instances=1, coalesce=True)
         self.scheduler.start()
         if self.metrics is not None:
+            metrics.RECEIVE_PROCESSES.set_function(
+                lambda: (1 + (self.receivers.alive() if self.receivers is not None else 0)) if self.receive else 0)
             self.metrics.start()
         for worker in self.workers:
             worker.start()

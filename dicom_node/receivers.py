@@ -121,6 +121,11 @@ class ReceiverPool:
     def pids(self) -> list[int]:
         return [r.process.pid for r in self._receivers.values()]
 
+    def alive(self) -> int:
+        """Receiver processes running now (a dead one is replaced about a second later)."""
+        with self._lock:
+            return sum(r.process.is_alive() for r in self._receivers.values())
+
     def hand_off(self, conn: socket.socket) -> bool:
         """Pass `conn` to the least busy receiver; False: the node serves it itself."""
         with self._lock:

@@ -135,7 +135,8 @@ class NodeProcess:
 
     def cli(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "dicom_node", *args, "--config", str(self.config)],
-                              capture_output=True, text=True, timeout=timeout, check=check, cwd=REPO)
+                              capture_output=True, text=True, timeout=timeout, check=check, cwd=REPO,
+                              env={**os.environ, **self.env})  # the admin's environment is the node's
 
     def start(self) -> "NodeProcess":
         log = open(self.log_path, "ab")

@@ -85,7 +85,12 @@ def test_concurrent_associations_use_both_processes_and_a_killed_receiver_is_rep
     assert replacement != receiver
     scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
     assert "ldct_receiver_restarts_total 1.0" in scraped
+    assert "ldct_receive_processes 2.0" in scraped
     assert "ldct_instances_received_total 120.0" in scraped  # counted by the node for both processes
+    health = node.cli("health", "--json", check=False)
+    [receiving] = [c for c in json.loads(health.stdout)["checks"] if c["check"] == "receiving processes"]
+    assert receiving == {"check": "receiving processes", "ok": True,
+                         "detail": "2 of 2 up, 1 restarted since the node started"}, health.stdout
     assert storescu(node.port, folders[4]).returncode == 0
     jobs = wait_done_and_sent(node, 5)
     assert sorted(j["instances"] for j in jobs) == [30] * 5

@@ -57,3 +57,12 @@ def test_associations_go_to_the_least_busy_process_in_turn(tmp_path):
         scp.stop()
         pool.stop()
     assert pool.pids == []
+
+
+def test_health_receivers_check_fails_when_the_metrics_endpoint_is_silent(tmp_path):
+    from dicom_node.cli import _receivers_check
+    from tests.integration.peers import free_port
+
+    settings = load_settings(environ={"LDCT_NODE__DATA_DIR": str(tmp_path), "LDCT_METRICS__PORT": str(free_port())})
+    name, ok, detail = _receivers_check(settings)
+    assert (name, ok) == ("receiving processes", False) and "not answering" in detail
