@@ -274,6 +274,13 @@ def test_pdv_longer_than_its_pdu_is_aborted(server):
     assert pdu_types(answer) == [0x02, 0x07] and abort_reason(answer) == 0x06
 
 
+def test_malformed_associate_request_is_aborted_and_the_server_goes_on(server):
+    _, port = server
+    answer = raw_session(port, associate_rq_pdu(contexts=((2, CTImageStorage),)))  # context IDs are odd
+    assert pdu_types(answer) == [0x07] and abort_reason(answer) == 0x06  # invalid parameter value
+    assert pdu_types(raw_session(port, associate_rq_pdu())) == [0x02]
+
+
 def test_huge_associate_request_length_is_refused_without_reading_it(server):
     _, port = server
     answer = raw_session(port, struct.pack(">BBI", 1, 0, 0x7FFFFFFF))
