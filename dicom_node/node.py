@@ -190,6 +190,8 @@ class Node:
         self.store.audit("series_complete", series_uid=series_uid, job_id=job_id, calling_ae=calling_ae,
                          instances=len(decision.instance_uids))
         bound.info("series complete: job queued", job_id=job_id)
+        for worker in self.workers:  # those on other hosts find it at their next poll
+            worker.wake()
 
     def reap_leases(self) -> None:
         released = self.store.requeue_expired_leases(self.settings.jobs.max_attempts)

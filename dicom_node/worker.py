@@ -40,6 +40,7 @@ class Worker:
         self.poll_seconds = poll_seconds
         self._engine = engine
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set when a job was queued in this process
         self._thread: threading.Thread | None = None
         self.on_done = on_done  # called with the job id after a successful completion
 
@@ -53,21 +54,36 @@ class Worker:
         self._thread = threading.Thread(target=self.run_forever, name=f"worker-{self.name}", daemon=True)
         self._thread.start()
 
+    def wake(self) -> None:
+        """Look for a job now rather than at the next poll (the node queued one)."""
+        self._wake.set()
+
     def stop(self, timeout: float = 30) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
     def run_forever(self) -> None:
         log.info("worker started", worker=self.name)
+        self._load_engine()
         while not self._stop.is_set():
             try:
                 self.store.worker_heartbeat(self.name, None)
                 if not self.run_once():
-                    self._stop.wait(self.poll_seconds)
+                    self._wake.wait(self.poll_seconds)
+                    self._wake.clear()
             except Exception:  # noqa: BLE001 - a database hiccup must not kill the worker
                 log.exception("worker loop error", worker=self.name)
                 self._stop.wait(5)
+
+    def _load_engine(self) -> None:
+        """Load the model before the first job: its second is not a patient's, and broken
+        weights show in the log at start rather than at the first series."""
+        try:
+            self.engine
+        except Exception as exc:  # noqa: BLE001 - each job retries the load and records the error
+            log.error("inference engine failed to load", worker=self.name, error=f"{type(exc).__name__}: {exc}")
 
     def run_once(self) -> bool:
         """Claim and process one job; False when the queue was empty."""
