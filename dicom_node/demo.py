@@ -68,9 +68,29 @@ def write_demo_series(folder: Path):
     return files, quantify(phantom.labels, phantom.voxel_volume_ml)
 
 
+DEMO_MARKER = ".ldct-demo"  # marks a folder the demo made: only such a folder is reset
+
+
+def prepare_workdir(workdir: Path) -> None:
+    """Start each run from an empty job store and PACS inbox (the sample series is kept).
+
+    Otherwise a rerun re-sends the same instances, the node rightly ignores them as an identical
+    re-send, and the demo would show the previous run's result (another engine's, even). Refuses
+    a non-empty folder the demo did not make, so that it never deletes a real node's data.
+    """
+    made_by_demo = (workdir / DEMO_MARKER).exists() or (workdir / "sample-series-truth.json").exists()
+    if workdir.exists() and any(workdir.iterdir()) and not made_by_demo:
+        raise RuntimeError(f"{workdir} is not empty and was not made by the demo; choose another --workdir")
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / DEMO_MARKER).touch()
+    for folder in ("data", "pacs-inbox"):
+        shutil.rmtree(workdir / folder, ignore_errors=True)
+
+
 def run_demo(workdir: Path, *, port: int = 0, engine: str | None = None, console=None,
              timeout: float = 600) -> dict:
     workdir = Path(workdir).resolve()
+    prepare_workdir(workdir)
     series_dir = workdir / "sample-series"
     truth_file = workdir / "sample-series-truth.json"
     if not truth_file.exists():
