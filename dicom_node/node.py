@@ -126,10 +126,10 @@ class Node:
         self.store.close()
         log.info("node stopped")
 
+    # ---- receiving ---------------------------------------------------------------------
     def _on_association_rejected(self, calling_ae: str, peer: str) -> None:
         self.store.audit("association_rejected", calling_ae=calling_ae, peer=peer)
 
-    # ---- sweeps ----------------------------------------------------------------------
     def _hand_off_to_receiver(self, conn) -> bool:
         """A new association goes to the least busy receiving process (False: serve it here)."""
         return self.receivers is not None and self.receivers.hand_off(conn)
@@ -155,6 +155,7 @@ class Node:
                 self.tracker.touch(study_uid, series_uid, "")
                 log.info("resuming undecided series", series_uid=series_uid, instances=len(uids))
 
+    # ---- sweeps ----------------------------------------------------------------------
     def sweep_completeness(self) -> None:
         for activity in self.tracker.pop_idle(self.settings.series.idle_seconds):
             try:
