@@ -503,7 +503,7 @@ def print_summary(summary: dict) -> None:
 def demo(workdir: Path = typer.Option(Path("ldct-demo"), help="Folder for the demo's data, PACS inbox and config."),
          port: int = typer.Option(0, help="Node port (0: a free one)."),
          engine: Optional[str] = typer.Option(None, help="cnn or threshold (default: cnn).")) -> None:
-    """Push a synthetic low-dose chest CT through a running node end to end and print the result."""
+    """Push a synthetic low-dose chest CT through a node it starts, end to end, and print the result."""
     from dicom_node.demo import run_demo
 
     configure_logging("console", "warning")
