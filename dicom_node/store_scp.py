@@ -1,6 +1,6 @@
 """The Store SCP: Verification and CT storage over DICOM, answering once the bytes are stored.
 
-The network side is `dicom_node.acceptor` (a fast upper layer on pynetdicom's negotiation).
+The network side is `dicom_node.acceptor` (our upper layer; `dicom_node.acse` negotiates).
 The bytes written are exactly those received, File Meta prepended, whatever the transfer
 syntax, streamed to a temporary spool file as they arrive; "stored" means fsynced by default
 (see `Spool`). Before the file is moved into its series folder, the header is read (never
