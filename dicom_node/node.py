@@ -64,6 +64,7 @@ class Node:
                         for i in range(count)]
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._dispatch_lock = threading.Lock()
+        self._decide_lock = threading.Lock()  # a series is resumed or decided, never both at once
         self._series_seen: set[str] = set()
         self.metrics = (metrics.MetricsEndpoint(self.store, self.data_dir, settings.metrics.bind_address,
                                                 settings.metrics.port) if settings.metrics.port else None)
@@ -84,7 +85,8 @@ class Node:
                 self.receivers = ReceiverPool(self.settings, extra_receivers, spool=self.spool,
                                               local_associations=lambda: self.scp.acceptor.active_associations,
                                               on_stored=self._on_instance_stored,
-                                              on_rejected=self._on_association_rejected)
+                                              on_rejected=self._on_association_rejected,
+                                              on_lost=self._resume_undecided_series)
                 self.receivers.start()
             try:
                 self.scp.start(address, port)
@@ -144,24 +146,30 @@ class Node:
             self.store.audit("receiving", series_uid=series_uid, calling_ae=peer.ae_title, peer=peer.address)
 
     def _resume_undecided_series(self) -> None:
-        """Series spooled before a crash but never decided on are swept again.
+        """Series spooled but never decided on and not being received are swept again: at
+        start (after a crash) and after a receiver process died (it may have stored an
+        instance it never reported, the only one of its series).
 
-        Each gets a full idle window from the restart: a sender whose association the crash
-        cut re-sends, and the series is decided once, complete, instead of twice.
+        Each gets a full idle window from now: a sender whose association the crash cut
+        re-sends, and the series is decided once, complete, instead of twice.
         """
-        for study_uid, series_uid, folder in self.spool.series_dirs():
-            uids = [p.stem for p in self.spool.instance_files(folder)]
-            if uids and not self.store.known_instance_set(series_uid, instance_set_hash(uids)):
-                self.tracker.touch(study_uid, series_uid, "")
-                log.info("resuming undecided series", series_uid=series_uid, instances=len(uids))
+        with self._decide_lock:
+            for study_uid, series_uid, folder in self.spool.series_dirs():
+                if self.tracker.is_active(series_uid):
+                    continue
+                uids = [p.stem for p in self.spool.instance_files(folder)]
+                if uids and not self.store.known_instance_set(series_uid, instance_set_hash(uids)):
+                    self.tracker.touch(study_uid, series_uid, "")
+                    log.info("resuming undecided series", series_uid=series_uid, instances=len(uids))
 
     # ---- sweeps ----------------------------------------------------------------------
     def sweep_completeness(self) -> None:
-        for activity in self.tracker.pop_idle(self.settings.series.idle_seconds):
-            try:
-                self.decide_series(activity.study_uid, activity.series_uid, activity.calling_ae)
-            except Exception:  # noqa: BLE001 - one bad series must not stop the sweep
-                log.exception("completeness check failed", series_uid=activity.series_uid)
+        with self._decide_lock:
+            for activity in self.tracker.pop_idle(self.settings.series.idle_seconds):
+                try:
+                    self.decide_series(activity.study_uid, activity.series_uid, activity.calling_ae)
+                except Exception:  # noqa: BLE001 - one bad series must not stop the sweep
+                    log.exception("completeness check failed", series_uid=activity.series_uid)
 
     def decide_series(self, study_uid: str, series_uid: str, calling_ae: str) -> None:
         self._series_seen.discard(series_uid)

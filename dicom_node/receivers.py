@@ -69,10 +69,13 @@ class ReceiverPool:
     """
 
     def __init__(self, settings: Settings, count: int, *, spool: Spool, local_associations: Callable[[], int],
-                 on_stored: StoredCallback, on_rejected: RejectedCallback) -> None:
+                 on_stored: StoredCallback, on_rejected: RejectedCallback,
+                 on_lost: Callable[[], None] | None = None) -> None:
+        """`on_lost()`: called (in the reports thread) after a receiver died and its partial
+        files were removed: it may have stored instances it never reported."""
         self.settings, self.count, self.spool = settings, count, spool
         self.local_associations = local_associations
-        self.on_stored, self.on_rejected = on_stored, on_rejected
+        self.on_stored, self.on_rejected, self.on_lost = on_stored, on_rejected, on_lost
         self._context = multiprocessing.get_context("spawn")
         self._receivers: dict[Connection, _Receiver] = {}  # by their reports pipe
         self._lock = threading.Lock()
@@ -180,8 +183,8 @@ class ReceiverPool:
     def _apply(self, receiver: _Receiver, report: tuple) -> None:
         kind = report[0]
         if kind == "stored":
-            _, ae_title, address, port, study_uid, series_uid, sop_uid = report
-            self.on_stored(Peer(ae_title, address, port), InstanceHeader("", sop_uid, study_uid, series_uid))
+            _, ae_title, address, port, *uids = report
+            self.on_stored(Peer(ae_title, address, port), InstanceHeader(*uids))
         elif kind == "closed":
             with self._lock:
                 receiver.associations = max(0, receiver.associations - 1)
@@ -204,6 +207,11 @@ class ReceiverPool:
         removed = self.spool.clean_temporary()  # its partial files were never acknowledged
         if removed:
             log.warning("removed partial files of the dead receiver", count=removed)
+        if self.on_lost is not None:
+            try:
+                self.on_lost()
+            except Exception:  # noqa: BLE001 - the replacement must still start
+                log.exception("recovering after the dead receiver failed")
         self._respawn_at.append(time.monotonic() + RESTART_DELAY_SECONDS)  # not at once: no tight crash loop
 
 
@@ -225,8 +233,8 @@ def run_receiver(settings: Settings, connection: Connection, sockets: Connection
             connection.send(message)
 
     def stored(peer: Peer, header: InstanceHeader) -> None:
-        report("stored", peer.ae_title, peer.address, peer.port, header.study_uid, header.series_uid,
-               header.sop_instance_uid)
+        report("stored", peer.ae_title, peer.address, peer.port, header.sop_class_uid, header.sop_instance_uid,
+               header.study_uid, header.series_uid)
 
     node = settings.node
     scp = StoreSCP(ae_title=node.ae_title, spool=make_spool(settings),

@@ -2,7 +2,8 @@
 
 Concurrent associations spread over the node and its receiver process; every instance of
 every series is stored once and every series processed once and sent to Orthanc; a receiver
-killed with SIGKILL is replaced and receiving goes on; stopping the node leaves no receiver
+killed with SIGKILL is replaced, receiving goes on, and a series it stored but never reported
+is still processed; stopping the node leaves no receiver
 behind; a second node on a port already in use refuses to start with a clear message.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import threading
 import time
 import urllib.request
 
+import pydicom
 import pytest
 
 from tests.integration.peers import REPO, free_port, storescu, tool_env, wait_until
@@ -53,7 +56,7 @@ def pid_alive(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_concurrent_associations_use_both_processes_and_a_killed_receiver_is_replaced(orthanc, make_node, tmp_path):
-    folders = [tmp_path / f"series{seed}" for seed in range(5)]
+    folders = [tmp_path / f"series{seed}" for seed in range(6)]
     for seed, folder in enumerate(folders):
         make_series(folder, shape=(30, 64, 64), seed=200 + seed)
     metrics_port = free_port()
@@ -78,9 +81,12 @@ def test_concurrent_associations_use_both_processes_and_a_killed_receiver_is_rep
     assert len(spooled_files(node)) == 4 * 30
     wait_done_and_sent(node, 4)
 
+    place_in_spool_unreported(node, folders[5])  # stored by the receiver, which died before reporting
     os.kill(receiver, signal.SIGKILL)
     wait_until(lambda: log_events(node, "receiver process restarted and ready"), 60,
                what="the receiver to be replaced")
+    assert [e["series_uid"] for e in log_events(node, "resuming undecided series")] == [series_uid_of(folders[5])]
+    wait_done_and_sent(node, 5)
     [replacement] = receiver_pids(node)
     assert replacement != receiver
     scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
@@ -92,11 +98,24 @@ def test_concurrent_associations_use_both_processes_and_a_killed_receiver_is_rep
     assert receiving == {"check": "receiving processes", "ok": True,
                          "detail": "2 of 2 up, 1 restarted since the node started"}, health.stdout
     assert storescu(node.port, folders[4]).returncode == 0
-    jobs = wait_done_and_sent(node, 5)
-    assert sorted(j["instances"] for j in jobs) == [30] * 5
-    assert pacs_counts(orthanc) == (5, 5)
+    jobs = wait_done_and_sent(node, 6)
+    assert sorted(j["instances"] for j in jobs) == [30] * 6
+    assert pacs_counts(orthanc) == (6, 6)
     node.stop()
     wait_until(lambda: not pid_alive(replacement), 10, what="the receiver to exit with the node")
+
+
+def series_uid_of(folder) -> str:
+    return pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True).SeriesInstanceUID
+
+
+def place_in_spool_unreported(node, folder) -> None:
+    """Put a series where a receiver stores instances, without the node hearing of it."""
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        target = node.data_dir / "spool" / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
 
 
 @pytest.mark.slow

@@ -7,16 +7,19 @@ tests/integration/test_receivers.py.
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import time
 
+import pydicom
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import CTImageStorage, Verification
 
 from config.settings import load_settings
 from dicom_node.receivers import ReceiverPool, receive_process_count
 from dicom_node.spool import Spool
-from dicom_node.store_scp import StoreSCP
+from dicom_node.store_scp import InstanceHeader, StoreSCP
+from inference.synthetic import generate_phantom, write_series
 
 
 def test_default_count_is_one_per_core_at_most_four():
@@ -66,3 +69,29 @@ def test_health_receivers_check_fails_when_the_metrics_endpoint_is_silent(tmp_pa
     settings = load_settings(environ={"LDCT_NODE__DATA_DIR": str(tmp_path), "LDCT_METRICS__PORT": str(free_port())})
     name, ok, detail = _receivers_check(settings)
     assert (name, ok) == ("receiving processes", False) and "not answering" in detail
+
+
+def test_a_receiver_reports_every_stored_instance_with_its_uids(tmp_path):
+    settings = load_settings(environ={"LDCT_NODE__DATA_DIR": str(tmp_path), "LDCT_NODE__BIND_ADDRESS": "127.0.0.1",
+                                      "LDCT_NODE__ACKNOWLEDGE_AFTER": "write"})
+    path = write_series(generate_phantom(shape=(8, 32, 32), seed=3), tmp_path / "ct")[0]
+    ds = pydicom.dcmread(path)
+    spool = Spool(tmp_path / "spool")
+    reports = queue.Queue()
+    scp = StoreSCP(ae_title="LDCTNODE", spool=spool, hand_off=lambda conn: pool.hand_off(conn))
+    pool = ReceiverPool(settings, 1, spool=spool, local_associations=lambda: 99,  # the node is "busy"
+                        on_stored=lambda peer, header: reports.put((peer.ae_title, header)),
+                        on_rejected=lambda title, address: None)
+    pool.start()
+    try:
+        scp.start("127.0.0.1", 0)
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="LDCTNODE")
+        assert assoc.is_established and assoc.send_c_store(ds).Status == 0
+        assoc.release()
+        assert reports.get(timeout=10) == ("SCANNER", InstanceHeader(
+            CTImageStorage, ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID))
+    finally:
+        scp.stop()
+        pool.stop()
