@@ -156,8 +156,10 @@ def test_calling_ae_policy_rejects_and_reports(ct_dataset):
     acceptor, port = serve(Recorder(), calling_ae_allowed=lambda title, address: title == "CT1",
                            on_rejected=rejected.append)
     try:
+        started = time.monotonic()
         assoc = requestor(calling="STRANGER").associate("127.0.0.1", port)
-        assert assoc.is_rejected
+        assert assoc.is_rejected, (f"established {assoc.is_established}, aborted {assoc.is_aborted}, "
+                                   f"{time.monotonic() - started:.1f} s, reported {rejected}")
         assert rejected[0].ae_title == "STRANGER" and rejected[0].address == "127.0.0.1"
         assert requestor(calling="CT1").associate("127.0.0.1", port).is_established
     finally:
