@@ -86,7 +86,7 @@ class Node:
                                               local_associations=lambda: self.scp.acceptor.active_associations,
                                               on_stored=self._on_instance_stored,
                                               on_rejected=self._on_association_rejected,
-                                              on_lost=self._resume_undecided_series)
+                                              on_lost=self._resume_undecided_series_soon)
                 self.receivers.start()
             try:
                 self.scp.start(address, port)
@@ -144,6 +144,11 @@ class Node:
         if series_uid not in self._series_seen:
             self._series_seen.add(series_uid)
             self.store.audit("receiving", series_uid=series_uid, calling_ae=peer.ae_title, peer=peer.address)
+
+    def _resume_undecided_series_soon(self) -> None:
+        """`_resume_undecided_series` in the scheduler's threads: the spool scan must not hold
+        up the receivers' reports."""
+        self.scheduler.add_job(self._resume_undecided_series, id="resume", replace_existing=True)
 
     def _resume_undecided_series(self) -> None:
         """Series spooled but never decided on and not being received are swept again: at
