@@ -19,6 +19,7 @@ never removes a file that a live receiver is writing.
 
 from __future__ import annotations
 
+import filecmp
 import os
 import re
 import shutil
@@ -174,13 +175,7 @@ class IncomingFile:
     def replaces_different(self, final: Path) -> bool:
         """True when `final` already holds other bytes than these (a changed re-send)."""
         try:
-            if final.stat().st_size != self.size:
-                return True
-            with open(final, "rb") as stored, open(self.path, "rb") as received:
-                while chunk := stored.read(1 << 20):
-                    if chunk != received.read(len(chunk)):
-                        return True
-            return False
+            return final.stat().st_size != self.size or not filecmp.cmp(final, self.path, shallow=False)
         except FileNotFoundError:
             return False
 
