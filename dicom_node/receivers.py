@@ -20,6 +20,7 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import astuple
 from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import recv_handle, send_handle
 from typing import Callable
@@ -233,8 +234,7 @@ def run_receiver(settings: Settings, connection: Connection, sockets: Connection
             connection.send(message)
 
     def stored(peer: Peer, header: InstanceHeader) -> None:
-        report("stored", peer.ae_title, peer.address, peer.port, header.sop_class_uid, header.sop_instance_uid,
-               header.study_uid, header.series_uid)
+        report("stored", peer.ae_title, peer.address, peer.port, *astuple(header))
 
     node = settings.node
     scp = StoreSCP(ae_title=node.ae_title, spool=make_spool(settings),
