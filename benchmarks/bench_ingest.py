@@ -3,14 +3,16 @@
 Side by side in one run, alternating receivers (a different one first in each run, dirty pages
 of the previous one synced before each measurement), median of N runs, over 1 association,
 over 4 concurrent ones, and with one association per instance (20 instances, one storescu
-after the other: what a sender that associates for every image costs, set-up included). The dcmtk tools run with TCP_NODELAY=1 on both sides (DCMTK 3.6.7 leaves
-Nagle's algorithm on otherwise, ~50 ms per instance); each receiver in its fast configuration:
-storescp writing files (--fork for concurrent associations), Orthanc with its defaults,
-ldct-node with its shipped defaults (acknowledge after fsync of file and folder; one receiving
-process per CPU core, at most 4) and with `acknowledge_after = "write"` (acknowledge once the
-kernel has the bytes, which is what storescp does; Orthanc 1.7.4+ syncs each file by default,
-like the node's default), so the cost of durability is measured rather than hidden; over 4 associations also with `receive_processes = 1`, to show
-what the extra receiving processes bring.
+after the other: what a sender that associates for every image costs, set-up included).
+The dcmtk tools run with TCP_NODELAY=1 on both sides (DCMTK 3.6.7 leaves Nagle's algorithm on
+otherwise, ~50 ms per instance); each receiver in its fast configuration: storescp writing
+files (--fork for concurrent associations), Orthanc with its defaults, ldct-node with its
+shipped defaults (acknowledge after fsync of file and folder; one receiving process per CPU
+core, at most 4) and with `acknowledge_after = "write"` (acknowledge once the kernel has the
+bytes, which is what storescp does; Orthanc 1.7.4+ syncs each file by default, like the
+node's default), so the cost of durability is measured rather than hidden; over 4
+associations also with `receive_processes = 1`, to show what the extra receiving processes
+bring.
 """
 
 from __future__ import annotations
