@@ -21,6 +21,8 @@ each code belongs to:
   (procedure reported in TID 1500).
 - SCT 15508007 "High risk" / 75976002 "Low risk": CID 3118 Level of Risk.
 - DCM 122157 "Probability"; SCT 373066001 "Yes" / 373067005 "No" (CID 230).
+- DCM 121112 "Source of Measurement" (CID 7551): names the SEG segments a measurement group was
+  measured on.
 
 Concepts with no standard code (lesion extent as % of lung, the risk model's covariates,
 calibration status, superseded results) use the private coding scheme ``99LDCT``. The SR
@@ -66,6 +68,7 @@ ARTIFICIAL_INTELLIGENCE = codes.DCM.ArtificialIntelligence  # DCM 123110 (CID 71
 # ---------------------------------------------------------------- measurement codes
 VOLUME = codes.SCT.Volume  # SCT 118565006
 PROBABILITY = codes.DCM.Probability  # DCM 122157
+SOURCE_OF_MEASUREMENT = codes.DCM.SourceOfMeasurement  # DCM 121112 (TID 1501 source images)
 CT_PROCEDURE = codes.LN.CTUnspecifiedBodyRegion  # LN 25045-6 (CID 100)
 HIGH_RISK = codes.SCT.HighRisk  # SCT 15508007 (CID 3118)
 LOW_RISK = codes.SCT.LowRisk  # SCT 75976002 (CID 3118)

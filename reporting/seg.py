@@ -189,6 +189,10 @@ def build_segmentation(
         series_description=series_description,
         omit_empty_frames=omit_empty_frames,
     )
+    # Both lungs (General Image, Type 3). Without it PixelMed's DicomInstanceValidator asks
+    # for the series Laterality, which dciodvfy (rightly, a chest is not a paired body part)
+    # refuses; Image Laterality B satisfies both and says what the masks cover.
+    seg.ImageLaterality = "B"
     log.info(
         "seg_built",
         sop_instance_uid=str(seg.SOPInstanceUID),

@@ -4,26 +4,38 @@ Content tree (Imaging Measurement Report, TID 1500):
 
 - Observation context: device observer "ldct-node" (the segmentation model as model name).
 - Procedure reported: LN 25045-6 "CT unspecified body region".
-- Imaging Measurements, one Measurement Group each:
+- Imaging Measurements: six TID 1501 Measurement Groups.
 
-  * "Normal lung", "Ground glass opacity", "Consolidation": TID 1411 volumetric ROI groups,
-    each referencing its SEG segment (Referenced Segment: the SEG instance + segment number,
-    Source Series: the CT series). Measurements: Volume (SCT 118565006, cm3) and Extent
-    (99LDCT, % of total lung volume). Algorithm identification (TID 4019) of the
-    segmentation model.
-  * "Whole lung" and "Lesions (GGO + consolidation)": TID 1501 groups (not tied to one ROI:
-    the lung is the union of segments 1-3, the lesion of 2-3, and a TID 1411 group references
-    exactly one segment). Lung: Volume. Lesion: Volume and Extent. Finding type SCT Lung /
-    SCT Lesion, same algorithm identification.
-  * "Risk of severe COVID-19 course" (when a risk is given): TID 1501 group whose algorithm
-    identification is the risk model (name, version). Qualitative evaluations: "Risk computed"
-    Yes/No and the category (SCT High risk / Low risk, CID 3118). Measurements: probability
-    (DCM 122157, %) and the category cut-off (%). TEXT items: calibration status, each
-    covariate used ("name = value"), missing, assumed absent, and the reason when not computed.
+  * "Normal lung", "Ground glass opacity", "Consolidation": one group per SEG segment; its
+    "Source of Measurement" (DCM 121112, IMAGE) references the SEG instance and that segment
+    number, and its Tracking Unique Identifier is the segment's TrackingUID. Measurements:
+    Volume (SCT 118565006, cm3) and Extent (99LDCT, % of total lung volume). Algorithm
+    identification (TID 4019) of the segmentation model.
+  * "Whole lung" and "Lesions (GGO + consolidation)": the same kind of group over several
+    segments (its Source of Measurement lists segments 1-3 and 2-3). Lung: Volume. Lesion:
+    Volume and Extent. Finding type SCT Lung / SCT Lesion, same algorithm identification.
+  * "Risk of severe COVID-19 course" (when a risk is given): algorithm identification of the
+    risk model (name, version). Qualitative evaluations: "Risk computed" Yes/No and the
+    category (SCT High risk / Low risk, CID 3118). Measurements: probability (DCM 122157, %)
+    and the category cut-off (%). TEXT items: calibration status, each covariate used
+    ("name = value"), missing, assumed absent, and the reason when not computed.
 
 - Qualitative Evaluations (TID 1500 row, UMLS C0034375): TEXT items "Intended use" and one
   "Supersedes earlier result" per replaced SEG/SR. Replaced SR documents are also listed in
   the Predecessor Documents Sequence.
+
+Why no TID 1411 (Volumetric ROI) groups: the standard lets one Imaging Measurements container
+mix TID 1411 and TID 1501 groups, but PixelMed's DicomSRValidator (Debian pixelmed-apps
+20220618) picks one template for the whole container: as soon as one group has a Referenced
+Segment it checks every group as TID 1411, and the totals and the risk, which belong to no
+single segment, fail ("Missing conditional content item"). TID 1420 in Derived Imaging
+Measurements, the other place for totals, makes that validator report an internal error. So
+every group is a TID 1501 group and the link to the SEG is the group's Source of Measurement
+(an IMAGE item, TID 1501's row for the images a group was measured on) with the Referenced
+Segment Number(s), which works for the totals too.
+
+Numbers are stored as a radiologist reads them: volumes to 0.1 cm3, extents and probabilities
+to 0.01 %.
 
 Private concepts use the 99LDCT scheme declared in the Coding Scheme Identification Sequence.
 """
@@ -39,14 +51,13 @@ from highdicom.sr import (
     AlgorithmIdentification,
     ContainerContentItem,
     FindingSite,
+    ImageContentItem,
     Measurement,
     MeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
-    ReferencedSegment,
-    SourceSeriesForSegmentation,
+    SourceImageForMeasurementGroup,
     TextContentItem,
     TrackingIdentifier,
-    VolumetricROIMeasurementsAndQualitativeEvaluations,
 )
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -75,12 +86,30 @@ def _algorithm(name: str, version: str, family: object | None = None) -> Algorit
     return AlgorithmIdentification(name=name, version=version, family=family)
 
 
+# Precision of the stored numbers: what a radiologist reads, not binary noise.
+VOLUME_DECIMALS = 1  # 0.1 cm3
+PERCENT_DECIMALS = 2  # 0.01 %
+
+
 def _volume(value_cm3: float) -> Measurement:
-    return Measurement(name=codes.VOLUME, value=float(value_cm3), unit=codes.UNIT_CM3)
+    return Measurement(name=codes.VOLUME, value=round(float(value_cm3), VOLUME_DECIMALS), unit=codes.UNIT_CM3)
 
 
 def _extent(value_pct: float) -> Measurement:
-    return Measurement(name=codes.EXTENT, value=float(value_pct), unit=codes.UNIT_PERCENT)
+    return Measurement(name=codes.EXTENT, value=round(float(value_pct), PERCENT_DECIMALS),
+                       unit=codes.UNIT_PERCENT)
+
+
+def _seg_source(seg: Dataset, numbers: Sequence[int]) -> SourceImageForMeasurementGroup:
+    """Source of Measurement: the SEG instance and the segments a group was measured on."""
+    item = ImageContentItem(
+        name=codes.SOURCE_OF_MEASUREMENT,
+        referenced_sop_class_uid=str(seg.SOPClassUID),
+        referenced_sop_instance_uid=str(seg.SOPInstanceUID),
+        referenced_segment_numbers=list(numbers),
+        relationship_type="CONTAINS",
+    )
+    return SourceImageForMeasurementGroup.from_dataset(item, copy=False)
 
 
 def _segment_description(seg: Dataset, number: int) -> Dataset:
@@ -91,38 +120,32 @@ def _segment_description(seg: Dataset, number: int) -> Dataset:
 
 
 def _segment_group(
-    seg: Dataset,
-    number: int,
-    volume_cm3: float,
-    extent_pct: float,
-    source_series_uid: str,
-    algorithm: AlgorithmIdentification,
-) -> VolumetricROIMeasurementsAndQualitativeEvaluations:
-    """TID 1411 group for one SEG segment."""
+    seg: Dataset, number: int, volume_cm3: float, extent_pct: float, algorithm: AlgorithmIdentification
+) -> MeasurementsAndQualitativeEvaluations:
+    """TID 1501 group for one SEG segment (its Source of Measurement names the segment)."""
     description = _segment_description(seg, number)
     property_type = hd.sr.CodedConcept.from_dataset(description.SegmentedPropertyTypeCodeSequence[0])
     category = hd.sr.CodedConcept.from_dataset(description.SegmentedPropertyCategoryCodeSequence[0])
-    return VolumetricROIMeasurementsAndQualitativeEvaluations(
+    return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
             uid=str(description.get("TrackingUID", "")) or hd.UID(),
             identifier=str(description.SegmentLabel),
-        ),
-        referenced_segment=ReferencedSegment(
-            sop_class_uid=str(seg.SOPClassUID),
-            sop_instance_uid=str(seg.SOPInstanceUID),
-            segment_number=number,
-            source_series=SourceSeriesForSegmentation(source_series_uid),
         ),
         finding_type=property_type,
         finding_category=category,
         algorithm_id=algorithm,
         finding_sites=None if number == NORMAL_LUNG else [FindingSite(codes.LUNG)],
         measurements=[_volume(volume_cm3), _extent(extent_pct)],
+        source_images=[_seg_source(seg, [number])],
     )
 
 
 def _summary_group(
-    label: str, finding: object, measurements: list[Measurement], algorithm: AlgorithmIdentification
+    label: str,
+    finding: object,
+    measurements: list[Measurement],
+    algorithm: AlgorithmIdentification,
+    source: SourceImageForMeasurementGroup,
 ) -> MeasurementsAndQualitativeEvaluations:
     """TID 1501 group for a quantity over several segments (lung, lesion)."""
     return MeasurementsAndQualitativeEvaluations(
@@ -131,6 +154,7 @@ def _summary_group(
         finding_sites=[FindingSite(codes.LUNG)],
         algorithm_id=algorithm,
         measurements=measurements,
+        source_images=[source],
     )
 
 
@@ -146,7 +170,7 @@ def _probability_pct(value: float, what: str) -> float:
     value = float(value)
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
         raise ReportInputError(f"risk {what} {value!r} is not a probability between 0 and 1")
-    return round(100.0 * value, 6)  # no binary noise such as 14.000000000000002
+    return round(100.0 * value, PERCENT_DECIMALS)
 
 
 def _risk_group(risk: RiskAssessment) -> MeasurementsAndQualitativeEvaluations:
@@ -255,13 +279,14 @@ def build_measurement_report(
     normal_pct = 100.0 * quant.normal_lung_cm3 / quant.lung_cm3 if quant.lung_cm3 > 0 else 0.0
 
     groups: list = [
-        _segment_group(seg, NORMAL_LUNG, quant.normal_lung_cm3, normal_pct, source_series_uid, algorithm),
-        _segment_group(seg, GGO, quant.ggo_cm3, quant.ggo_pct, source_series_uid, algorithm),
-        _segment_group(seg, CONSOLIDATION, quant.consolidation_cm3, quant.consolidation_pct,
-                       source_series_uid, algorithm),
-        _summary_group("Whole lung", codes.LUNG, [_volume(quant.lung_cm3)], algorithm),
+        _segment_group(seg, NORMAL_LUNG, quant.normal_lung_cm3, normal_pct, algorithm),
+        _segment_group(seg, GGO, quant.ggo_cm3, quant.ggo_pct, algorithm),
+        _segment_group(seg, CONSOLIDATION, quant.consolidation_cm3, quant.consolidation_pct, algorithm),
+        _summary_group("Whole lung", codes.LUNG, [_volume(quant.lung_cm3)], algorithm,
+                       _seg_source(seg, [NORMAL_LUNG, GGO, CONSOLIDATION])),
         _summary_group("Lesions (GGO + consolidation)", codes.LESION,
-                       [_volume(quant.lesion_cm3), _extent(quant.lesion_pct)], algorithm),
+                       [_volume(quant.lesion_cm3), _extent(quant.lesion_pct)], algorithm,
+                       _seg_source(seg, [GGO, CONSOLIDATION])),
     ]
     if risk is not None:
         groups.append(_risk_group(risk))

@@ -12,10 +12,11 @@ import pytest
 from dicom_node.demo import write_demo_series
 from inference.quantify import quantify
 from inference.synthetic import LesionSpec, generate_phantom, write_series
-from reporting.validate import dciodvfy_errors
 from tests.integration.peers import LIDC_0002, storescu, tool_env, wait_until
+from tests.validators import needs_validators, validation_errors
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SECONDARY_CAPTURE_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 
 
 def results_in_pacs(orthanc, timeout: float = 300):
@@ -61,9 +62,11 @@ def test_echoscu_verifies_the_node(make_node):
 
 
 @pytest.mark.slow
+@needs_validators
 @pytest.mark.skipif(not LIDC_0002.exists(), reason="LIDC-IDRI-0002 not present in ../shared/data")
 def test_lidc_series_to_orthanc_seg_and_sr(orthanc, make_node, tmp_path):
-    """storescu sends LIDC-IDRI-0002 (261 slices); SEG + SR arrive in Orthanc, valid, consistent.
+    """storescu sends LIDC-IDRI-0002 (261 slices); SEG + SR + key images arrive in Orthanc, consistent,
+    and dciodvfy and PixelMed accept each of them as stored there.
 
     Runs the default engine (the CNN with its shipped weights), as a department would.
     """
@@ -77,10 +80,16 @@ def test_lidc_series_to_orthanc_seg_and_sr(orthanc, make_node, tmp_path):
     referenced = {ref.ReferencedSOPInstanceUID
                   for series in seg.ReferencedSeriesSequence for ref in series.ReferencedInstanceSequence}
     assert referenced == source_uids and len(source_uids) == 261
-    for ds, name in ((seg, "seg.dcm"), (sr, "sr.dcm")):
-        path = tmp_path / name
-        ds.save_as(path)
-        assert dciodvfy_errors(path) == []
+    key_images = wait_until(lambda: [i for i in orthanc.get("/instances")
+                                     if orthanc.get(f"/instances/{i}/simplified-tags").get("SOPClassUID")
+                                     == SECONDARY_CAPTURE_CLASS], 60, what="key images in Orthanc")
+    stored = [tmp_path / "seg.dcm", tmp_path / "sr.dcm"]
+    seg.save_as(stored[0])
+    sr.save_as(stored[1])
+    for number, instance in enumerate(key_images):
+        stored.append(tmp_path / f"key_image_{number}.dcm")
+        stored[-1].write_bytes(orthanc.get_bytes(f"/instances/{instance}/file"))
+    assert validation_errors(stored) == []
     # the same folder analysed offline gives the same volumes
     offline = node.cli("segment", str(LIDC_0002), "--out", str(tmp_path / "offline"), "--json")
     expected = json.loads(offline.stdout)["quantification"]

@@ -186,7 +186,7 @@ def test_sr_and_key_image_in_ohif(viewer_study):
     assert {"Normal lung", "Ground glass opacity", "Consolidation"} <= set(groups), groups
     quantification = json.loads((study.results / "summary.json").read_text())["quantification"]
     ggo_volume = next(label["value"] for label in groups["Ground glass opacity"]["labels"] if label["label"] == "Volume")
-    assert float(ggo_volume.split()[0]) == pytest.approx(quantification["ggo_cm3"], abs=0.01)
+    assert float(ggo_volume.split()[0]) == pytest.approx(quantification["ggo_cm3"], abs=0.05)  # the SR stores 0.1 cm3
     # Volumes are not drawn on any image: OHIF has nothing to hydrate onto the CT.
     assert all(m["coordinates"] == 0 for m in reading[0]["measurements"])
 

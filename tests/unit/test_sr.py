@@ -151,42 +151,41 @@ def test_sr_round_trip_measurements_and_references(study, tmp_path):
     assert "SEG instance 1.2.3.4.6.1" in supersedes[1]
     assert "NOT FOR DIAGNOSTIC USE" in _items(raw, "Intended use", "TEXT")[0].TextValue
 
-    # highdicom's reader: one volumetric group per segment, referencing the SEG segment.
+    # highdicom's reader: six TID 1501 groups; each names the SEG segment(s) it was measured on.
     report = hd.sr.srread(path).content
     expected = {
-        "Normal lung": (1, quant.normal_lung_cm3, 100 * quant.normal_lung_cm3 / quant.lung_cm3),
-        "Ground glass opacity": (2, quant.ggo_cm3, quant.ggo_pct),
-        "Consolidation": (3, quant.consolidation_cm3, quant.consolidation_pct),
+        "Normal lung": ([1], quant.normal_lung_cm3, 100 * quant.normal_lung_cm3 / quant.lung_cm3),
+        "Ground glass opacity": ([2], quant.ggo_cm3, quant.ggo_pct),
+        "Consolidation": ([3], quant.consolidation_cm3, quant.consolidation_pct),
+        "Whole lung": ([1, 2, 3], quant.lung_cm3, None),
+        "Lesions (GGO + consolidation)": ([2, 3], quant.lesion_cm3, quant.lesion_pct),
     }
-    groups = report.get_volumetric_roi_measurement_groups()
-    assert sorted(g.tracking_identifier for g in groups) == sorted(expected)
-    for group in groups:
-        number, volume_cm3, extent_pct = expected[group.tracking_identifier]
-        reference = group.referenced_segment[0].ReferencedSOPSequence[0]
+    assert report.get_volumetric_roi_measurement_groups() == []  # see reporting/sr.py: why TID 1501
+    groups = {g.tracking_identifier: g for g in report.get_image_measurement_groups()}
+    assert set(groups) == {*expected, "Risk of severe COVID-19 course"}
+    for name, (numbers, volume_cm3, extent_pct) in expected.items():
+        group = groups[name]
+        [source] = group.source_images
+        reference = source.ReferencedSOPSequence[0]
         assert reference.ReferencedSOPClassUID == seg.SOPClassUID
         assert reference.ReferencedSOPInstanceUID == seg.SOPInstanceUID
-        assert int(reference.ReferencedSegmentNumber) == number
-        segment = next(item for item in seg.SegmentSequence if int(item.SegmentNumber) == number)
-        assert group.tracking_uid == segment.TrackingUID  # same lesion identity in SEG and SR
-        source_series = [i.UID for i in _items(group[0], "Source Series for Segmentation", "UIDREF")]
-        assert source_series == [source.SeriesInstanceUID]
+        segment_numbers = reference.ReferencedSegmentNumber  # US, VM 1-n
+        assert [int(n) for n in ([segment_numbers] if isinstance(segment_numbers, int) else segment_numbers)] \
+            == numbers
+        if len(numbers) == 1:
+            segment = next(item for item in seg.SegmentSequence if int(item.SegmentNumber) == numbers[0])
+            assert group.tracking_uid == segment.TrackingUID  # same lesion identity in SEG and SR
         values = {m.name.value: (m.value, m.unit.value) for m in group.get_measurements()}
-        assert values[codes.VOLUME.value][0] == pytest.approx(volume_cm3, rel=1e-9)
-        assert values[codes.VOLUME.value][1] == "cm3"
-        assert values[codes.EXTENT.value][0] == pytest.approx(extent_pct, rel=1e-9)
-        assert values[codes.EXTENT.value][1] == "%"
+        assert values[codes.VOLUME.value] == (round(volume_cm3, 1), "cm3")  # 0.1 cm3
+        if extent_pct is None:
+            assert codes.EXTENT.value not in values
+        else:
+            assert values[codes.EXTENT.value] == (round(extent_pct, 2), "%")  # 0.01 %
         assert [i.TextValue for i in _items(group[0], "Algorithm Name", "TEXT")] == ["fixture-unet"]
         assert [i.TextValue for i in _items(group[0], "Algorithm Version", "TEXT")] == ["1.2.3"]
 
-    summaries = {g.tracking_identifier: g for g in report.get_image_measurement_groups()}
-    lung = {m.name.value: m.value for m in summaries["Whole lung"].get_measurements()}
-    assert lung[codes.VOLUME.value] == pytest.approx(quant.lung_cm3, rel=1e-9)
-    lesion = {m.name.value: m.value for m in summaries["Lesions (GGO + consolidation)"].get_measurements()}
-    assert lesion[codes.VOLUME.value] == pytest.approx(quant.lesion_cm3, rel=1e-9)
-    assert lesion[codes.EXTENT.value] == pytest.approx(quant.lesion_pct, rel=1e-9)
-
     # Risk section.
-    risk_group = summaries["Risk of severe COVID-19 course"]
+    risk_group = groups["Risk of severe COVID-19 course"]
     risk_values = {m.name.meaning: (m.value, m.unit.value) for m in risk_group.get_measurements()}
     assert risk_values["Probability"] == (pytest.approx(23.45), "%")
     assert risk_values["Risk category cut-off probability"] == (pytest.approx(14.0), "%")
@@ -227,17 +226,26 @@ def test_sr_without_risk_has_no_risk_group(study, tmp_path):
 
 
 @needs_dsrdump
-def test_dsrdump_shows_lesion_extent(study, tmp_path):
+def test_dsrdump_shows_numbers_as_a_radiologist_reads_them(study, tmp_path):
+    """0.1 cm3 and 0.01 %, not "209.573000000000 cm3" or "93.0077361217377 %"."""
     volume, seg, quant = study
     sr = build_measurement_report(volume.datasets, seg, quant, algorithm_name="u", algorithm_version="1",
                                   risk=COMPUTED_RISK)
     path = write_dataset(sr, tmp_path / "sr.dcm")
     dump = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, check=True).stdout
+    numbers = re.findall(r'NUM:\(,,"([^"]+)"\)="([-0-9.]+)" \((cm3|%),UCUM', dump)
+    assert len(numbers) == 11, dump  # 5 volumes, 4 extents, probability and cut-off
+    for name, value, unit in numbers:
+        decimals = len(value.partition(".")[2])
+        assert decimals <= (1 if unit == "cm3" else 2), f"{name} = {value} {unit}"
     lesion_section = dump[dump.index('"Lesions (GGO + consolidation)"'):]
     extent = re.search(r'NUM:\(,,"Extent \(percent of total lung volume\)"\)="([0-9.]+)" \(%,UCUM', lesion_section)
     assert extent is not None, dump
-    assert float(extent.group(1)) == pytest.approx(quant.lesion_pct, rel=1e-6)
+    assert float(extent.group(1)) == round(quant.lesion_pct, 2)
+    volume_text = re.search(r'NUM:\(,,"Volume"\)="([0-9.]+)" \(cm3,UCUM', lesion_section).group(1)
+    assert float(volume_text) == round(quant.lesion_cm3, 1)
     assert '"Probability")="23.45" (%,UCUM' in dump
+    assert '"Risk category cut-off probability")="14.0" (%,UCUM' in dump
     assert '(15508007,SCT,"High risk")' in dump
 
 
