@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
 import structlog
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.presentation import PresentationContext
 
 from dicom_node.acse import ACCEPTANCE, MalformedPDU, decode_associate_rq, encode_associate_ac, negotiate
+from reporting.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = structlog.get_logger(__name__)
 
@@ -403,6 +403,8 @@ class _Association:
             raise ProtocolError(f"malformed A-ASSOCIATE-RQ: {exc}") from exc
         calling_ae = request.calling_ae_title
         self.peer = Peer(calling_ae, self.peer.address, self.peer.port)
+        for problem in request.ae_title_problems:  # not refused for it: an allow-list may refuse
+            log.warning("odd AE title bytes", peer=self.peer.address, calling_ae=calling_ae, problem=problem)
 
         refusal = None
         if not (request.protocol_version & 0x01):
@@ -428,8 +430,7 @@ class _Association:
                          for cx in results if cx.result == ACCEPTANCE}
         self.send(encode_associate_ac(
             request, results, application_context=APPLICATION_CONTEXT_NAME, max_pdu_size=self.acceptor.max_pdu_size,
-            implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
-            implementation_version=PYNETDICOM_IMPLEMENTATION_VERSION))
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID, implementation_version=IMPLEMENTATION_VERSION_NAME))
         if self.acceptor.on_accepted is not None:
             self.acceptor.on_accepted(self.peer)
         return True
@@ -666,14 +667,18 @@ def encode_command(elements: dict[int, bytes]) -> bytes:
 
 
 def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str) -> bytes:
-    """Preamble, 'DICM' and the File Meta group (Explicit VR Little Endian) for a received instance."""
+    """Preamble, 'DICM' and the File Meta group (Explicit VR Little Endian) for a received instance.
+
+    The node wrote the file, so the Implementation Class UID and Version Name are the node's
+    (PS3.10 7.1); the sender is recorded as Source Application Entity Title.
+    """
     elements = [
         (0x0001, b"OB", b"\x00\x01"),
         (0x0002, b"UI", _pad(sop_class.encode("ascii"), b"\x00")),
         (0x0003, b"UI", _pad(sop_instance.encode("ascii"), b"\x00")),
         (0x0010, b"UI", _pad(transfer_syntax.encode("ascii"), b"\x00")),
-        (0x0012, b"UI", _pad(str(PYNETDICOM_IMPLEMENTATION_UID).encode("ascii"), b"\x00")),
-        (0x0013, b"SH", _pad(PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii"), b" ")),
+        (0x0012, b"UI", _pad(IMPLEMENTATION_CLASS_UID.encode("ascii"), b"\x00")),
+        (0x0013, b"SH", _pad(IMPLEMENTATION_VERSION_NAME.encode("ascii"), b" ")),
     ]
     if source_ae:
         elements.append((0x0016, b"AE", _pad(source_ae.encode("ascii", "replace"), b" ")))

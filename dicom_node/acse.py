@@ -8,9 +8,13 @@ about 9 ms for the 128 presentation contexts dcmtk's `storescu` proposes, on eve
 `negotiate_as_acceptor` does for contexts without configured SCP/SCU roles, which is how the
 node's contexts are built; tests compare its A-ASSOCIATE-AC byte for byte with pynetdicom's.
 
-It is more forgiving than pynetdicom in one respect: a presentation context whose UIDs are
+It is more forgiving than pynetdicom in two respects: a presentation context whose UIDs are
 not well formed is refused on its own (it cannot match a supported one) instead of the
-whole association being aborted.
+whole association being aborted; and AE titles are read as senders write them: trailing NUL
+or space padding (and leading spaces) is stripped, and other odd bytes (control characters,
+backslash, non-ASCII, an empty field) do not abort the association: each such byte becomes
+"?" in the title, which therefore matches no configured allow-list title, and the request
+says what was odd (`ae_title_problems`) for the acceptor to log.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class AssociateRequest:
     application_context: str
     contexts: tuple[ProposedContext, ...]
     asynchronous_window_requested: bool
+    ae_title_problems: tuple[str, ...] = ()  # odd bytes in the AE fields, for the log
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,8 @@ def decode_associate_rq(body: bytes) -> AssociateRequest:
     if len(body) < FIXED_FIELDS.size:
         raise MalformedPDU(f"A-ASSOCIATE-RQ of {len(body)} bytes is shorter than its fixed fields")
     version, _, called, calling, _ = FIXED_FIELDS.unpack_from(body)
-    calling_title = _ae_title(calling, "Calling")
-    _ae_title(called, "Called")
+    calling_title, calling_problem = _ae_title(calling, "calling")
+    _, called_problem = _ae_title(called, "called")
     application_context, contexts, window_requested = None, [], False
     for item_type, value in _items(body, FIXED_FIELDS.size):
         if item_type == APPLICATION_CONTEXT_ITEM:
@@ -82,8 +87,9 @@ def decode_associate_rq(body: bytes) -> AssociateRequest:
             window_requested = any(sub_type == ASYNCHRONOUS_WINDOW_ITEM for sub_type, _ in _items(value, 0))
     if application_context is None:
         raise MalformedPDU("A-ASSOCIATE-RQ without an Application Context item")
+    problems = tuple(p for p in (calling_problem, called_problem) if p)
     return AssociateRequest(version, called, calling, calling_title, application_context, tuple(contexts),
-                            window_requested)
+                            window_requested, problems)
 
 
 def negotiate(proposed: tuple[ProposedContext, ...],
@@ -167,15 +173,19 @@ def _uid(value: bytes) -> str:
     return value.decode("ascii", "replace").rstrip("\x00 ")
 
 
-def _ae_title(field: bytes, which: str) -> str:
-    """The title in a 16-byte AE field: ASCII without control characters or backslash (PS3.5 6.2)."""
-    try:
-        text = field.decode("ascii")
-    except UnicodeDecodeError:
-        raise MalformedPDU(f"{which} AE title is not ASCII") from None
-    if any(ord(c) < 0x20 or c in "\\\x7f" for c in text) or not text.strip():
-        raise MalformedPDU(f"{which} AE title is empty or holds control characters")
-    return text.strip()
+def _ae_title(field: bytes, which: str) -> tuple[str, str | None]:
+    """The title in a 16-byte AE field, and what is odd about its bytes (None: nothing).
+
+    PS3.8 pads with spaces and leading spaces are not significant; some senders pad with NULs.
+    Bytes outside the default repertoire without backslash (PS3.5 6.2) become "?".
+    """
+    stripped = field.rstrip(b"\x00 ").lstrip(b" ")
+    title = "".join(chr(b) if 0x20 <= b <= 0x7E and b != 0x5C else "?" for b in stripped)
+    if not stripped:
+        return title, f"{which} AE title is empty"
+    if title != stripped.decode("latin-1"):
+        return title, f"{which} AE title {field!r} holds bytes outside the AE repertoire"
+    return title, None
 
 
 def _item(item_type: int, value: bytes) -> bytes:

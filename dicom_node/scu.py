@@ -11,6 +11,8 @@ import pydicom
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from reporting.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
 
 class SendError(RuntimeError):
     """The peer could not be reached or refused; the message says which and why."""
@@ -29,6 +31,15 @@ class SendResult:
 TLSArgs = tuple[ssl.SSLContext, str]  # (client context, server name to verify)
 
 
+def _ae(calling_ae: str, timeout: float) -> AE:
+    """A requestor that announces the node's own implementation identity in its A-ASSOCIATE-RQ."""
+    ae = AE(ae_title=calling_ae)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    return ae
+
+
 def _associate(ae: AE, host: str, port: int, called_ae: str, tls: TLSArgs | None = None):
     assoc = ae.associate(host, port, ae_title=called_ae, tls_args=tls)
     if not assoc.is_established:
@@ -42,8 +53,7 @@ def _associate(ae: AE, host: str, port: int, called_ae: str, tls: TLSArgs | None
 def echo(host: str, port: int, called_ae: str, calling_ae: str = "LDCTNODE",
          timeout: float = 10, tls: TLSArgs | None = None) -> None:
     """C-ECHO (over TLS when `tls` is given); raises SendError when the peer does not answer success."""
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae = _ae(calling_ae, timeout)
     ae.add_requested_context(Verification)
     assoc = _associate(ae, host, port, called_ae, tls)
     try:
@@ -72,8 +82,7 @@ def send_files(paths: Sequence[Path], host: str, port: int, called_ae: str,
     contexts = sorted({(c, t) for _, c, t in headers})
     if len(contexts) > 128:
         raise SendError("more than 128 presentation contexts needed; send in smaller groups")
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae = _ae(calling_ae, timeout)
     ae.maximum_pdu_size = 0
     for sop_class, syntax in contexts:
         ae.add_requested_context(sop_class, syntax)

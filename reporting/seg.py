@@ -22,24 +22,13 @@ from inference.quantify import CONSOLIDATION, GGO, NORMAL_LUNG
 from inference.volume import SeriesError, slice_normal, slice_position
 from reporting import codes
 from reporting.charset import with_plain_character_set
+from reporting.identity import SOFTWARE_VERSION
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_MANUFACTURER = "ldct-node"
 MANUFACTURER_MODEL_NAME = "ldct-node"
 DEVICE_SERIAL_NUMBER = "ldct-node"
-
-
-def _package_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("ldct-node")
-    except Exception:  # noqa: BLE001 - not installed (source checkout): still a valid object
-        return "0.0.0+unknown"
-
-
-SOFTWARE_VERSION = _package_version()
 
 
 class SegmentationInputError(ValueError):

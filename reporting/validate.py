@@ -14,7 +14,9 @@ from pathlib import Path
 
 import structlog
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+from pydicom.uid import ExplicitVRLittleEndian
+
+from reporting.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = structlog.get_logger(__name__)
 
@@ -33,7 +35,7 @@ def write_dataset(ds: Dataset, path: str | Path) -> Path:
     """Write `ds` as a Part 10 file in Explicit VR Little Endian (preamble + file meta).
 
     File meta is completed from the dataset (SOP class/instance; `ds.file_meta` is updated in
-    place). Datasets that carry compressed (encapsulated) pixel data keep their transfer
+    place) and names ldct-node as the implementation that wrote the file. Datasets that carry compressed (encapsulated) pixel data keep their transfer
     syntax. The file appears atomically (temporary name, then rename).
     """
     path = Path(path)
@@ -49,8 +51,8 @@ def write_dataset(ds: Dataset, path: str | Path) -> Path:
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    if "ImplementationClassUID" not in meta:
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID  # the writer (PS3.10 7.1), not highdicom
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     # write next to the target and rename, so a reader (the dispatcher) never sees half a file
     partial = path.with_name(f".{path.name}.partial")

@@ -10,12 +10,14 @@ import time
 
 import pydicom
 import pytest
+from structlog.testing import capture_logs
 from pynetdicom import AE, build_context, build_role
 from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation, UserIdentityNegotiation
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
 from dicom_node.acceptor import Acceptor, decode_command, encode_command, file_meta
 from inference.synthetic import generate_phantom, write_series
+from reporting.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 
 @pytest.fixture(scope="module")
@@ -211,8 +213,9 @@ def test_sink_failing_while_writing_fails_that_instance_only(ct_dataset):
 
 
 # ---- raw bytes ------------------------------------------------------------------------------
-def associate_rq_pdu(calling=b"SCANNER", contexts=((1, CTImageStorage),)) -> bytes:
-    """An A-ASSOCIATE-RQ written out by hand (PS3.8 9.3.2), Explicit VR LE proposed."""
+def associate_rq_pdu(calling=b"SCANNER", contexts=((1, CTImageStorage),), called=b"LDCTNODE") -> bytes:
+    """An A-ASSOCIATE-RQ written out by hand (PS3.8 9.3.2), Explicit VR LE proposed; AE titles
+    shorter than 16 bytes are padded with spaces."""
     def item(item_type, body):
         return struct.pack(">BBH", item_type, 0, len(body)) + body
 
@@ -221,7 +224,7 @@ def associate_rq_pdu(calling=b"SCANNER", contexts=((1, CTImageStorage),)) -> byt
         variable += item(0x20, struct.pack(">BBBB", context_id, 0, 0, 0) + item(0x30, abstract.encode())
                          + item(0x40, b"1.2.840.10008.1.2.1"))
     variable += item(0x50, item(0x51, struct.pack(">I", 16384)) + item(0x52, b"1.2.3.4"))
-    body = struct.pack(">HH16s16s32s", 1, 0, b"LDCTNODE".ljust(16), calling.ljust(16), b"\0" * 32) + variable
+    body = struct.pack(">HH16s16s32s", 1, 0, called.ljust(16), calling.ljust(16), b"\0" * 32) + variable
     return struct.pack(">BBI", 1, 0, len(body)) + body
 
 
@@ -334,6 +337,62 @@ def test_stop_closes_open_associations_promptly():
     assert acceptor.active_associations == 0
 
 
+def user_information(associate_ac: bytes) -> dict[int, bytes]:
+    """Sub-items of an A-ASSOCIATE-AC's User Information item: type -> value."""
+    def items(data, offset):
+        while offset + 4 <= len(data):
+            item_type, _, length = struct.unpack_from(">BBH", data, offset)
+            yield item_type, data[offset + 4:offset + 4 + length]
+            offset += 4 + length
+    user = next(value for item_type, value in items(associate_ac, 6 + 68) if item_type == 0x50)
+    return dict(items(user, 0))
+
+
+RELEASE_RQ = struct.pack(">BBII", 5, 0, 4, 0)
+
+
+def test_nul_padded_ae_titles_are_accepted_and_the_answer_names_the_node(recorder):
+    """Byte level: AE fields padded with NULs instead of spaces; the A-ASSOCIATE-AC echoes them
+    and announces ldct-node's own Implementation Class UID and Version Name."""
+    accepted = []
+    acceptor, port = serve(recorder, on_accepted=accepted.append,
+                           calling_ae_allowed=lambda title, address: title == "SCANNER")
+    try:
+        rq = associate_rq_pdu(calling=b"SCANNER".ljust(16, b"\0"), called=b"LDCTNODE".ljust(16, b"\0"))
+        answer = raw_session(port, rq, RELEASE_RQ)
+    finally:
+        acceptor.stop()
+    assert pdu_types(answer) == [0x02, 0x06]
+    assert answer[10:26] == b"LDCTNODE".ljust(16, b"\0") and answer[26:42] == b"SCANNER".ljust(16, b"\0")
+    assert accepted[0].ae_title == "SCANNER"
+    info = user_information(answer)
+    assert info[0x52] == IMPLEMENTATION_CLASS_UID.encode()
+    assert info[0x55] == IMPLEMENTATION_VERSION_NAME.encode() == b"LDCT_NODE_0_1_0"
+
+
+def test_odd_ae_title_bytes_are_logged_and_accepted_unless_an_allow_list_applies(recorder):
+    odd = b"CT\x01SCANNER\xe9"
+    acceptor, port = serve(recorder)
+    try:
+        with capture_logs() as logs:
+            answer = raw_session(port, associate_rq_pdu(calling=odd), RELEASE_RQ)
+    finally:
+        acceptor.stop()
+    assert pdu_types(answer) == [0x02, 0x06]
+    [line] = [entry for entry in logs if entry["event"] == "odd AE title bytes"]
+    assert line["calling_ae"] == "CT?SCANNER?" and "outside the AE repertoire" in line["problem"]
+
+    rejected = []
+    acceptor, port = serve(recorder, on_rejected=rejected.append,
+                           calling_ae_allowed=lambda title, address: title == "CTSCANNER")
+    try:
+        answer = raw_session(port, associate_rq_pdu(calling=odd))
+    finally:
+        acceptor.stop()
+    assert pdu_types(answer) == [0x03] and answer[7:10] == bytes([1, 1, 3])  # calling AE not recognised
+    assert rejected[0].ae_title == "CT?SCANNER?"
+
+
 def test_file_meta_reads_back_with_pydicom():
     meta = file_meta("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2", "CT1")
     sop_instance_uid = b"\x08\x00\x18\x00\x08\x00\x00\x001.2.3.4\x00"  # Implicit VR LE element
@@ -341,8 +400,9 @@ def test_file_meta_reads_back_with_pydicom():
     assert ds.SOPInstanceUID == "1.2.3.4"
     assert ds.file_meta.MediaStorageSOPInstanceUID == "1.2.3.4"
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
-    assert ds.file_meta.SourceApplicationEntityTitle == "CT1"
-    assert ds.file_meta.ImplementationClassUID
+    assert ds.file_meta.SourceApplicationEntityTitle == "CT1"  # who sent it
+    assert ds.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID  # who wrote the file
+    assert ds.file_meta.ImplementationVersionName == IMPLEMENTATION_VERSION_NAME
 
 
 def test_dataset_cut_by_an_abort_is_discarded(server, recorder):

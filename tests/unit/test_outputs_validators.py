@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pydicom
 import pytest
 
 from inference.quantify import quantify
 from inference.volume import load_series
+from reporting.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from reporting.key_images import build_key_images
 from reporting.seg import build_segmentation
 from reporting.sr import build_measurement_report
@@ -39,6 +41,14 @@ def outputs(tmp_path_factory):
     }
 
 
+def test_outputs_name_ldct_node_as_their_writer(outputs):
+    """PS3.10 7.1: the File Meta's implementation is the one that wrote the file, not highdicom."""
+    for path in outputs.values():
+        meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+        assert (meta.ImplementationClassUID, meta.ImplementationVersionName) == (
+            IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME), path.name
+
+
 @needs_validators
 def test_outputs_pass_dciodvfy_and_pixelmed(outputs):
     found = reports(list(outputs.values()))
@@ -63,7 +73,6 @@ def test_pixelmed_errors_are_caught(outputs, tmp_path):
     node wrote before: PixelMed then checks every group as TID 1411 and reports each that has
     no segment ("Missing conditional content item"), see reporting/sr.py.
     """
-    import pydicom
     from highdicom.sr import ImageContentItem
     from pydicom.sr.codedict import codes
 
