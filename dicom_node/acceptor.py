@@ -24,9 +24,19 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
 import structlog
+from pydicom.uid import UID
 from pynetdicom.presentation import PresentationContext
 
-from dicom_node.acse import ACCEPTANCE, MalformedPDU, decode_associate_rq, encode_associate_ac, negotiate
+from dicom_node.acse import (
+    ABSTRACT_SYNTAX_NOT_SUPPORTED,
+    ACCEPTANCE,
+    AssociateRequest,
+    ContextResult,
+    MalformedPDU,
+    decode_associate_rq,
+    encode_associate_ac,
+    negotiate,
+)
 from reporting.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = structlog.get_logger(__name__)
@@ -428,12 +438,24 @@ class _Association:
         results = negotiate(request.contexts, self.acceptor.supported)
         self.contexts = {cx.context_id: (cx.abstract_syntax, cx.transfer_syntax)
                          for cx in results if cx.result == ACCEPTANCE}
+        self.log_refused_contexts(request, results)
         self.send(encode_associate_ac(
             request, results, application_context=APPLICATION_CONTEXT_NAME, max_pdu_size=self.acceptor.max_pdu_size,
             implementation_class_uid=IMPLEMENTATION_CLASS_UID, implementation_version=IMPLEMENTATION_VERSION_NAME))
         if self.acceptor.on_accepted is not None:
             self.acceptor.on_accepted(self.peer)
         return True
+
+    def log_refused_contexts(self, request: AssociateRequest, results: list[ContextResult]) -> None:
+        """Name what was refused: a warning when nothing but Verification is left to the peer
+        (it can store nothing here), otherwise a debug line (senders propose every class)."""
+        refused = sorted({_context_refusal(request, cx) for cx in results if cx.result != ACCEPTANCE})
+        if not refused:
+            return
+        nothing_to_store = all(abstract == VERIFICATION for abstract, _ in self.contexts.values())
+        (log.warning if nothing_to_store else log.debug)(
+            "presentation contexts refused", peer=self.peer.address, calling_ae=self.peer.ae_title,
+            accepted=len(self.contexts), refused=refused[:20], refused_count=len(refused))
 
     def await_close(self) -> None:
         """After a rejection, give the peer a moment to read it and close (PS3.8 Sta13)."""
@@ -628,6 +650,16 @@ class _MessageAssembler:
         if comment:
             reply[TAG_ERROR_COMMENT] = _pad(comment[:64].encode("ascii", "replace"), b" ")
         self.association.send_command(context_id, reply)
+
+
+def _context_refusal(request: AssociateRequest, result: ContextResult) -> str:
+    """What was refused, by name: "MR Image Storage: SOP class not supported", or the
+    transfer syntaxes proposed for a SOP class when none of them is."""
+    name = UID(result.abstract_syntax).name
+    if result.result == ABSTRACT_SYNTAX_NOT_SUPPORTED:
+        return f"{name}: SOP class not supported"
+    proposed = next((cx.transfer_syntaxes for cx in request.contexts if cx.context_id == result.context_id), ())
+    return f"{name}: transfer syntax not supported ({', '.join(UID(ts).name for ts in proposed)})"
 
 
 def _supported_syntaxes(contexts: Iterable[PresentationContext]) -> dict[str, tuple[str, ...]]:

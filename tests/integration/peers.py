@@ -45,9 +45,11 @@ def tool_env() -> dict[str, str]:
 class Orthanc:
     """A real Orthanc server in a temp dir, checked over its REST API."""
 
-    def __init__(self, workdir: Path, aet: str = "ORTHANC") -> None:
+    def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict[str, list] | None = None) -> None:
+        """`modalities`: Orthanc's DicomModalities, name -> [AE title, host, port], to send to."""
         self.workdir = Path(workdir)
         self.aet = aet
+        self.modalities = modalities or {}
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.process: subprocess.Popen | None = None
@@ -60,6 +62,7 @@ class Orthanc:
             "DicomPort": self.dicom_port, "HttpPort": self.http_port, "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [],
             "HttpServerEnabled": True, "StableAge": 1, "ConcurrentJobs": 1,
+            "DicomModalities": self.modalities,
         }
 
     def start(self) -> "Orthanc":
@@ -83,6 +86,22 @@ class Orthanc:
     def get(self, path: str):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as resp:
             return json.loads(resp.read())
+
+    def post(self, path: str, body: bytes, content_type: str = "application/json"):
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=body, method="POST",
+                                         headers={"Content-Type": content_type})
+        with urllib.request.urlopen(request, timeout=120) as resp:
+            return json.loads(resp.read())
+
+    def upload(self, paths: list[Path]) -> list[str]:
+        """POST each file to /instances; returns the Orthanc instance ids."""
+        ids = []
+        for path in paths:
+            answer = self.post("/instances", Path(path).read_bytes(), "application/dicom")
+            if answer.get("Status") not in ("Success", "AlreadyStored"):
+                raise RuntimeError(f"Orthanc refused {Path(path).name}: {answer}")
+            ids.append(answer["ID"])
+        return ids
 
     def get_bytes(self, path: str) -> bytes:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=30) as resp:

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import http.client
 import http.server
-import json
 import mimetypes
 import os
 import threading
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +69,7 @@ def missing_viewer_parts() -> list[str]:
 
 
 class OrthancDicomWeb(Orthanc):
-    """Orthanc with the DICOMweb plugin on `/dicom-web/`; uploads over REST."""
+    """Orthanc with the DICOMweb plugin on `/dicom-web/`."""
 
     def config(self) -> dict:
         return {
@@ -80,20 +78,6 @@ class OrthancDicomWeb(Orthanc):
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "WadoRoot": "/wado",
                          "Ssl": False, "StudiesMetadata": "Full", "SeriesMetadata": "Full"},
         }
-
-    def upload(self, paths: list[Path]) -> list[str]:
-        """POST each file to /instances; returns the Orthanc instance ids."""
-        ids = []
-        for path in paths:
-            request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/instances",
-                                             data=Path(path).read_bytes(), method="POST",
-                                             headers={"Content-Type": "application/dicom"})
-            with urllib.request.urlopen(request, timeout=30) as resp:
-                answer = json.loads(resp.read())
-            if answer.get("Status") not in ("Success", "AlreadyStored"):
-                raise RuntimeError(f"Orthanc refused {Path(path).name}: {answer}")
-            ids.append(answer["ID"])
-        return ids
 
 
 def app_config_js(data_source_name: str = "orthanc") -> str:
