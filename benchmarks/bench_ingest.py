@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dicom_node.receivers import receive_process_count  # noqa: E402
+from dicom_node.receive.receivers import receive_process_count  # noqa: E402
 from tests.integration.peers import LIDC_0002, NodeProcess, Orthanc, free_port, tool_env  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-from dicom_node.cli import app
+from dicom_node.admin.cli import app
 
 if __name__ == "__main__":
     app(prog_name="ldct-node")

@@ -19,15 +19,15 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from config.settings import Settings
 from dicom_node import metrics
-from dicom_node.dispatch import Dispatcher
-from dicom_node.jobstore import SERIES_DUPLICATE, JobStore, utcnow
-from dicom_node.series import SeriesTracker, evaluate_series, instance_set_hash
-from dicom_node.spool import Spool
-from dicom_node.acceptor import Peer
-from dicom_node.receivers import ReceiverPool, receive_process_count
-from dicom_node.store_scp import InstanceHeader, StoreSCP
+from dicom_node.dispatch.dispatcher import Dispatcher
+from dicom_node.queue.jobstore import SERIES_DUPLICATE, JobStore, utcnow
+from dicom_node.queue.series import SeriesTracker, evaluate_series, instance_set_hash
+from dicom_node.receive.spool import Spool
+from dicom_node.receive.acceptor import Peer
+from dicom_node.receive.receivers import ReceiverPool, receive_process_count
+from dicom_node.receive.store_scp import InstanceHeader, StoreSCP
 from dicom_node.tls import scp_context
-from dicom_node.worker import Worker
+from dicom_node.work.worker import Worker
 
 log = structlog.get_logger(__name__)
 
@@ -249,6 +249,6 @@ def allowed_peers(settings: Settings) -> dict[str, list[str]]:
 
 
 def _identity() -> str:
-    from dicom_node.jobstore import worker_identity
+    from dicom_node.queue.jobstore import worker_identity
 
     return worker_identity()

@@ -1,6 +1,6 @@
 """`ldct-node train` and `ldct-node evaluate` as typer-compatible command functions.
 
-Registered in the main CLI (dicom_node.cli) as `app.command("train")(train_command)` and
+Registered in the main CLI (dicom_node.admin.cli) as `app.command("train")(train_command)` and
 `app.command("evaluate")(evaluate_command)`.
 """
 

@@ -21,7 +21,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_node.jobstore import JobStore, owner_pid
+from dicom_node.queue.jobstore import JobStore, owner_pid
 from inference.synthetic import generate_phantom, write_series
 from tests.integration.peers import storescu, tool_env, wait_until
 from tests.integration.postgres import start_cli_process

@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from dicom_node.jobstore import JobStore
+from dicom_node.queue.jobstore import JobStore
 from inference.synthetic import generate_phantom, write_series
 from tests.integration.peers import NodeProcess, Orthanc, storescu, tool_env, wait_until
 

@@ -9,7 +9,7 @@ import subprocess
 import pydicom
 import pytest
 
-from dicom_node.demo import write_demo_series
+from dicom_node.admin.demo import write_demo_series
 from inference.quantify import quantify
 from inference.synthetic import LesionSpec, generate_phantom, write_series
 from tests.integration.peers import LIDC_0002, storescu, tool_env, wait_until

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import urllib.request
 
-from dicom_node.demo import write_demo_series
+from dicom_node.admin.demo import write_demo_series
 from tests.integration.peers import free_port, storescu
 from tests.integration.test_node_e2e import results_in_pacs, wait_job_state
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dicom_node.demo import DEMO_ACCESSION, write_demo_series
+from dicom_node.admin.demo import DEMO_ACCESSION, write_demo_series
 from tests.integration.peers import storescu, wait_until
 from tests.integration.test_node_e2e import results_in_pacs, wait_job_state
 

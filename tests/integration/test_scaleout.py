@@ -14,7 +14,7 @@ import threading
 import pytest
 from sqlalchemy import create_engine
 
-from dicom_node.jobstore import QUEUED, RUNNING, Base, JobStore, head_revision
+from dicom_node.queue.jobstore import QUEUED, RUNNING, Base, JobStore, head_revision
 from inference.synthetic import generate_phantom, write_series
 from tests.integration.peers import storescu, wait_until
 from tests.integration.postgres import (  # noqa: F401 - fixtures
@@ -38,7 +38,7 @@ def test_postgres_store_is_migrated_and_uses_skip_locked(postgres_url):
         assert store.schema_revision() == head_revision()
         from sqlalchemy import select
 
-        from dicom_node.jobstore import Job
+        from dicom_node.queue.jobstore import Job
 
         query = select(Job.id).with_for_update(skip_locked=True)
         assert "FOR UPDATE SKIP LOCKED" in str(query.compile(dialect=store.engine.dialect))
@@ -123,7 +123,7 @@ def test_processes_starting_together_migrate_a_new_postgres_database_once(postgr
 
     from tests.integration.peers import REPO
 
-    code = f"from dicom_node.jobstore import JobStore; JobStore({postgres_url!r}).close()"
+    code = f"from dicom_node.queue.jobstore import JobStore; JobStore({postgres_url!r}).close()"
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE, text=True)
              for _ in range(4)]
     errors = [p.communicate(timeout=120)[1] for p in procs]

@@ -20,10 +20,10 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from dicom_node.scu import SendError, echo, send_files
-from dicom_node.series import SeriesTracker
-from dicom_node.spool import Spool
-from dicom_node.store_scp import StoreSCP
+from dicom_node.dispatch.dimse import SendError, echo, send_files
+from dicom_node.queue.series import SeriesTracker
+from dicom_node.receive.spool import Spool
+from dicom_node.receive.store_scp import StoreSCP
 from dicom_node.tls import TLSError, client_context, server_context
 from inference.synthetic import generate_phantom, write_series
 from tests.integration.peers import free_port, tool_env, wait_until

@@ -91,7 +91,7 @@ def viewer_study(tmp_path_factory):
     missing = missing_viewer_parts()
     if missing:
         pytest.skip(f"viewer not installed: {', '.join(missing)} (run scripts/setup-viewer.sh)")
-    from dicom_node.demo import write_demo_series
+    from dicom_node.admin.demo import write_demo_series
     from inference.engines import get_engine
     from inference.volume import load_series
     from reporting.seg import build_segmentation

@@ -15,7 +15,7 @@ from pynetdicom import AE, build_context, build_role
 from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation, UserIdentityNegotiation
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
-from dicom_node.acceptor import Acceptor, decode_command, encode_command, file_meta
+from dicom_node.receive.acceptor import Acceptor, decode_command, encode_command, file_meta
 from inference.synthetic import generate_phantom, write_series
 from reporting.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 

@@ -1,4 +1,4 @@
-"""Association negotiation (`dicom_node.acse`) against pynetdicom's as the reference: the same
+"""Association negotiation (`dicom_node.receive.acse`) against pynetdicom's as the reference: the same
 A-ASSOCIATE-RQ must get the same A-ASSOCIATE-AC, byte for byte; malformed requests raise
 MalformedPDU and nothing else."""
 
@@ -31,8 +31,8 @@ from pynetdicom.presentation import negotiate_as_acceptor
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000
 
-from dicom_node.acceptor import Acceptor, _supported_syntaxes
-from dicom_node.acse import MalformedPDU, decode_associate_rq, encode_associate_ac, negotiate
+from dicom_node.receive.acceptor import Acceptor, _supported_syntaxes
+from dicom_node.receive.acse import MalformedPDU, decode_associate_rq, encode_associate_ac, negotiate
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 MAX_PDU = 262144

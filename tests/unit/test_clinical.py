@@ -176,8 +176,8 @@ def test_cli_helpers(tmp_path, capsys):
 
 def test_node_finds_imported_records_by_accession_then_patient_and_date(tmp_path):
     """Records stored under `key()` are found by the worker's lookup from a DICOM file."""
-    from dicom_node.clinical import lookup_clinical
-    from dicom_node.jobstore import JobStore
+    from dicom_node.work.clinical_lookup import lookup_clinical
+    from dicom_node.queue.jobstore import JobStore
 
     store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
     by_patient = ClinicalRecord(patient_id="P9", study_date="20200410", hypertension=1)

@@ -58,7 +58,7 @@ def test_duplicate_destination_names(tmp_path):
 def test_config_check_cli(tmp_path):
     from typer.testing import CliRunner
 
-    from dicom_node.cli import app
+    from dicom_node.admin.cli import app
 
     good = write(tmp_path, '[node]\nport = 11112\n')
     result = CliRunner().invoke(app, ["config", "check", str(good)])

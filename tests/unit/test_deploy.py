@@ -22,7 +22,7 @@ CONTAINER_CONFIG = "/etc/ldct-node/ldct-node.toml"  # where docker-compose.yml m
 
 
 def cli_commands() -> set[str]:
-    from dicom_node.cli import app
+    from dicom_node.admin.cli import app
 
     return {c.name or c.callback.__name__ for c in app.registered_commands}
 

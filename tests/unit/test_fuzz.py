@@ -24,9 +24,9 @@ from pydicom.filereader import read_preamble
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from dicom_node.series import SeriesTracker
-from dicom_node.spool import Spool
-from dicom_node.store_scp import STATUS_SUCCESS, StoreSCP, check_instance
+from dicom_node.queue.series import SeriesTracker
+from dicom_node.receive.spool import Spool
+from dicom_node.receive.store_scp import STATUS_SUCCESS, StoreSCP, check_instance
 from inference.synthetic import generate_phantom, write_series
 from inference.volume import CTVolume, SeriesError, load_series
 

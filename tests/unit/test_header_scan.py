@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from dicom_node import store_scp
-from dicom_node.header_scan import scan_header
-from dicom_node.store_scp import InstanceRejected, check_instance
+from dicom_node.receive import store_scp
+from dicom_node.receive.header_scan import scan_header
+from dicom_node.receive.store_scp import InstanceRejected, check_instance
 from inference.synthetic import generate_phantom, write_series
 
 LIDC = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "lidc-idri" / "LIDC-IDRI-0002"

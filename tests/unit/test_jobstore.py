@@ -3,7 +3,7 @@ from datetime import timedelta
 
 import pytest
 
-from dicom_node.jobstore import DEAD, DONE, FAILED, QUEUED, RUNNING, SENT, JobStore, utcnow
+from dicom_node.queue.jobstore import DEAD, DONE, FAILED, QUEUED, RUNNING, SENT, JobStore, utcnow
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_dispatch_backoff_then_dead_after_max_age(store):
     row = store.dispatches_for(job.id)[0]
     assert row.attempts == 1 and row.last_error == "refused"
     with store.session() as s:
-        from dicom_node.jobstore import Dispatch
+        from dicom_node.queue.jobstore import Dispatch
         s.get(Dispatch, d.id).created_at = utcnow() - timedelta(hours=2)
         s.get(Dispatch, d.id).next_try_at = utcnow()
     [d] = store.claim_dispatches(60)
@@ -108,7 +108,7 @@ def test_migrations_build_exactly_the_models_schema(store):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from dicom_node.jobstore import Base, head_revision
+    from dicom_node.queue.jobstore import Base, head_revision
 
     assert store.schema_revision() == head_revision()
     with store.engine.connect() as connection:
@@ -120,7 +120,7 @@ def test_database_from_before_migrations_keeps_its_queue(tmp_path):
     """A store created with create_all (no alembic_version) is stamped, not recreated."""
     from sqlalchemy import create_engine
 
-    from dicom_node.jobstore import INITIAL_REVISION, Base, head_revision
+    from dicom_node.queue.jobstore import INITIAL_REVISION, Base, head_revision
 
     url = f"sqlite:///{tmp_path / 'legacy.sqlite3'}"
     legacy = create_engine(url)
@@ -143,7 +143,7 @@ def test_concurrent_openers_migrate_once(tmp_path):
     import sys
 
     url = f"sqlite:///{tmp_path / 'race.sqlite3'}"
-    code = f"from dicom_node.jobstore import JobStore; JobStore({url!r}).close()"
+    code = f"from dicom_node.queue.jobstore import JobStore; JobStore({url!r}).close()"
     procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(3)]
     errors = [p.communicate(timeout=60)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], errors
@@ -151,7 +151,7 @@ def test_concurrent_openers_migrate_once(tmp_path):
 
 
 def test_owner_pid_reads_thread_suffixed_names():
-    from dicom_node.jobstore import owner_pid
+    from dicom_node.queue.jobstore import owner_pid
 
     assert owner_pid("host:123") == 123
     assert owner_pid("host:123-0") == 123

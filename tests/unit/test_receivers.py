@@ -16,9 +16,9 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from config.settings import load_settings
-from dicom_node.receivers import ReceiverPool, receive_process_count
-from dicom_node.spool import Spool
-from dicom_node.store_scp import InstanceHeader, StoreSCP
+from dicom_node.receive.receivers import ReceiverPool, receive_process_count
+from dicom_node.receive.spool import Spool
+from dicom_node.receive.store_scp import InstanceHeader, StoreSCP
 from inference.synthetic import generate_phantom, write_series
 
 
@@ -63,7 +63,7 @@ def test_associations_go_to_the_least_busy_process_in_turn(tmp_path):
 
 
 def test_health_receivers_check_fails_when_the_metrics_endpoint_is_silent(tmp_path):
-    from dicom_node.cli import _receivers_check
+    from dicom_node.admin.cli import _receivers_check
     from tests.integration.peers import free_port
 
     settings = load_settings(environ={"LDCT_NODE__DATA_DIR": str(tmp_path), "LDCT_METRICS__PORT": str(free_port())})

@@ -4,7 +4,7 @@ import pydicom
 import pytest
 
 from config.settings import SeriesSettings
-from dicom_node.series import SeriesTracker, evaluate_series
+from dicom_node.queue.series import SeriesTracker, evaluate_series
 from inference.synthetic import generate_phantom, write_series
 
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from dicom_node import spool as spool_module
-from dicom_node.spool import PREPARED_FILES, Spool
+from dicom_node.receive import spool as spool_module
+from dicom_node.receive.spool import PREPARED_FILES, Spool
 
 STUDY, SERIES = "1.2.3", "1.2.3.4"
 

@@ -7,9 +7,9 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, EnhancedCTImageStorage
 
-from dicom_node.series import SeriesTracker
-from dicom_node.spool import Spool
-from dicom_node.store_scp import StoreSCP
+from dicom_node.queue.series import SeriesTracker
+from dicom_node.receive.spool import Spool
+from dicom_node.receive.store_scp import StoreSCP
 from inference.synthetic import generate_phantom, write_series
 
 
@@ -103,7 +103,7 @@ def test_clean_temporary_spares_live_writers_of_a_shared_spool(tmp_path):
     import subprocess
     import time
 
-    from dicom_node.spool import _HOST
+    from dicom_node.receive.spool import _HOST
 
     spool = Spool(tmp_path / "spool")
     dead = subprocess.Popen(["true"])
@@ -172,7 +172,7 @@ def test_pixel_data_of_wrong_length_is_refused(scp, ct_files, tmp_path):
 
 def test_header_longer_than_the_kept_head_is_checked_from_the_file(scp, ct_files, tmp_path):
     """A header beyond HEAD_BYTES (a large private element) is read back from the spooled file."""
-    from dicom_node.spool import HEAD_BYTES
+    from dicom_node.receive.spool import HEAD_BYTES
 
     server, port = scp
     ds = pydicom.dcmread(ct_files[0])
@@ -197,7 +197,7 @@ def test_changed_resend_replaces_the_instance(scp, ct_files):
 
 
 def test_caller_policy_binds_titles_to_addresses():
-    from dicom_node.store_scp import CallerPolicy
+    from dicom_node.receive.store_scp import CallerPolicy
 
     open_policy = CallerPolicy()
     assert open_policy.is_open and open_policy.allows("ANY", "203.0.113.9")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 from config.settings import load_settings
-from dicom_node import worker as worker_module
-from dicom_node.jobstore import JobStore
-from dicom_node.worker import Worker
+from dicom_node.work import worker as worker_module
+from dicom_node.queue.jobstore import JobStore
+from dicom_node.work.worker import Worker
 
 
 def make_worker(tmp_path, **kwargs) -> Worker:

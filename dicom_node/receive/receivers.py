@@ -29,9 +29,9 @@ import structlog
 
 from config.settings import Settings
 from dicom_node import metrics
-from dicom_node.acceptor import Peer
-from dicom_node.spool import Spool
-from dicom_node.store_scp import InstanceHeader
+from dicom_node.receive.acceptor import Peer
+from dicom_node.receive.spool import Spool
+from dicom_node.receive.store_scp import InstanceHeader
 
 log = structlog.get_logger(__name__)
 
@@ -220,7 +220,7 @@ def run_receiver(settings: Settings, connection: Connection, sockets: Connection
     """A receiver process: serves the associations the node hands it, reporting back."""
     from dicom_node.logging import configure_logging
     from dicom_node.node import allowed_peers, make_spool  # noqa: F401 - node imports this module
-    from dicom_node.store_scp import StoreSCP
+    from dicom_node.receive.store_scp import StoreSCP
     from dicom_node.tls import scp_context
 
     configure_logging(settings.logging.format, settings.logging.level)

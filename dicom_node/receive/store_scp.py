@@ -1,6 +1,6 @@
 """The Store SCP: Verification and CT storage over DICOM, answering once the bytes are stored.
 
-The network side is `dicom_node.acceptor` (our upper layer; `dicom_node.acse` negotiates).
+The network side is `dicom_node.receive.acceptor` (our upper layer; `dicom_node.receive.acse` negotiates).
 The bytes written are exactly those received, File Meta prepended, whatever the transfer
 syntax, streamed to a temporary spool file as they arrive; "stored" means fsynced by default
 (see `Spool`). Before the file is moved into its series folder, the header is read (never
@@ -34,7 +34,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from dicom_node.acceptor import (
+from dicom_node.receive.acceptor import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_DATASET_MISMATCH,
     STATUS_OUT_OF_RESOURCES,
@@ -45,9 +45,9 @@ from dicom_node.acceptor import (
     StoreRequest,
     StoreSink,
 )
-from dicom_node.header_scan import LONG_LENGTH_VRS, UNDEFINED, ScannedHeader, scan_header
-from dicom_node.series import SeriesTracker
-from dicom_node.spool import HEAD_BYTES, IncomingFile, InvalidUID, Spool
+from dicom_node.receive.header_scan import LONG_LENGTH_VRS, UNDEFINED, ScannedHeader, scan_header
+from dicom_node.queue.series import SeriesTracker
+from dicom_node.receive.spool import HEAD_BYTES, IncomingFile, InvalidUID, Spool
 
 log = structlog.get_logger(__name__)
 

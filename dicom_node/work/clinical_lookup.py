@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pydicom
 
-from dicom_node.jobstore import JobStore
+from dicom_node.queue.jobstore import JobStore
 from reporting.clinical import candidate_keys
 
 

@@ -5,7 +5,7 @@ both: a candidate is selected (`FOR UPDATE SKIP LOCKED` where the database suppo
 then taken with a conditional UPDATE whose row count says who won, so two workers never run
 the same job at once and a job whose lease expires goes back to the queue.
 
-The schema is owned by Alembic migrations (`dicom_node/migrations`): every process brings
+The schema is owned by Alembic migrations (`dicom_node/queue/migrations`): every process brings
 the database to the newest revision when it opens the store (under a lock, so several
 workers starting together do not race), and an upgrade keeps the queue.
 """
@@ -42,7 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from dicom_node.spool import pid_alive
+from dicom_node.receive.spool import pid_alive
 
 # Job states
 QUEUED, RUNNING, FAILED, DONE, DEAD = "queued", "running", "failed", "done", "dead"

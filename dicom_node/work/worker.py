@@ -14,8 +14,8 @@ import structlog
 
 from config.settings import Settings
 from dicom_node import metrics
-from dicom_node.jobstore import Job, JobStore, worker_identity
-from dicom_node.pipeline import ReportOptions, analyse_series
+from dicom_node.queue.jobstore import Job, JobStore, worker_identity
+from dicom_node.work.pipeline import ReportOptions, analyse_series
 from inference.engines import Engine, get_engine
 
 log = structlog.get_logger(__name__)
@@ -151,6 +151,6 @@ class Worker:
 
     def _clinical_for(self, first_file: Path) -> dict | None:
         """Imported clinical covariates for this study, looked up by accession or patient+date."""
-        from dicom_node.clinical import lookup_clinical
+        from dicom_node.work.clinical_lookup import lookup_clinical
 
         return lookup_clinical(self.store, first_file)

@@ -27,7 +27,7 @@ import structlog
 from pydicom.uid import UID
 from pynetdicom.presentation import PresentationContext
 
-from dicom_node.acse import (
+from dicom_node.receive.acse import (
     ABSTRACT_SYNTAX_NOT_SUPPORTED,
     ACCEPTANCE,
     AssociateRequest,

@@ -12,8 +12,8 @@ import structlog
 
 from config.settings import Settings
 from dicom_node import metrics
-from dicom_node.jobstore import DEAD, JobStore
-from dicom_node.scu import SendError, send_files
+from dicom_node.queue.jobstore import DEAD, JobStore
+from dicom_node.dispatch.dimse import SendError, send_files
 from dicom_node.tls import destination_tls
 
 log = structlog.get_logger(__name__)

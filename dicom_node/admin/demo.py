@@ -16,9 +16,9 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from config.settings import Settings
-from dicom_node.jobstore import DEAD, DONE, SENT
+from dicom_node.queue.jobstore import DEAD, DONE, SENT
 from dicom_node.node import Node
-from dicom_node.scu import send_files
+from dicom_node.dispatch.dimse import send_files
 
 
 def free_port() -> int:

@@ -54,7 +54,7 @@ def settings_from(config: Optional[Path]) -> Settings:
 
 
 def open_store(settings: Settings):
-    from dicom_node.jobstore import JobStore
+    from dicom_node.queue.jobstore import JobStore
     from dicom_node.node import prepare_data_dir
 
     prepare_data_dir(settings.node.data_dir)
@@ -117,7 +117,7 @@ def worker(config: Optional[Path] = ConfigOption,
 def db_upgrade(config: Optional[Path] = ConfigOption,
                revision: str = typer.Option("head", help="Target revision (default: the newest).")) -> None:
     """Bring the job store schema to the newest revision; the queue is kept."""
-    from dicom_node.jobstore import JobStore, MigrationError, migrate
+    from dicom_node.queue.jobstore import JobStore, MigrationError, migrate
 
     settings = settings_from(config)
     from dicom_node.node import prepare_data_dir
@@ -136,7 +136,7 @@ def db_upgrade(config: Optional[Path] = ConfigOption,
 @db_app.command("current")
 def db_current(config: Optional[Path] = ConfigOption) -> None:
     """Show the schema revision of the job store and the newest one this release ships."""
-    from dicom_node.jobstore import JobStore, head_revision
+    from dicom_node.queue.jobstore import JobStore, head_revision
 
     settings = settings_from(config)
     from dicom_node.node import prepare_data_dir
@@ -201,8 +201,8 @@ def health(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption,
     """Health check for monitoring: exit 0 when healthy, 1 otherwise (one line per check)."""
     from datetime import timezone
 
-    from dicom_node.jobstore import utcnow
-    from dicom_node.scu import SendError, echo as c_echo
+    from dicom_node.queue.jobstore import utcnow
+    from dicom_node.dispatch.dimse import SendError, echo as c_echo
     from dicom_node.tls import destination_tls, self_check_tls
 
     settings = settings_from(config)
@@ -254,7 +254,7 @@ def _receivers_check(settings) -> tuple[str, bool, str]:
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from dicom_node.receivers import receive_process_count
+    from dicom_node.receive.receivers import receive_process_count
 
     host = "127.0.0.1" if settings.metrics.bind_address in ("0.0.0.0", "") else settings.metrics.bind_address
     url = f"http://{host}:{settings.metrics.port}/metrics"
@@ -274,7 +274,7 @@ def _receivers_check(settings) -> tuple[str, bool, str]:
 def jobs(config: Optional[Path] = ConfigOption, state: Optional[str] = typer.Option(None, help="queued, running, failed, done or dead."),
          limit: int = 50, as_json: bool = JsonOption) -> None:
     """List jobs, newest first."""
-    from dicom_node.jobstore import JOB_STATES
+    from dicom_node.queue.jobstore import JOB_STATES
 
     if state and state not in JOB_STATES:
         fail(f"unknown state {state!r}; choose one of {', '.join(JOB_STATES)}", 2)
@@ -338,8 +338,8 @@ def show(job_id: int, config: Optional[Path] = ConfigOption, as_json: bool = Jso
 def report(job_id: int, reissue: bool = typer.Option(False, "--reissue", help="Send an amended SR (risk recomputed with the covariates known now)."),
            config: Optional[Path] = ConfigOption) -> None:
     """Reissue a job's report after clinical covariates arrived (amended SR supersedes the old one)."""
-    from dicom_node.reissue import ReissueError, reissue_report
-    from dicom_node.worker import report_options
+    from dicom_node.admin.reissue import ReissueError, reissue_report
+    from dicom_node.work.worker import report_options
 
     if not reissue:
         fail("nothing to do: use --reissue to send an amended SR", 2)
@@ -399,7 +399,7 @@ def _resolve_peer(settings: Settings, target: str) -> tuple[str, int, str]:
 def echo(destination: str = typer.Argument(..., help="Destination name or host:port[:AE_TITLE]."),
          config: Optional[Path] = ConfigOption) -> None:
     """C-ECHO a destination to check connectivity."""
-    from dicom_node.scu import SendError, echo as c_echo
+    from dicom_node.dispatch.dimse import SendError, echo as c_echo
     from dicom_node.tls import named_destination_tls
 
     settings = settings_from(config)
@@ -417,7 +417,7 @@ def send(path: Path = typer.Argument(..., exists=True, help="A DICOM file or a f
          to: str = typer.Option(..., "--to", help="Destination name or host:port[:AE_TITLE]."),
          config: Optional[Path] = ConfigOption) -> None:
     """Push DICOM files to a peer by C-STORE (for example a series to the node)."""
-    from dicom_node.scu import SendError, send_files
+    from dicom_node.dispatch.dimse import SendError, send_files
     from dicom_node.tls import named_destination_tls
 
     settings = settings_from(config)
@@ -450,8 +450,8 @@ def segment(path: Path = typer.Argument(..., exists=True, file_okay=False, help=
             engine: Optional[str] = typer.Option(None, help="cnn or threshold (default: from config)."),
             as_json: bool = JsonOption) -> None:
     """Analyse a series folder offline: SEG + SR files and a summary, no network."""
-    from dicom_node.pipeline import analyse_series
-    from dicom_node.worker import report_options
+    from dicom_node.work.pipeline import analyse_series
+    from dicom_node.work.worker import report_options
     from inference.engines import UnknownEngineError, get_engine
     from inference.volume import SeriesError
 
@@ -504,7 +504,7 @@ def demo(workdir: Path = typer.Option(Path("ldct-demo"), help="Folder for the de
          port: int = typer.Option(0, help="Node port (0: a free one)."),
          engine: Optional[str] = typer.Option(None, help="cnn or threshold (default: cnn).")) -> None:
     """Push a synthetic low-dose chest CT through a node it starts, end to end, and print the result."""
-    from dicom_node.demo import run_demo
+    from dicom_node.admin.demo import run_demo
 
     configure_logging("console", "warning")
     try:

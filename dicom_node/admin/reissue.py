@@ -16,9 +16,9 @@ import pydicom
 from sqlalchemy import func, select
 
 from config.settings import Settings
-from dicom_node.clinical import lookup_clinical
-from dicom_node.jobstore import DONE, Dispatch, Job, JobStore, utcnow
-from dicom_node.pipeline import ReportOptions, assess_risk_for, risk_summary, write_report
+from dicom_node.work.clinical_lookup import lookup_clinical
+from dicom_node.queue.jobstore import DONE, Dispatch, Job, JobStore, utcnow
+from dicom_node.work.pipeline import ReportOptions, assess_risk_for, risk_summary, write_report
 from inference.quantify import Quantification
 from inference.volume import read_headers, sort_by_position
 

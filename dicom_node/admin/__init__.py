@@ -1,0 +1,1 @@
+"""Admin: the `ldct-node` command line, the demo and report reissue."""

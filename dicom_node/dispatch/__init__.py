@@ -1,0 +1,1 @@
+"""Dispatch: send each finished job's results to every destination, with retries."""

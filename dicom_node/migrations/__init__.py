@@ -1,1 +1,0 @@
-"""Alembic schema migrations of the job store (see `dicom_node.jobstore.migrate`)."""

@@ -1,0 +1,1 @@
+"""Queue: series completeness decisions and the durable job store (jobs, dispatches, audit)."""

@@ -1,0 +1,1 @@
+"""Receive: the Store SCP and its upper layer, the spool it writes, the extra receiving processes."""
