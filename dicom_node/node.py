@@ -26,7 +26,6 @@ from dicom_node.receive.spool import Spool
 from dicom_node.receive.acceptor import Peer
 from dicom_node.receive.receivers import ReceiverPool, receive_process_count
 from dicom_node.receive.store_scp import InstanceHeader, StoreSCP
-from dicom_node.tls import scp_context
 from dicom_node.work.worker import Worker
 
 log = structlog.get_logger(__name__)
@@ -46,18 +45,14 @@ class Node:
         self.settings = settings
         self.data_dir = prepare_data_dir(settings.node.data_dir)
         self.store = JobStore(settings.database_url)
-        self.spool = make_spool(settings)
+        self.spool = Spool.from_settings(settings)
         self.tracker = SeriesTracker()
         self.dispatcher = Dispatcher(settings, self.store)
         self.receive = receive
         self.receivers: ReceiverPool | None = None
-        self.scp = StoreSCP(ae_title=settings.node.ae_title, spool=self.spool,
-                            allowed_calling_ae_titles=settings.node.allowed_calling_ae_titles,
-                            max_pdu_size=settings.node.max_pdu_size,
-                            on_stored=self._on_instance_stored,
-                            allowed_peers=allowed_peers(settings), ssl_context=scp_context(settings),
-                            on_rejected=self._on_association_rejected,
-                            hand_off=self._hand_off_to_receiver) if receive else None
+        self.scp = StoreSCP.from_settings(settings, self.spool, on_stored=self._on_instance_stored,
+                                          on_rejected=self._on_association_rejected,
+                                          hand_off=self._hand_off_to_receiver) if receive else None
         count = settings.node.workers if workers is None else workers
         self.workers = [Worker(settings, self.store, engine=engine, name=f"{_identity()}-{i}",
                                on_done=self._on_job_done)
@@ -232,20 +227,6 @@ class Node:
                 shutil.rmtree(self.spool.series_dir(job.study_uid, job.series_uid), ignore_errors=True)
             self.store.mark_purged(job.id)
             log.info("retention purge", job_id=job.id, series_uid=job.series_uid)
-
-
-def make_spool(settings: Settings) -> Spool:
-    """The spool under `node.data_dir`, as the node and its receiver processes share it."""
-    return Spool(Path(settings.node.data_dir) / "spool", settings.node.min_free_disk_mb * 1024 * 1024,
-                 durable=settings.node.acknowledge_after == "disk")
-
-
-def allowed_peers(settings: Settings) -> dict[str, list[str]]:
-    """[[node.allowed_peers]] as calling AE title -> addresses (entries for one title merged)."""
-    peers: dict[str, list[str]] = {}
-    for peer in settings.node.allowed_peers:
-        peers.setdefault(peer.ae_title, []).extend(peer.addresses)
-    return peers
 
 
 def _identity() -> str:

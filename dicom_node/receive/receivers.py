@@ -29,9 +29,10 @@ import structlog
 
 from config.settings import Settings
 from dicom_node import metrics
+from dicom_node.logging import configure_logging
 from dicom_node.receive.acceptor import Peer
 from dicom_node.receive.spool import Spool
-from dicom_node.receive.store_scp import InstanceHeader
+from dicom_node.receive.store_scp import InstanceHeader, StoreSCP
 
 log = structlog.get_logger(__name__)
 
@@ -218,11 +219,6 @@ class ReceiverPool:
 
 def run_receiver(settings: Settings, connection: Connection, sockets: Connection) -> None:
     """A receiver process: serves the associations the node hands it, reporting back."""
-    from dicom_node.logging import configure_logging
-    from dicom_node.node import allowed_peers, make_spool  # noqa: F401 - node imports this module
-    from dicom_node.receive.store_scp import StoreSCP
-    from dicom_node.tls import scp_context
-
     configure_logging(settings.logging.format, settings.logging.level)
     # Ctrl-C in a terminal reaches the whole process group: the node stops its receivers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -236,12 +232,9 @@ def run_receiver(settings: Settings, connection: Connection, sockets: Connection
     def stored(peer: Peer, header: InstanceHeader) -> None:
         report("stored", peer.ae_title, peer.address, peer.port, *astuple(header))
 
-    node = settings.node
-    scp = StoreSCP(ae_title=node.ae_title, spool=make_spool(settings),
-                   allowed_calling_ae_titles=node.allowed_calling_ae_titles, max_pdu_size=node.max_pdu_size,
-                   on_stored=stored, allowed_peers=allowed_peers(settings), ssl_context=scp_context(settings),
-                   on_rejected=lambda ae_title, address: report("rejected", ae_title, address),
-                   on_closed=lambda: report("closed"))
+    scp = StoreSCP.from_settings(settings, Spool.from_settings(settings), on_stored=stored,
+                                 on_rejected=lambda ae_title, address: report("rejected", ae_title, address),
+                                 on_closed=lambda: report("closed"))
     threading.Thread(target=_serve_handed_sockets, args=(scp, sockets), name="receiver-sockets", daemon=True).start()
     report("ready")
     log.info("receiver ready", pid=os.getpid())

@@ -30,6 +30,8 @@ import uuid
 from collections import deque
 from pathlib import Path
 
+from config.settings import Settings
+
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 TMP_DIR_NAME = ".incoming"
 HEAD_BYTES = 64 * 1024  # kept in memory while receiving: enough for a CT header
@@ -58,6 +60,12 @@ class Spool:
         self.durable = durable
         self.tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.prepared = _PreparedFiles(self.tmp, PREPARED_FILES)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Spool:
+        """The spool under `node.data_dir`, as the node and its receiver processes share it."""
+        return cls(Path(settings.node.data_dir) / "spool", settings.node.min_free_disk_mb * 1024 * 1024,
+                   durable=settings.node.acknowledge_after == "disk")
 
     def series_dir(self, study_uid: str, series_uid: str) -> Path:
         return self.root / study_uid / series_uid

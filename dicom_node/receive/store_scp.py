@@ -34,6 +34,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from config.settings import Settings
 from dicom_node.receive.acceptor import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_DATASET_MISMATCH,
@@ -48,6 +49,7 @@ from dicom_node.receive.acceptor import (
 from dicom_node.receive.header_scan import LONG_LENGTH_VRS, UNDEFINED, ScannedHeader, scan_header
 from dicom_node.queue.series import SeriesTracker
 from dicom_node.receive.spool import HEAD_BYTES, IncomingFile, InvalidUID, Spool
+from dicom_node.tls import scp_context
 
 log = structlog.get_logger(__name__)
 
@@ -218,6 +220,14 @@ class CallerPolicy:
         return sorted(titles) or [_REFUSE_EVERY_TITLE]
 
 
+def allowed_peers(settings: Settings) -> dict[str, list[str]]:
+    """[[node.allowed_peers]] as calling AE title -> addresses (entries for one title merged)."""
+    peers: dict[str, list[str]] = {}
+    for peer in settings.node.allowed_peers:
+        peers.setdefault(peer.ae_title, []).extend(peer.addresses)
+    return peers
+
+
 class StoreSCP:
     """Receives instances into the spool and tells the tracker which series moved."""
 
@@ -252,6 +262,20 @@ class StoreSCP:
                                  max_associations=16, network_timeout=60, acse_timeout=30,
                                  ssl_context=ssl_context)
         self.port: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, spool: Spool, *,
+                      on_stored: Callable[[Peer, InstanceHeader], None],
+                      on_rejected: Callable[[str, str], None],
+                      hand_off: Callable[[socket.socket], bool] | None = None,
+                      on_closed: Callable[[], None] | None = None) -> StoreSCP:
+        """The Store SCP as `[node]` and `[tls]` configure it: the node process and every
+        receiver process build theirs here."""
+        node = settings.node
+        return cls(ae_title=node.ae_title, spool=spool, allowed_calling_ae_titles=node.allowed_calling_ae_titles,
+                   max_pdu_size=node.max_pdu_size, on_stored=on_stored, allowed_peers=allowed_peers(settings),
+                   ssl_context=scp_context(settings), on_rejected=on_rejected, hand_off=hand_off,
+                   on_closed=on_closed)
 
     def start(self, address: str, port: int) -> None:
         self.port = self.acceptor.start(address, port)
