@@ -7,6 +7,7 @@ job store when Prometheus scrapes, so they are right even with several worker ho
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
@@ -67,8 +68,8 @@ class MetricsEndpoint:
             pass
 
 
-def observe_job(summary: dict) -> None:
-    timings = summary.get("timings", {})
+def observe_job(timings: Mapping[str, float]) -> None:
+    """A finished job's stage timings (`load_s`, `segment_s`, ...) and their total."""
     for stage, seconds in timings.items():
         STAGE_SECONDS.labels(stage.removesuffix("_s")).observe(seconds)
     JOB_SECONDS.observe(sum(timings.values()))

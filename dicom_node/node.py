@@ -54,7 +54,7 @@ class Node:
                                           on_rejected=self._on_association_rejected,
                                           hand_off=self._hand_off_to_receiver) if receive else None
         count = settings.node.workers if workers is None else workers
-        self.workers = [Worker(settings, self.store, engine=engine, name=f"{_identity()}-{i}",
+        self.workers = [Worker(settings, self.store, spool=self.spool, engine=engine, name=f"{_identity()}-{i}",
                                on_done=self._on_job_done)
                         for i in range(count)]
         self.scheduler = BackgroundScheduler(timezone="UTC")
@@ -215,7 +215,7 @@ class Node:
         finally:
             self._dispatch_lock.release()
 
-    def _on_job_done(self, job_id: int) -> None:
+    def _on_job_done(self) -> None:
         """Send at once instead of waiting for the next dispatch sweep."""
         self.run_dispatch()
 

@@ -115,8 +115,13 @@ def to_hu(ds: Dataset) -> np.ndarray:
     return np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
 
 
-def load_series(source: Path | Sequence[Path]) -> CTVolume:
+def load_series(source: Path | Sequence[Path], *, in_slice_order: bool = False) -> CTVolume:
     """Load a CT series from a folder (every file in it) or a list of files.
+
+    `in_slice_order`: the files are already sorted along the slice normal (the node's
+    completeness decision sorted them), so each is read once, headers and pixels together;
+    the spacing check still verifies the order. Otherwise the headers are read and sorted
+    first, then the pixels.
 
     Raises SeriesError with a readable reason for anything that is not one consistent
     axial-stack series (mixed series, missing geometry, gaps, different image sizes).
@@ -127,7 +132,7 @@ def load_series(source: Path | Sequence[Path]) -> CTVolume:
     else:
         paths = [Path(p) for p in source]
     try:
-        return _load_paths(paths)
+        return _load_in_order(paths) if in_slice_order else _load_paths(paths)
     except SeriesError:
         raise
     except Exception as exc:  # noqa: BLE001 - malformed DICOM is a bad series, never a crash
@@ -139,12 +144,51 @@ MAX_IMAGE_SIDE = 8192  # bounds the volume allocation against garbled Rows/Colum
 
 def _load_paths(paths: list[Path]) -> CTVolume:
     headers = read_headers(paths)
+    _check_one_series(headers)
+    ordered, positions = sort_by_position(headers)
+    slice_spacing = spacing_from_positions(positions)
+    shape, pixel_spacing = _image_geometry(ordered[0])
+    hu = np.empty((len(ordered), *shape), dtype=np.int16)
+    for i, header in enumerate(ordered):
+        _check_size(header, shape)
+        full = pydicom.dcmread(header.filename)
+        hu[i] = to_hu(full)
+    return CTVolume(hu=hu, spacing=(slice_spacing, *pixel_spacing), datasets=ordered)
+
+
+def _load_in_order(paths: list[Path]) -> CTVolume:
+    """`_load_paths` for files already in slice order: one read per file."""
+    if not paths:
+        raise SeriesError("no images")
+    headers: list[Dataset] = []
+    hu = np.empty(0, dtype=np.int16)
+    for i, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        if i == 0:
+            shape, pixel_spacing = _image_geometry(ds)
+            hu = np.empty((len(paths), *shape), dtype=np.int16)
+        _check_size(ds, shape)
+        hu[i] = to_hu(ds)
+        for tag in [tag for tag in ds.keys() if tag >= PIXEL_DATA_TAG]:
+            del ds[tag]  # a header, as read_headers gives it
+        headers.append(ds)
+    _check_one_series(headers)
+    normal = slice_normal(headers[0])
+    slice_spacing = spacing_from_positions(np.array([slice_position(ds, normal) for ds in headers]))
+    return CTVolume(hu=hu, spacing=(slice_spacing, *pixel_spacing), datasets=headers)
+
+
+PIXEL_DATA_TAG = 0x7FE00010
+
+
+def _check_one_series(headers: Sequence[Dataset]) -> None:
     series_uids = {str(ds.get("SeriesInstanceUID", "")) for ds in headers}
     if len(series_uids) != 1:
         raise SeriesError(f"files belong to {len(series_uids)} series")
-    ordered, positions = sort_by_position(headers)
-    slice_spacing = spacing_from_positions(positions)
-    first = ordered[0]
+
+
+def _image_geometry(first: Dataset) -> tuple[tuple[int, int], tuple[float, float]]:
+    """(rows, columns) and (row, column) pixel spacing of the series, from its first slice."""
     shape = (int(first.Rows), int(first.Columns))
     if not all(0 < side <= MAX_IMAGE_SIDE for side in shape):
         raise SeriesError(f"implausible image size {shape[0]} x {shape[1]}")
@@ -152,10 +196,9 @@ def _load_paths(paths: list[Path]) -> CTVolume:
         row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
     except AttributeError as exc:
         raise SeriesError("missing PixelSpacing") from exc
-    hu = np.empty((len(ordered), *shape), dtype=np.int16)
-    for i, header in enumerate(ordered):
-        if (int(header.Rows), int(header.Columns)) != shape:
-            raise SeriesError("images of different sizes in one series")
-        full = pydicom.dcmread(header.filename)
-        hu[i] = to_hu(full)
-    return CTVolume(hu=hu, spacing=(slice_spacing, row_spacing, col_spacing), datasets=ordered)
+    return shape, (row_spacing, col_spacing)
+
+
+def _check_size(header: Dataset, shape: tuple[int, int]) -> None:
+    if (int(header.Rows), int(header.Columns)) != shape:
+        raise SeriesError("images of different sizes in one series")

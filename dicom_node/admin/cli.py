@@ -12,7 +12,7 @@ import signal
 import threading
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
@@ -23,6 +23,11 @@ from config.settings import ConfigError, Settings, load_settings
 from dicom_node.logging import configure_logging
 from inference.commands import evaluate_command, train_command
 from reporting.commands import risk_app
+
+if TYPE_CHECKING:  # the commands import what they need when they run: a fast start
+    from dicom_node.queue.jobstore import Job, JobStore
+    from dicom_node.results import ResultSummary
+    from inference.quantify import Quantification
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="ldct-node: COVID-19 lung lesion quantification on low-dose chest CT, as a DICOM node.")
@@ -287,19 +292,20 @@ def jobs(config: Optional[Path] = ConfigOption, state: Optional[str] = typer.Opt
     for col in ("id", "state", "attempts", "series UID", "instances", "created (UTC)", "lesion %", "error"):
         table.add_column(col)
     for j in rows:
-        q = j.summary_dict().get("quantification", {})
+        result = j.result()
         table.add_row(str(j.id), j.state + (" (superseded)" if j.superseded_by else ""), str(j.attempts),
                       j.series_uid, str(j.instance_count), _when(j.created_at),
-                      f"{q['lesion_pct']:.1f}" if q else "-", (j.error or "")[:60])
+                      f"{result.quantification.lesion_pct:.1f}" if result else "-", (j.error or "")[:60])
     console.print(table)
 
 
-def _job_dict(store, job) -> dict:
+def _job_dict(store: JobStore, job: Job) -> dict[str, Any]:
+    result = job.result()
     return {
         "id": job.id, "state": job.state, "attempts": job.attempts, "series_uid": job.series_uid,
         "study_uid": job.study_uid, "instances": job.instance_count, "created_at": _when(job.created_at),
         "finished_at": _when(job.finished_at), "error": job.error, "superseded_by": job.superseded_by,
-        "lease_owner": job.lease_owner, "result_dir": job.result_dir, "summary": job.summary_dict(),
+        "lease_owner": job.lease_owner, "result_dir": job.result_dir, "summary": result.as_dict() if result else {},
         "dispatches": [{"destination": d.destination, "state": d.state, "attempts": d.attempts,
                         "next_try_at": _when(d.next_try_at), "sent_at": _when(d.sent_at),
                         "last_error": d.last_error} for d in store.dispatches_for(job.id)],
@@ -320,15 +326,16 @@ def show(job_id: int, config: Optional[Path] = ConfigOption, as_json: bool = Jso
     for key in ("id", "state", "attempts", "series_uid", "study_uid", "instances", "created_at",
                 "finished_at", "error", "superseded_by", "result_dir"):
         console.print(f"{key:>14}: {info[key]}", highlight=False)
-    summary = info["summary"]
-    if summary:
-        q = summary["quantification"]
-        console.print(f"{'lung':>14}: {q['lung_cm3']:.1f} cm3")
-        for name in ("ggo", "consolidation", "lesion"):
-            console.print(f"{name:>14}: {q[f'{name}_cm3']:.1f} cm3, {q[f'{name}_pct']:.2f} % of lung")
-        if summary.get("risk"):
-            console.print(f"{'risk':>14}: {summary['risk']}", highlight=False)
-        console.print(f"{'timings':>14}: {summary.get('timings')}", highlight=False)
+    summary = job.result()
+    if summary is not None:
+        q = summary.quantification
+        console.print(f"{'lung':>14}: {q.lung_cm3:.1f} cm3")
+        for name, volume, extent in (("ggo", q.ggo_cm3, q.ggo_pct), ("consolidation", q.consolidation_cm3,
+                                      q.consolidation_pct), ("lesion", q.lesion_cm3, q.lesion_pct)):
+            console.print(f"{name:>14}: {volume:.1f} cm3, {extent:.2f} % of lung")
+        if summary.risk:
+            console.print(f"{'risk':>14}: {summary.risk.model_dump()}", highlight=False)
+        console.print(f"{'timings':>14}: {summary.timings}", highlight=False)
     for d in info["dispatches"]:
         console.print(f"{'dispatch':>14}: {d['destination']} {d['state']} attempts={d['attempts']} "
                       f"next={d['next_try_at']} sent={d['sent_at']} error={d['last_error']}", highlight=False)
@@ -339,18 +346,20 @@ def report(job_id: int, reissue: bool = typer.Option(False, "--reissue", help="S
            config: Optional[Path] = ConfigOption) -> None:
     """Reissue a job's report after clinical covariates arrived (amended SR supersedes the old one)."""
     from dicom_node.admin.reissue import ReissueError, reissue_report
-    from dicom_node.work.worker import report_options
+    from dicom_node.work.pipeline import ReportOptions
 
     if not reissue:
         fail("nothing to do: use --reissue to send an amended SR", 2)
     settings = settings_from(config)
     store = open_store(settings)
     try:
-        new_job = reissue_report(settings, store, job_id, report_options(settings))
+        new_job = reissue_report(settings, store, job_id, ReportOptions.from_settings(settings))
     except ReissueError as exc:
         fail(str(exc))
-    risk = new_job.summary_dict().get("risk") or {}
-    state = f"{100 * risk['probability']:.1f} % ({risk['category']})" if risk.get("computed") else "not computed"
+    result = new_job.result()
+    risk = result.risk if result else None
+    state = (f"{100 * risk.probability:.1f} % ({risk.category})" if risk and risk.computed and risk.probability is not None
+             else "not computed")
     console.print(f"amended SR written as job {new_job.id} (supersedes job {job_id}); risk {state}; "
                   f"queued for {len(settings.destinations)} destination(s): the running node sends it", highlight=False)
 
@@ -450,8 +459,7 @@ def segment(path: Path = typer.Argument(..., exists=True, file_okay=False, help=
             engine: Optional[str] = typer.Option(None, help="cnn or threshold (default: from config)."),
             as_json: bool = JsonOption) -> None:
     """Analyse a series folder offline: SEG + SR files and a summary, no network."""
-    from dicom_node.work.pipeline import analyse_series
-    from dicom_node.work.worker import report_options
+    from dicom_node.work.pipeline import ReportOptions, analyse_series
     from inference.engines import UnknownEngineError, get_engine
     from inference.volume import SeriesError
 
@@ -464,39 +472,41 @@ def segment(path: Path = typer.Argument(..., exists=True, file_okay=False, help=
     with _progress() as progress:
         task = progress.add_task("segmenting slices", total=None)
         try:
-            result = analyse_series(files, out, engine=seg_engine, options=report_options(settings),
-                                    progress=lambda stage, done, total: progress.update(task, completed=done, total=total))
+            summary = analyse_series(files, out, engine=seg_engine, options=ReportOptions.from_settings(settings),
+                                     progress=lambda stage, done, total: progress.update(task, completed=done,
+                                                                                         total=total))
         except SeriesError as exc:
             fail(f"not a usable series: {exc}")
     if as_json:
-        print(json.dumps(result.summary, indent=2))
+        print(json.dumps(summary.as_dict(), indent=2))
         return
-    print_summary(result.summary)
+    print_summary(summary)
 
 
-def print_summary(summary: dict) -> None:
-    q = summary["quantification"]
-    truth = summary.get("truth")
-    table = Table(title=f"{summary['slices']} slices, engine {summary['engine']['name']} {summary['engine']['version']}")
+def print_summary(summary: ResultSummary, truth: Quantification | None = None) -> None:
+    """The measurements (next to the true volumes, for the demo's synthetic series), risk and files."""
+    table = Table(title=f"{summary.slices} slices, engine {summary.engine.name} {summary.engine.version}")
     for col in ("", "volume (cm3)", "extent (% of lung)", *(("true volume (cm3)",) if truth else ())):
         table.add_column(col)
     rows = [("lung", "lung_cm3", None), ("normal lung", "normal_lung_cm3", None),
             ("ggo", "ggo_cm3", "ggo_pct"), ("consolidation", "consolidation_cm3", "consolidation_pct"),
             ("lesion", "lesion_cm3", "lesion_pct")]
+    measured = summary.quantification.as_dict()
     for name, volume_key, pct_key in rows:
-        table.add_row(name, f"{q[volume_key]:.1f}", f"{q[pct_key]:.2f}" if pct_key else "-",
-                      *((f"{truth[volume_key]:.1f}",) if truth else ()))
+        table.add_row(name, f"{measured[volume_key]:.1f}", f"{measured[pct_key]:.2f}" if pct_key else "-",
+                      *((f"{truth.as_dict()[volume_key]:.1f}",) if truth else ()))
     console.print(table)
-    risk = summary.get("risk")
+    risk = summary.risk
     if risk:
-        if risk["computed"]:
-            console.print(f"risk of severe course: {100 * risk['probability']:.1f} % ({risk['category']}), "
-                          f"{risk['model']}, {risk['calibration_status']}", highlight=False)
+        if risk.computed and risk.probability is not None:
+            console.print(f"risk of severe course: {100 * risk.probability:.1f} % ({risk.category}), "
+                          f"{risk.model}, {risk.calibration_status}", highlight=False)
         else:
-            console.print(f"risk not computed; missing: {', '.join(risk['missing'])}", highlight=False)
-    console.print(f"series {summary['series_uid']}", highlight=False)
-    console.print(f"outputs: {', '.join(summary['outputs'])}", highlight=False)
-    console.print("timings (s): " + ", ".join(f"{k[:-2]} {v:.2f}" for k, v in summary["timings"].items()), highlight=False)
+            console.print(f"risk not computed; missing: {', '.join(risk.missing)}", highlight=False)
+    console.print(f"series {summary.series_uid}", highlight=False)
+    console.print(f"outputs: {', '.join(summary.outputs)}", highlight=False)
+    console.print("timings (s): " + ", ".join(f"{k[:-2]} {v:.2f}" for k, v in summary.timings.items()),
+                  highlight=False)
 
 
 @app.command()
@@ -508,10 +518,10 @@ def demo(workdir: Path = typer.Option(Path("ldct-demo"), help="Folder for the de
 
     configure_logging("console", "warning")
     try:
-        summary = run_demo(workdir, port=port, engine=engine, console=err_console)
+        summary, truth = run_demo(workdir, port=port, engine=engine, console=err_console)
     except Exception as exc:  # noqa: BLE001
         fail(f"demo failed: {exc}")
-    print_summary(summary)
+    print_summary(summary, truth)
 
 
 # ---- configuration and clinical data --------------------------------------------------------

@@ -14,11 +14,14 @@ from pathlib import Path
 
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
+from rich.console import Console
 
 from config.settings import Settings
-from dicom_node.queue.jobstore import DEAD, DONE, SENT
-from dicom_node.node import Node
 from dicom_node.dispatch.dimse import send_files
+from dicom_node.node import Node
+from dicom_node.queue.jobstore import DEAD, DONE, SENT
+from dicom_node.results import ResultSummary
+from inference.quantify import Quantification
 
 
 def free_port() -> int:
@@ -87,8 +90,9 @@ def prepare_workdir(workdir: Path) -> None:
         shutil.rmtree(workdir / folder, ignore_errors=True)
 
 
-def run_demo(workdir: Path, *, port: int = 0, engine: str | None = None, console=None,
-             timeout: float = 600) -> dict:
+def run_demo(workdir: Path, *, port: int = 0, engine: str | None = None, console: Console | None = None,
+             timeout: float = 600) -> tuple[ResultSummary, Quantification]:
+    """Run the demo; returns what the node reported and the true volumes of the series."""
     workdir = Path(workdir).resolve()
     prepare_workdir(workdir)
     series_dir = workdir / "sample-series"
@@ -130,11 +134,11 @@ def run_demo(workdir: Path, *, port: int = 0, engine: str | None = None, console
                 raise RuntimeError(f"job {job.id} failed: {job.error}")
             if job is not None and job.state == DONE:
                 dispatches = node.store.dispatches_for(job.id)
-                if dispatches and all(d.state == SENT for d in dispatches):
-                    summary = job.summary_dict()
-                    summary["truth"] = json.loads(truth_file.read_text())
+                summary = job.result()
+                if summary is not None and dispatches and all(d.state == SENT for d in dispatches):
+                    truth = Quantification(**json.loads(truth_file.read_text()))
                     _say(console, f"results in {job.result_dir}; received by the demo PACS in {workdir / 'pacs-inbox'}")
-                    return summary
+                    return summary, truth
                 if any(d.state == DEAD for d in dispatches):
                     raise RuntimeError(f"dispatch failed: {dispatches[0].last_error}")
             time.sleep(0.5)
@@ -144,6 +148,6 @@ def run_demo(workdir: Path, *, port: int = 0, engine: str | None = None, console
         pacs.shutdown()
 
 
-def _say(console, message: str) -> None:
+def _say(console: Console | None, message: str) -> None:
     if console is not None:
         console.print(message, highlight=False)

@@ -34,9 +34,10 @@ class Dispatcher:
                 destination = self.settings.destination(dispatch.destination)
                 job = self.store.get_job(dispatch.job_id)
                 bound = bound.bind(series_uid=job.series_uid)
-                if not job.result_dir:
+                summary = job.result()
+                if not job.result_dir or summary is None:
                     raise SendError("the job's results were purged")
-                outputs = [Path(job.result_dir) / name for name in job.summary_dict().get("outputs", [])]
+                outputs = [Path(job.result_dir) / name for name in summary.outputs]
                 result = send_files(outputs, destination.host, destination.port, destination.ae_title,
                                     calling_ae=self.settings.node.ae_title, timeout=cfg.timeout_seconds,
                                     tls=destination_tls(self.settings, destination))

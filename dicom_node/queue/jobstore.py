@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sqlalchemy import (
+    Boolean,
     DateTime,
     ForeignKey,
     Integer,
@@ -32,6 +33,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
     func,
     inspect,
     or_,
@@ -43,6 +45,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from dicom_node.receive.spool import pid_alive
+from dicom_node.results import DicomRef, ResultSummary
 
 # Job states
 QUEUED, RUNNING, FAILED, DONE, DEAD = "queued", "running", "failed", "done", "dead"
@@ -94,8 +97,9 @@ class Job(Base):
     series_uid: Mapped[str] = mapped_column(String(64), index=True)
     study_uid: Mapped[str] = mapped_column(String(64))
     instance_set_hash: Mapped[str] = mapped_column(String(64))
-    instance_uids: Mapped[str] = mapped_column(Text)  # JSON list, in no particular order
+    instance_uids: Mapped[str] = mapped_column(Text)  # JSON list, in slice order when in_slice_order
     instance_count: Mapped[int] = mapped_column(Integer)
+    in_slice_order: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     state: Mapped[str] = mapped_column(String(16), index=True, default=QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -110,11 +114,14 @@ class Job(Base):
     summary: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
     superseded_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
-    def summary_dict(self) -> dict[str, Any]:
-        return json.loads(self.summary) if self.summary else {}
+    def result(self) -> ResultSummary | None:
+        """What the job produced (None until it is done)."""
+        return ResultSummary.from_json(self.summary) if self.summary else None
 
     def instance_uid_list(self) -> list[str]:
-        return json.loads(self.instance_uids)
+        """The SOP Instance UIDs to process: in slice order, as decided, when `in_slice_order`."""
+        uids: list[str] = json.loads(self.instance_uids)
+        return uids
 
 
 class Dispatch(Base):
@@ -314,14 +321,15 @@ class JobStore:
 
     def enqueue_job(self, *, series_uid: str, study_uid: str, instance_uids: list[str],
                     instance_set_hash: str, max_attempts: int) -> int | None:
-        """Queue a job; None when the same instance set already has one (identical re-send)."""
+        """Queue a job for `instance_uids` in slice order (as the completeness decision sorted
+        them); None when the same instance set already has one (identical re-send)."""
         with self.session() as s:
             exists = s.scalar(select(Job.id).where(Job.series_uid == series_uid,
                                                    Job.instance_set_hash == instance_set_hash))
             if exists is not None:
                 return None
             job = Job(series_uid=series_uid, study_uid=study_uid,
-                      instance_uids=json.dumps(sorted(instance_uids)),
+                      instance_uids=json.dumps(list(instance_uids)), in_slice_order=True,
                       instance_count=len(instance_uids), instance_set_hash=instance_set_hash,
                       state=QUEUED)
             s.add(job)
@@ -360,7 +368,7 @@ class JobStore:
                 .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
             ).rowcount)
 
-    def complete_job(self, job_id: int, owner: str, *, result_dir: str, summary: dict,
+    def complete_job(self, job_id: int, owner: str, *, result_dir: str, summary: ResultSummary,
                      destinations: list[str]) -> bool:
         """Mark done and create one dispatch row per destination, in one transaction.
 
@@ -372,7 +380,7 @@ class JobStore:
             done = s.execute(
                 update(Job).where(Job.id == job_id, Job.state == RUNNING, Job.lease_owner == owner)
                 .values(state=DONE, finished_at=now, result_dir=result_dir, error=None,
-                        summary=json.dumps(summary), lease_owner=None, lease_expires_at=None)
+                        summary=summary.to_json(), lease_owner=None, lease_expires_at=None)
             ).rowcount
             if not done:
                 return False
@@ -463,12 +471,12 @@ class JobStore:
                 query = query.where(Job.state == state)
             return list(s.scalars(query))
 
-    def superseded_results(self, job: Job) -> list[dict]:
-        """Summaries of earlier finished jobs of the same series that `job` replaces."""
+    def superseded_objects(self, job: Job) -> list[DicomRef]:
+        """The SEGs and SRs of earlier finished jobs of the same series, which `job` replaces."""
         with self.session() as s:
             rows = s.scalars(select(Job).where(Job.series_uid == job.series_uid, Job.id < job.id,
                                                Job.state == DONE).order_by(Job.id)).all()
-            return [r.summary_dict() for r in rows if r.summary]
+            return [ref for row in rows if (result := row.result()) is not None for ref in (result.seg, result.sr)]
 
     # ---- dispatch ----------------------------------------------------------------------
     def claim_dispatches(self, lease_seconds: float, limit: int = 10) -> list[Dispatch]:

@@ -75,6 +75,15 @@ class Spool:
         return self.series_dir(check_uid(study_uid, "StudyInstanceUID"),
                                check_uid(series_uid, "SeriesInstanceUID")) / f"{check_uid(sop_uid, 'SOPInstanceUID')}.dcm"
 
+    def instances_of(self, study_uid: str, series_uid: str, sop_uids: list[str]) -> list[Path]:
+        """The spooled files of these instances, in the order given; FileNotFoundError names
+        one that is gone."""
+        files = [self.instance_path(study_uid, series_uid, uid) for uid in sop_uids]
+        missing = [p.name for p in files if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} spooled instance(s) missing, e.g. {missing[0]}")
+        return files
+
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 

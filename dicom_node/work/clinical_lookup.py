@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
-import pydicom
+from pydicom.dataset import Dataset
 
 from dicom_node.queue.jobstore import JobStore
 from reporting.clinical import candidate_keys
 
 
-def lookup_clinical(store: JobStore, instance_file: Path) -> dict | None:
-    """The stored clinical record for the study this instance belongs to, if imported."""
-    ds = pydicom.dcmread(instance_file, stop_before_pixels=True,
-                         specific_tags=["AccessionNumber", "PatientID", "StudyDate"])
-    for key in candidate_keys(ds):
+def lookup_clinical(store: JobStore, header: Dataset) -> dict[str, Any] | None:
+    """The stored clinical record for the study of this header (any instance of it), if imported."""
+    for key in candidate_keys(header):
         found = store.get_clinical(key)
         if found is not None:
             return found

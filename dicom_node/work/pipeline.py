@@ -6,29 +6,26 @@ same numbers for the same files. No networking here.
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any
 
 import structlog
+from pydicom.dataset import Dataset
 
+from config.settings import Settings
+from dicom_node.results import DicomRef, EngineInfo, ResultSummary, RiskSummary, rounded
 from inference.engines import Engine
 from inference.quantify import Quantification, quantify
 from inference.volume import load_series
-from reporting.risk import assess_for_series
+from reporting.risk import MissingPolicy, RiskAssessment, assess_for_series
 
 log = structlog.get_logger(__name__)
 
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass
-class AnalysisResult:
-    quantification: Quantification
-    outputs: list[Path]
-    summary: dict = field(default_factory=dict)
+ClinicalLookup = Callable[[Dataset], "dict[str, Any] | None"]  # a study's header -> imported covariates
 
 
 @dataclass
@@ -36,16 +33,24 @@ class ReportOptions:
     key_images: bool = True
     omit_empty_seg_frames: bool = False
     risk_model_path: Path | None = None
-    risk_missing_policy: str = "omit"
+    risk_missing_policy: MissingPolicy = "omit"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReportOptions:
+        return cls(key_images=settings.report.key_images, omit_empty_seg_frames=settings.report.omit_empty_seg_frames,
+                   risk_model_path=settings.risk.model, risk_missing_policy=settings.risk.missing)
 
 
 def analyse_series(files: Sequence[Path], out_dir: Path, *, engine: Engine,
-                   options: ReportOptions | None = None, clinical: dict | None = None,
-                   supersedes: Sequence[dict] = (), progress: Progress | None = None) -> AnalysisResult:
-    """Segment one series and write SEG, SR and key images into `out_dir`.
+                   options: ReportOptions | None = None, in_slice_order: bool = False,
+                   clinical: ClinicalLookup | None = None, supersedes: Sequence[DicomRef] = (),
+                   progress: Progress | None = None) -> ResultSummary:
+    """Segment one series and write SEG, SR, key images and `summary.json` into `out_dir`.
 
-    `clinical` holds imported covariates for the risk model (None: header only).
-    `supersedes` are the summaries of earlier results for the same series that this replaces.
+    `in_slice_order`: `files` are in slice order already (the completeness decision sorted
+    and checked them), so each file is read once. `clinical` looks up imported covariates
+    for the risk model from the study's header (None: header only). `supersedes` are the
+    SEGs and SRs of earlier results for the same series that this one replaces.
     """
     from reporting.seg import build_segmentation
     from reporting.validate import write_dataset
@@ -54,7 +59,7 @@ def analyse_series(files: Sequence[Path], out_dir: Path, *, engine: Engine,
     out_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    volume = load_series(list(files))
+    volume = load_series(list(files), in_slice_order=in_slice_order)
     timings["load_s"] = time.perf_counter() - t0
     series_uid = volume.series_instance_uid
     log.info("series loaded", series_uid=series_uid, slices=volume.hu.shape[0],
@@ -66,7 +71,8 @@ def analyse_series(files: Sequence[Path], out_dir: Path, *, engine: Engine,
     quant = quantify(labels, volume.voxel_volume_ml)
 
     t0 = time.perf_counter()
-    risk = assess_risk_for(volume.datasets[0], quant, clinical, options)
+    first = volume.datasets[0]
+    risk = assess_risk_for(first, quant, clinical(first) if clinical else None, options)
     timings["risk_s"] = time.perf_counter() - t0
 
     # Key images are the last use of the HU volume: built first (written after the SR, as
@@ -91,10 +97,9 @@ def analyse_series(files: Sequence[Path], out_dir: Path, *, engine: Engine,
     timings["seg_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    superseded_uids = superseded_objects(supersedes)
     sr_path = out_dir / "sr.dcm"
-    engine_info = {"name": engine.name, "version": engine.version}
-    sr = write_report(headers, seg, quant, engine_info, risk, superseded_uids, sr_path)
+    engine_info = EngineInfo(name=engine.name, version=engine.version)
+    sr = write_report(headers, seg, quant, engine_info, risk, supersedes, sr_path)
     timings["sr_s"] = time.perf_counter() - t0
     outputs = [seg_path, sr_path]
 
@@ -106,54 +111,29 @@ def analyse_series(files: Sequence[Path], out_dir: Path, *, engine: Engine,
             outputs.append(path)
         timings["key_images_s"] = key_images_s + time.perf_counter() - t0
 
-    summary = {
-        "series_uid": series_uid,
-        "study_uid": str(headers[0].StudyInstanceUID),
-        "slices": slices,
-        "engine": engine_info,
-        "quantification": {k: round(v, 3) for k, v in quant.as_dict().items()},
-        "risk": risk_summary(risk),
-        "seg": [str(seg.SOPClassUID), str(seg.SOPInstanceUID), str(seg.SeriesInstanceUID)],
-        "sr": [str(sr.SOPClassUID), str(sr.SOPInstanceUID), str(sr.SeriesInstanceUID)],
-        "supersedes": [list(u) for u in superseded_uids],
-        "outputs": [p.name for p in outputs],
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-    }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return AnalysisResult(quantification=quant, outputs=outputs, summary=summary)
+    summary = ResultSummary(
+        series_uid=series_uid, study_uid=str(headers[0].StudyInstanceUID), slices=slices, engine=engine_info,
+        quantification=rounded(quant), risk=RiskSummary.of(risk), seg=DicomRef.of(seg), sr=DicomRef.of(sr),
+        supersedes=list(supersedes), outputs=[p.name for p in outputs],
+        timings={k: round(v, 3) for k, v in timings.items()})
+    (out_dir / "summary.json").write_text(summary.to_json(indent=2))
+    return summary
 
 
-def superseded_objects(summaries: Sequence[dict]) -> list[tuple[str, str, str]]:
-    """(SOP class, SOP instance, series) UIDs of the SEGs and SRs in earlier result summaries."""
-    return [tuple(s[kind]) for s in summaries for kind in ("seg", "sr") if s.get(kind)]
-
-
-def write_report(source_datasets, seg, quant: Quantification, engine: dict, risk,
-                 supersedes: Sequence[tuple[str, str, str]], path: Path):
-    """Build the TID 1500 SR for one analysis and write it to `path`.
-
-    `engine` is the summary's {"name", "version"} of the segmentation engine.
-    """
+def write_report(source_datasets: Sequence[Dataset], seg: Dataset, quant: Quantification, engine: EngineInfo,
+                 risk: RiskAssessment, supersedes: Sequence[DicomRef], path: Path) -> Dataset:
+    """Build the TID 1500 SR for one analysis and write it to `path`."""
     from reporting.sr import build_measurement_report
     from reporting.validate import write_dataset
 
-    sr = build_measurement_report(source_datasets, seg, quant, algorithm_name=f"ldct-node {engine['name']}",
-                                  algorithm_version=engine["version"], risk=risk, supersedes=supersedes)
+    sr = build_measurement_report(source_datasets, seg, quant, algorithm_name=f"ldct-node {engine.name}",
+                                  algorithm_version=engine.version, risk=risk, supersedes=supersedes)
     write_dataset(sr, path)
     return sr
 
 
-def assess_risk_for(header, quant: Quantification, clinical: dict | None, options: ReportOptions):
+def assess_risk_for(header: Dataset, quant: Quantification, clinical: dict[str, Any] | None,
+                    options: ReportOptions) -> RiskAssessment:
     """The prognostic risk for this patient (computed, or not computed with the reason)."""
     return assess_for_series(header, quant.lesion_pct, clinical, model_path=options.risk_model_path,
                              missing_policy=options.risk_missing_policy)
-
-
-def risk_summary(risk) -> dict | None:
-    if risk is None:
-        return None
-    return {"computed": risk.computed, "probability": risk.probability, "category": risk.category,
-            "model": f"{risk.model_name} {risk.model_version}",
-            "calibration_status": risk.calibration_status,
-            "missing": list(risk.covariates_missing),
-            "assumed_absent": list(risk.covariates_assumed_absent)}

@@ -1,48 +1,48 @@
 """Workers: claim a job with a lease, keep the lease alive, run the pipeline, record the result.
 
 A worker runs in the node's process (`serve`) or alone on a GPU host (`ldct-node worker`),
-against the same job store and a shared spool path.
+against the same job store and a shared spool path. It never sends anything: a finished job
+is marked done (with its dispatch rows) and the dispatch stage sends it.
 """
 
 from __future__ import annotations
 
 import threading
-import traceback
-from pathlib import Path
+from collections.abc import Callable
+from functools import partial
 
 import structlog
 
 from config.settings import Settings
 from dicom_node import metrics
 from dicom_node.queue.jobstore import Job, JobStore, worker_identity
+from dicom_node.receive.spool import Spool
+from dicom_node.results import ResultFolders
+from dicom_node.work.clinical_lookup import lookup_clinical
 from dicom_node.work.pipeline import ReportOptions, analyse_series
 from inference.engines import Engine, get_engine
 
 log = structlog.get_logger(__name__)
 
 
-def report_options(settings: Settings) -> ReportOptions:
-    return ReportOptions(key_images=settings.report.key_images,
-                         omit_empty_seg_frames=settings.report.omit_empty_seg_frames,
-                         risk_model_path=settings.risk.model,
-                         risk_missing_policy=settings.risk.missing)
-
-
 class Worker:
     """Processes queued jobs one at a time until stopped."""
 
-    def __init__(self, settings: Settings, store: JobStore, *, engine: Engine | None = None,
-                 name: str | None = None, poll_seconds: float = 1.0,
-                 on_done=None) -> None:
+    def __init__(self, settings: Settings, store: JobStore, *, spool: Spool | None = None,
+                 engine: Engine | None = None, name: str | None = None, poll_seconds: float = 1.0,
+                 on_done: Callable[[], None] | None = None) -> None:
+        """`on_done()`: told after each job is done (the node wakes its dispatcher)."""
         self.settings = settings
         self.store = store
+        self.spool = spool or Spool.from_settings(settings)
+        self.results = ResultFolders.from_settings(settings)
         self.name = name or worker_identity()
         self.poll_seconds = poll_seconds
         self._engine = engine
         self._stop = threading.Event()
         self._wake = threading.Event()  # set when a job was queued in this process
         self._thread: threading.Thread | None = None
-        self.on_done = on_done  # called with the job id after a successful completion
+        self.on_done = on_done
 
     @property
     def engine(self) -> Engine:
@@ -111,23 +111,18 @@ class Worker:
         beater = threading.Thread(target=beat, daemon=True)
         beater.start()
         try:
-            spool = Path(self.settings.node.data_dir) / "spool" / job.study_uid / job.series_uid
-            files = [spool / f"{uid}.dcm" for uid in job.instance_uid_list()]
-            missing = [p.name for p in files if not p.exists()]
-            if missing:
-                raise FileNotFoundError(f"{len(missing)} spooled instance(s) missing, e.g. {missing[0]}")
-            out_dir = Path(self.settings.node.data_dir) / "results" / f"job-{job.id}"
-            result = analyse_series(files, out_dir, engine=self.engine,
-                                    options=report_options(self.settings),
-                                    clinical=self._clinical_for(files[0]),
-                                    supersedes=self.store.superseded_results(job))
-        except Exception as exc:  # noqa: BLE001 - every failure is recorded on the job
+            files = self.spool.instances_of(job.study_uid, job.series_uid, job.instance_uid_list())
+            out_dir = self.results.for_job(job.id)
+            summary = analyse_series(files, out_dir, engine=self.engine,
+                                     options=ReportOptions.from_settings(self.settings),
+                                     in_slice_order=job.in_slice_order, clinical=partial(lookup_clinical, self.store),
+                                     supersedes=self.store.superseded_objects(job))
+        except Exception as exc:  # every failure is recorded on the job
             stop_beat.set()
-            state = self.store.fail_job(job.id, self.name, f"{type(exc).__name__}: {exc}",
-                                        jobs.max_attempts)
+            error = f"{type(exc).__name__}: {exc}"
+            state = self.store.fail_job(job.id, self.name, error, jobs.max_attempts)
             metrics.JOBS_FINISHED.labels(state or "lost").inc()
-            bound.error("job failed", error=f"{type(exc).__name__}: {exc}", state=state,
-                        trace=traceback.format_exc(limit=5))
+            bound.error("job failed", error=error, state=state, exc_info=True)
             return
         finally:
             stop_beat.set()
@@ -136,21 +131,14 @@ class Worker:
             bound.warning("lease lost during processing: result discarded")
             return
         destinations = [d.name for d in self.settings.destinations]
-        if self.store.complete_job(job.id, self.name, result_dir=str(out_dir), summary=result.summary,
+        if self.store.complete_job(job.id, self.name, result_dir=str(out_dir), summary=summary,
                                    destinations=destinations):
             metrics.JOBS_FINISHED.labels("done").inc()
-            metrics.observe_job(result.summary)
+            metrics.observe_job(summary.timings)
             self.store.audit("job_done", series_uid=job.series_uid, job_id=job.id,
-                             seg=result.summary["seg"][1], sr=result.summary["sr"][1])
-            bound.info("job done", lesion_pct=round(result.quantification.lesion_pct, 2),
-                       timings=result.summary["timings"])
-            if self.on_done:
-                self.on_done(job.id)
+                             seg=summary.seg.sop_instance_uid, sr=summary.sr.sop_instance_uid)
+            bound.info("job done", lesion_pct=round(summary.quantification.lesion_pct, 2), timings=summary.timings)
+            if self.on_done is not None:
+                self.on_done()
         else:
             bound.warning("job was taken over by another worker: result discarded")
-
-    def _clinical_for(self, first_file: Path) -> dict | None:
-        """Imported clinical covariates for this study, looked up by accession or patient+date."""
-        from dicom_node.work.clinical_lookup import lookup_clinical
-
-        return lookup_clinical(self.store, first_file)

@@ -74,7 +74,7 @@ def processed(node, store: JobStore, series_uid: str, timeout: float = 120) -> d
         return job if job.state == "done" and sent == ["sent"] else None
 
     job = wait_until(done, timeout, interval=0.5, what="the job done and sent")
-    return {"id": job.id, "summary": job.summary_dict(), "instances": job.instance_count}
+    return {"id": job.id, "summary": job.result().as_dict(), "instances": job.instance_count}
 
 
 def series_uid_of(paths: list[Path]) -> str:

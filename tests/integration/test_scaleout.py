@@ -12,11 +12,10 @@ import json
 import threading
 
 import pytest
-from sqlalchemy import create_engine
-
-from dicom_node.queue.jobstore import QUEUED, RUNNING, Base, JobStore, head_revision
+from dicom_node.queue.jobstore import QUEUED, RUNNING, JobStore, head_revision
 from inference.synthetic import generate_phantom, write_series
 from tests.integration.peers import storescu, wait_until
+from tests.jobstore_fixtures import create_legacy_schema, enqueue_legacy_job, result_summary
 from tests.integration.postgres import (  # noqa: F401 - fixtures
     database_section,
     postgres_server,
@@ -92,21 +91,17 @@ def test_expired_lease_returns_to_the_queue_on_postgres(postgres_url):
         again = store.claim_job("host-b:2", lease_seconds=60)
         assert again.id == job_id and again.attempts == 2
         assert not store.heartbeat(job_id, "host-a:1", 60)
-        assert not store.complete_job(job_id, "host-a:1", result_dir="/r", summary={}, destinations=["pacs"])
-        assert store.complete_job(job_id, "host-b:2", result_dir="/r", summary={}, destinations=["pacs"])
+        assert not store.complete_job(job_id, "host-a:1", result_dir="/r", summary=result_summary(), destinations=["pacs"])
+        assert store.complete_job(job_id, "host-b:2", result_dir="/r", summary=result_summary(), destinations=["pacs"])
         assert [d.destination for d in store.dispatches_for(job_id)] == ["pacs"]
     finally:
         store.close()
 
 
 def test_upgrade_keeps_the_queue_on_postgres(postgres_url):
-    """A database made before migrations existed (create_all) is stamped and keeps its jobs."""
-    legacy = create_engine(postgres_url)
-    Base.metadata.create_all(legacy)
-    legacy.dispose()
-    old = JobStore(postgres_url, upgrade=False)
-    job_ids = enqueue(old, 3)
-    old.close()
+    """A database made before migrations existed is stamped, upgraded and keeps its jobs."""
+    create_legacy_schema(postgres_url)
+    job_ids = [enqueue_legacy_job(postgres_url, f"1.2.{i}", f"h{i}") for i in range(3)]
     upgraded = JobStore(postgres_url)
     try:
         assert upgraded.schema_revision() == head_revision()
@@ -180,3 +175,4 @@ def test_receiver_and_three_worker_processes_process_each_series_once(orthanc, m
             w.terminate()
         for w in workers:
             w.wait(30)
+

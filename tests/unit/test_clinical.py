@@ -175,7 +175,7 @@ def test_cli_helpers(tmp_path, capsys):
 
 
 def test_node_finds_imported_records_by_accession_then_patient_and_date(tmp_path):
-    """Records stored under `key()` are found by the worker's lookup from a DICOM file."""
+    """Records stored under `key()` are found by the worker's lookup from a DICOM header."""
     from dicom_node.work.clinical_lookup import lookup_clinical
     from dicom_node.queue.jobstore import JobStore
 
@@ -188,10 +188,10 @@ def test_node_finds_imported_records_by_accession_then_patient_and_date(tmp_path
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = "1.2.3.4"
     ds.save_as(tmp_path / "i.dcm", enforce_file_format=True)
-    assert ClinicalRecord.from_dict(lookup_clinical(store, tmp_path / "i.dcm")).hypertension == 1
+    assert ClinicalRecord.from_dict(lookup_clinical(store, pydicom.dcmread(tmp_path / "i.dcm"))).hypertension == 1
     by_accession = ClinicalRecord(accession_number="ACC9", hypertension=0)
     store.put_clinical(by_accession.key(), by_accession.to_dict())
     ds.AccessionNumber = "ACC9"
     ds.save_as(tmp_path / "i.dcm", enforce_file_format=True)
-    assert ClinicalRecord.from_dict(lookup_clinical(store, tmp_path / "i.dcm")).hypertension == 0
+    assert ClinicalRecord.from_dict(lookup_clinical(store, pydicom.dcmread(tmp_path / "i.dcm"))).hypertension == 0
     store.close()

@@ -4,6 +4,7 @@ from datetime import timedelta
 import pytest
 
 from dicom_node.queue.jobstore import DEAD, DONE, FAILED, QUEUED, RUNNING, SENT, JobStore, utcnow
+from tests.jobstore_fixtures import create_legacy_schema, enqueue_legacy_job, result_summary
 
 
 @pytest.fixture
@@ -36,19 +37,20 @@ def test_claim_is_exclusive_and_ordered(store):
 def test_complete_creates_dispatches_and_supersedes(store):
     first = enqueue(store, digest="a")
     job = store.claim_job("w", 60)
-    assert store.complete_job(job.id, "w", result_dir="/r1", summary={"x": 1}, destinations=["pacs", "archive"])
+    first_result = result_summary(n=1)
+    assert store.complete_job(job.id, "w", result_dir="/r1", summary=first_result, destinations=["pacs", "archive"])
     assert [d.destination for d in store.dispatches_for(first)] == ["pacs", "archive"]
     second = enqueue(store, digest="b")
     job2 = store.claim_job("w", 60)
-    assert store.complete_job(job2.id, "w", result_dir="/r2", summary={"x": 2}, destinations=[])
+    assert store.complete_job(job2.id, "w", result_dir="/r2", summary=result_summary(n=2), destinations=[])
     assert store.get_job(first).superseded_by == second
-    assert store.superseded_results(store.get_job(second)) == [{"x": 1}]
+    assert store.superseded_objects(store.get_job(second)) == [first_result.seg, first_result.sr]
 
 
 def test_only_the_lease_owner_completes(store):
     enqueue(store)
     job = store.claim_job("w1", 60)
-    assert not store.complete_job(job.id, "intruder", result_dir="/r", summary={}, destinations=["p"])
+    assert not store.complete_job(job.id, "intruder", result_dir="/r", summary=result_summary(), destinations=["p"])
     assert store.get_job(job.id).state == RUNNING
 
 
@@ -84,7 +86,7 @@ def test_expired_lease_is_requeued_and_old_owner_cannot_finish(store):
 def test_dispatch_backoff_then_dead_after_max_age(store):
     enqueue(store)
     job = store.claim_job("w", 60)
-    store.complete_job(job.id, "w", result_dir="/r", summary={}, destinations=["pacs"])
+    store.complete_job(job.id, "w", result_dir="/r", summary=result_summary(), destinations=["pacs"])
     [d] = store.claim_dispatches(60)
     assert store.dispatch_failed(d.id, "refused", first_retry=10, max_retry=60, max_age_hours=1) == "pending"
     assert store.claim_dispatches(60) == []  # not due before its backoff
@@ -117,22 +119,20 @@ def test_migrations_build_exactly_the_models_schema(store):
 
 
 def test_database_from_before_migrations_keeps_its_queue(tmp_path):
-    """A store created with create_all (no alembic_version) is stamped, not recreated."""
-    from sqlalchemy import create_engine
-
-    from dicom_node.queue.jobstore import INITIAL_REVISION, Base, head_revision
+    """A store made before migrations (first release's tables, no alembic_version) is stamped,
+    not recreated, and then upgraded."""
+    from dicom_node.queue.jobstore import INITIAL_REVISION, head_revision
 
     url = f"sqlite:///{tmp_path / 'legacy.sqlite3'}"
-    legacy = create_engine(url)
-    Base.metadata.create_all(legacy)
-    legacy.dispose()
+    create_legacy_schema(url)
+    job_id = enqueue_legacy_job(url, "1.2.3", "h1")
     old = JobStore(url, upgrade=False)
-    job_id = enqueue(old)
     assert old.schema_revision() is None
     old.close()
     upgraded = JobStore(url)
     assert upgraded.schema_revision() == head_revision()
     assert upgraded.get_job(job_id).state == QUEUED and INITIAL_REVISION <= head_revision()
+    assert not upgraded.get_job(job_id).in_slice_order  # its UIDs were sorted by UID: the worker sorts slices
     assert upgraded.claim_job("w", 60).id == job_id
     upgraded.close()
 

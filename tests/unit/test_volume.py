@@ -67,3 +67,25 @@ def test_two_series_in_one_folder_are_refused(small_phantom, tmp_path):
             path.rename(mixed / f"{source}_{path.name}")
     with pytest.raises(SeriesError, match="2 series"):
         load_series(mixed)
+
+
+def test_files_in_slice_order_are_read_once_for_the_same_volume(small_phantom, tmp_path, monkeypatch):
+    """The node's workers get the files in the slice order the completeness decision found:
+    one read per file, and the volume, spacing and headers of the sorting path."""
+    from inference import volume as volume_module
+
+    paths = write_series(small_phantom, tmp_path)
+    random.Random(1).shuffle(paths)
+    sorted_volume = load_series(paths)
+    in_order = [ds.filename for ds in sorted_volume.datasets]
+    reads = []
+    real_dcmread = pydicom.dcmread
+    monkeypatch.setattr(volume_module.pydicom, "dcmread", lambda path, **kw: reads.append(path) or real_dcmread(path, **kw))
+    volume = load_series(in_order, in_slice_order=True)
+    assert sorted(map(str, reads)) == sorted(in_order)  # each file once
+    assert np.array_equal(volume.hu, sorted_volume.hu)
+    assert volume.spacing == pytest.approx(sorted_volume.spacing)
+    assert [ds.SOPInstanceUID for ds in volume.datasets] == [ds.SOPInstanceUID for ds in sorted_volume.datasets]
+    assert all("PixelData" not in ds for ds in volume.datasets)  # headers only, as read_headers gives them
+    with pytest.raises(SeriesError):  # the order is checked, not trusted
+        load_series(list(reversed(in_order)), in_slice_order=True)
