@@ -177,6 +177,11 @@ class JobSettings(_Section):
 
 
 class DispatchSettings(_Section):
+    run_by: Literal["serve", "worker"] = Field(
+        "serve",
+        description="which processes send results: serve (the receiving node, whose address the PACS knows) "
+                    "or worker (each `ldct-node worker` process, for a PACS that accepts results from the GPU hosts)",
+    )
     first_retry_seconds: float = Field(30.0, gt=0)
     max_retry_seconds: float = Field(900.0, gt=0)
     max_age_hours: float = Field(24.0, gt=0)

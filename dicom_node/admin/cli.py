@@ -207,7 +207,8 @@ def health(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption,
     from datetime import timezone
 
     from dicom_node.queue.jobstore import utcnow
-    from dicom_node.dispatch.dimse import SendError, echo as c_echo
+    from dicom_node.dispatch.dimse import echo as c_echo
+    from dicom_node.dispatch.sender import SendError
     from dicom_node.tls import destination_tls, self_check_tls
 
     settings = settings_from(config)
@@ -408,7 +409,8 @@ def _resolve_peer(settings: Settings, target: str) -> tuple[str, int, str]:
 def echo(destination: str = typer.Argument(..., help="Destination name or host:port[:AE_TITLE]."),
          config: Optional[Path] = ConfigOption) -> None:
     """C-ECHO a destination to check connectivity."""
-    from dicom_node.dispatch.dimse import SendError, echo as c_echo
+    from dicom_node.dispatch.dimse import echo as c_echo
+    from dicom_node.dispatch.sender import SendError
     from dicom_node.tls import named_destination_tls
 
     settings = settings_from(config)
@@ -426,7 +428,8 @@ def send(path: Path = typer.Argument(..., exists=True, help="A DICOM file or a f
          to: str = typer.Option(..., "--to", help="Destination name or host:port[:AE_TITLE]."),
          config: Optional[Path] = ConfigOption) -> None:
     """Push DICOM files to a peer by C-STORE (for example a series to the node)."""
-    from dicom_node.dispatch.dimse import SendError, send_files
+    from dicom_node.dispatch.dimse import send_files
+    from dicom_node.dispatch.sender import SendError
     from dicom_node.tls import named_destination_tls
 
     settings = settings_from(config)

@@ -1,9 +1,8 @@
-"""C-ECHO and C-STORE as a service user: used by dispatch to PACS and by `ldct-node send`."""
+"""C-ECHO and C-STORE as a service user: the dispatcher's DIMSE sender, and `ldct-node send`, `echo`, `health`."""
 
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -11,21 +10,8 @@ import pydicom
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from dicom_node.dispatch.sender import SendError, SendResult
 from reporting.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-
-
-class SendError(RuntimeError):
-    """The peer could not be reached or refused; the message says which and why."""
-
-
-@dataclass
-class SendResult:
-    sent: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (file name, status or reason)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
 
 
 TLSArgs = tuple[ssl.SSLContext, str]  # (client context, server name to verify)

@@ -1,61 +1,127 @@
-"""Dispatch: send each finished job's SEG, SR and key images to every configured destination.
+"""The dispatch stage: send each finished job's SEG, SR and key images to every destination.
 
+It runs in a thread of its own in the process whose role it is (`[dispatch] run_by`: the
+`serve` process by default, whose address the PACS knows), so a slow or unreachable PACS
+never holds a worker or its GPU: a worker marks its job done and wakes the dispatcher.
 One row per (job, destination). A failed send is retried with exponential backoff; past the
 maximum age it is dead with its error kept, visible in `status`, revived by `retry`.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
+from pydicom.errors import InvalidDicomError
+from structlog.typing import FilteringBoundLogger
 
-from config.settings import Settings
+from config.settings import ConfigError, Destination, Settings
 from dicom_node import metrics
-from dicom_node.queue.jobstore import DEAD, JobStore
-from dicom_node.dispatch.dimse import SendError, send_files
-from dicom_node.tls import destination_tls
+from dicom_node.dispatch.dimse import send_files
+from dicom_node.dispatch.sender import Sender, SendError, SendResult
+from dicom_node.queue.jobstore import DEAD, Dispatch, JobStore
+from dicom_node.tls import TLSError, destination_tls
 
 log = structlog.get_logger(__name__)
 
+POLL_SECONDS = 2.0  # due retries and jobs finished by workers in other processes are found this often
+# What a send is expected to fail with (a PACS that is down, refuses, or files gone); anything
+# else is a bug, logged with its traceback, and kept on the dispatch row all the same.
+EXPECTED_FAILURES = (SendError, TLSError, ConfigError, OSError, InvalidDicomError)
+
+
+def sender_for(settings: Settings, destination: Destination) -> Sender:
+    """How results reach `destination`: by C-STORE (another kind of destination joins here)."""
+    tls = destination_tls(settings, destination)
+
+    def send(paths: Sequence[Path]) -> SendResult:
+        return send_files(paths, destination.host, destination.port, destination.ae_title,
+                          calling_ae=settings.node.ae_title, timeout=settings.dispatch.timeout_seconds, tls=tls)
+
+    return send
+
 
 class Dispatcher:
-    def __init__(self, settings: Settings, store: JobStore) -> None:
+    def __init__(self, settings: Settings, store: JobStore, *, poll_seconds: float = POLL_SECONDS) -> None:
         self.settings = settings
         self.store = store
+        self.poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run_forever, name="dispatcher", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Send now rather than at the next poll (a worker in this process finished a job)."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 30) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def run_forever(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self.run_due()
+            except Exception:  # a database hiccup must not end dispatching
+                log.exception("dispatch loop error")
+                self._stop.wait(5)
+            self._wake.wait(self.poll_seconds)
 
     def run_due(self) -> int:
         """Send every due dispatch; returns how many were sent successfully."""
         cfg = self.settings.dispatch
         sent = 0
         for dispatch in self.store.claim_dispatches(lease_seconds=cfg.timeout_seconds * 4 + 60):
-            bound = log.bind(job_id=dispatch.job_id, destination=dispatch.destination)
-            try:
-                destination = self.settings.destination(dispatch.destination)
-                job = self.store.get_job(dispatch.job_id)
-                bound = bound.bind(series_uid=job.series_uid)
-                summary = job.result()
-                if not job.result_dir or summary is None:
-                    raise SendError("the job's results were purged")
-                outputs = [Path(job.result_dir) / name for name in summary.outputs]
-                result = send_files(outputs, destination.host, destination.port, destination.ae_title,
-                                    calling_ae=self.settings.node.ae_title, timeout=cfg.timeout_seconds,
-                                    tls=destination_tls(self.settings, destination))
-                if not result.ok:
-                    raise SendError(f"{len(result.failed)} of {len(outputs)} refused: {result.failed[0][1]}")
-            except Exception as exc:  # noqa: BLE001 - every failure is kept on the dispatch row
-                state = self.store.dispatch_failed(dispatch.id, f"{type(exc).__name__}: {exc}",
-                                                   first_retry=cfg.first_retry_seconds,
-                                                   max_retry=cfg.max_retry_seconds,
-                                                   max_age_hours=cfg.max_age_hours)
-                metrics.DISPATCH_ATTEMPTS.labels("failed").inc()
-                (bound.error if state == DEAD else bound.warning)(
-                    "dispatch failed", error=str(exc), state=state, attempt=dispatch.attempts + 1)
-                continue
-            self.store.dispatch_sent(dispatch.id)
-            metrics.DISPATCH_ATTEMPTS.labels("sent").inc()
-            self.store.audit("dispatched", job_id=dispatch.job_id, destination=dispatch.destination,
-                             ae_title=destination.ae_title, instances=result.sent)
-            bound.info("results sent", instances=result.sent)
-            sent += 1
+            if self._send(dispatch):
+                sent += 1
         return sent
+
+    def _send(self, dispatch: Dispatch) -> bool:
+        bound = log.bind(job_id=dispatch.job_id, destination=dispatch.destination)
+        try:
+            destination = self.settings.destination(dispatch.destination)
+            job = self.store.get_job(dispatch.job_id)
+            if job is None:
+                raise SendError(f"job {dispatch.job_id} is gone")
+            bound = bound.bind(series_uid=job.series_uid)
+            result = job.result()
+            if not job.result_dir or result is None:
+                raise SendError("the job's results were purged")
+            outputs = [Path(job.result_dir) / name for name in result.outputs]
+            sent = sender_for(self.settings, destination)(outputs)
+            if not sent.ok:
+                raise SendError(f"{len(sent.failed)} of {len(outputs)} refused: {sent.failed[0][1]}")
+        except EXPECTED_FAILURES as exc:
+            self._failed(dispatch, exc, bound)
+            return False
+        except Exception as exc:
+            bound.exception("dispatch failed unexpectedly")
+            self._failed(dispatch, exc, bound)
+            return False
+        self.store.dispatch_sent(dispatch.id)
+        metrics.DISPATCH_ATTEMPTS.labels("sent").inc()
+        self.store.audit("dispatched", job_id=dispatch.job_id, destination=dispatch.destination,
+                         ae_title=destination.ae_title, instances=sent.sent)
+        bound.info("results sent", instances=sent.sent)
+        return True
+
+    def _failed(self, dispatch: Dispatch, exc: Exception, bound: FilteringBoundLogger) -> None:
+        """Keep the failure on the dispatch row: retried with backoff, or dead past the maximum age."""
+        cfg = self.settings.dispatch
+        state = self.store.dispatch_failed(dispatch.id, f"{type(exc).__name__}: {exc}",
+                                           first_retry=cfg.first_retry_seconds, max_retry=cfg.max_retry_seconds,
+                                           max_age_hours=cfg.max_age_hours)
+        metrics.DISPATCH_ATTEMPTS.labels("failed").inc()
+        (bound.error if state == DEAD else bound.warning)(
+            "dispatch failed", error=str(exc), state=state, attempt=dispatch.attempts + 1)

@@ -1,8 +1,9 @@
-"""Series completeness and eligibility.
+"""Series completeness and eligibility: the stage between receiving and the job queue.
 
-The Store SCP only touches an in-memory activity record per series (no database round trip
-per instance). The completeness sweep takes series idle for `idle_seconds`, reads their
-headers from the spool and decides: queue a job, or record why not (ineligible,
+Every instance stored (by the node's Store SCP or a receiver process) only touches an
+in-memory activity record per series (no database round trip per instance). The completeness
+sweep takes series idle for `idle_seconds`, reads their headers from the spool once and
+decides: queue a job with its instances in slice order, or record why not (ineligible,
 inconsistent, identical re-send). Every decision is kept in the job store and shown by the CLI.
 """
 
@@ -12,6 +13,7 @@ import hashlib
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +21,12 @@ import numpy as np
 import pydicom
 import structlog
 
-from config.settings import SeriesSettings
+from config.settings import SeriesSettings, Settings
+from dicom_node import metrics
+from dicom_node.queue.jobstore import SERIES_DUPLICATE, SERIES_QUEUED, JobStore
+from dicom_node.receive.acceptor import Peer
+from dicom_node.receive.spool import Spool
+from dicom_node.receive.store_scp import InstanceHeader
 from inference.volume import SeriesError, slice_normal, slice_position, spacing_from_positions
 
 log = structlog.get_logger(__name__)
@@ -162,3 +169,83 @@ def evaluate_series(files: list[Path], settings: SeriesSettings) -> SeriesDecisi
     except SeriesError as exc:
         return decide("inconsistent", str(exc))
     return decide("queued", "", [d for _, d in unique])
+
+
+class Completeness:
+    """Decides the series that went quiet, in the receiving process: the one series tracker,
+    fed by every instance stored there or in a receiver process, lives here."""
+
+    def __init__(self, settings: Settings, store: JobStore, spool: Spool,
+                 on_queued: Callable[[], None] | None = None) -> None:
+        """`on_queued()`: told when a job was queued (the node wakes its workers)."""
+        self.settings, self.store, self.spool = settings, store, spool
+        self.on_queued = on_queued
+        self.tracker = SeriesTracker()
+        self._lock = threading.Lock()  # a series is resumed or decided, never both at once
+        self._series_seen: set[str] = set()
+
+    def instance_stored(self, peer: Peer, header: InstanceHeader) -> None:
+        """Every instance stored, here or by a receiver process."""
+        series_uid = header.series_uid
+        self.tracker.touch(header.study_uid, series_uid, peer.ae_title)
+        metrics.INSTANCES_RECEIVED.inc()
+        if series_uid not in self._series_seen:
+            self._series_seen.add(series_uid)
+            self.store.audit("receiving", series_uid=series_uid, calling_ae=peer.ae_title, peer=peer.address)
+
+    def resume_undecided(self) -> None:
+        """Series spooled but never decided on and not being received are swept again: at
+        start (after a crash) and after a receiver process died (it may have stored an
+        instance it never reported, the only one of its series).
+
+        Each gets a full idle window from now: a sender whose association the crash cut
+        re-sends, and the series is decided once, complete, instead of twice.
+        """
+        with self._lock:
+            for study_uid, series_uid, folder in self.spool.series_dirs():
+                if self.tracker.is_active(series_uid):
+                    continue
+                uids = [p.stem for p in self.spool.instance_files(folder)]
+                if uids and not self.store.known_instance_set(series_uid, instance_set_hash(uids)):
+                    self.tracker.touch(study_uid, series_uid, "")
+                    log.info("resuming undecided series", series_uid=series_uid, instances=len(uids))
+
+    def sweep(self) -> None:
+        """Decide every series idle for `series.idle_seconds`."""
+        with self._lock:
+            for activity in self.tracker.pop_idle(self.settings.series.idle_seconds):
+                try:
+                    self.decide(activity.study_uid, activity.series_uid, activity.calling_ae)
+                except Exception:  # one bad series must not stop the sweep
+                    log.exception("completeness check failed", series_uid=activity.series_uid)
+
+    def decide(self, study_uid: str, series_uid: str, calling_ae: str) -> None:
+        """Queue a job for the series, or record why not."""
+        self._series_seen.discard(series_uid)
+        files = self.spool.instance_files(self.spool.series_dir(study_uid, series_uid))
+        decision = evaluate_series(files, self.settings.series)
+        common = dict(series_uid=series_uid, study_uid=study_uid, calling_ae=calling_ae,
+                      description=decision.description, instance_count=len(files),
+                      instance_set_hash=decision.instance_set_hash)
+        bound = log.bind(series_uid=series_uid, instances=len(files), calling_ae=calling_ae)
+        if self.store.known_instance_set(series_uid, decision.instance_set_hash):
+            metrics.SERIES_DECIDED.labels(SERIES_DUPLICATE).inc()
+            self.store.record_series(**common, outcome=SERIES_DUPLICATE,
+                                     reason="same set of instances as an earlier decision: not processed again")
+            bound.info("identical re-send ignored")
+            return
+        metrics.SERIES_DECIDED.labels(decision.outcome).inc()
+        if not decision.eligible:
+            self.store.record_series(**common, outcome=decision.outcome, reason=decision.reason)
+            bound.warning("series not processed", outcome=decision.outcome, reason=decision.reason)
+            return
+        job_id = self.store.enqueue_job(series_uid=series_uid, study_uid=study_uid,
+                                        instance_uids=decision.instance_uids,
+                                        instance_set_hash=decision.instance_set_hash,
+                                        max_attempts=self.settings.jobs.max_attempts)
+        self.store.record_series(**common, outcome=SERIES_QUEUED, job_id=job_id)
+        self.store.audit("series_complete", series_uid=series_uid, job_id=job_id, calling_ae=calling_ae,
+                         instances=len(decision.instance_uids))
+        bound.info("series complete: job queued", job_id=job_id)
+        if self.on_queued is not None:
+            self.on_queued()

@@ -47,7 +47,6 @@ from dicom_node.receive.acceptor import (
     StoreSink,
 )
 from dicom_node.receive.header_scan import LONG_LENGTH_VRS, UNDEFINED, ScannedHeader, scan_header
-from dicom_node.queue.series import SeriesTracker
 from dicom_node.receive.spool import HEAD_BYTES, IncomingFile, InvalidUID, Spool
 from dicom_node.tls import scp_context
 
@@ -229,9 +228,9 @@ def allowed_peers(settings: Settings) -> dict[str, list[str]]:
 
 
 class StoreSCP:
-    """Receives instances into the spool and tells the tracker which series moved."""
+    """Receives instances into the spool and tells `on_stored` about each one."""
 
-    def __init__(self, *, ae_title: str, spool: Spool, tracker: SeriesTracker | None = None,
+    def __init__(self, *, ae_title: str, spool: Spool,
                  allowed_calling_ae_titles: list[str] | None = None, max_pdu_size: int = 0,
                  on_stored: Callable[[Peer, InstanceHeader], None] | None = None,
                  allowed_peers: Mapping[str, Sequence[str]] | None = None,
@@ -239,14 +238,13 @@ class StoreSCP:
                  on_rejected: Callable[[str, str], None] | None = None,
                  hand_off: Callable[[socket.socket], bool] | None = None,
                  on_closed: Callable[[], None] | None = None) -> None:
-        """`tracker`: touched for every instance stored (None: a receiver process reports instead).
-        `on_stored(peer, header)`: told about every instance stored.
+        """`on_stored(peer, header)`: told about every instance stored (the node's completeness
+        stage, or a receiver process's report to the node).
         `allowed_peers`: calling AE title -> source addresses/networks it may call from.
         `ssl_context`: serve DICOM TLS only (see dicom_node.tls.server_context).
         `on_rejected(calling_ae, peer_address)`: told about every refused association.
         `hand_off`, `on_closed`: see `Acceptor` (used by the node's receiver processes)."""
         self.spool = spool
-        self.tracker = tracker
         self.policy = CallerPolicy(allowed_calling_ae_titles or [], allowed_peers)
         self.on_stored = on_stored
         self.on_rejected = on_rejected
@@ -315,8 +313,6 @@ class StoreSCP:
             return STATUS_OUT_OF_RESOURCES, f"Write failed: {exc.strerror or exc}"
 
     def _stored(self, request: StoreRequest, header: InstanceHeader) -> None:
-        if self.tracker is not None:
-            self.tracker.touch(header.study_uid, header.series_uid, request.peer.ae_title)
         if self.on_stored is not None:
             self.on_stored(request.peer, header)
 

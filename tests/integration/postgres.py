@@ -136,7 +136,7 @@ def database_section(url: str, lease_seconds: float = 300, heartbeat_seconds: fl
 
 
 def start_cli_process(node, *args: str, log_name: str) -> subprocess.Popen:
-    """Another `python -m dicom_node <args>` on `node`'s config (same database and spool)."""
+    """Another `python -m dicom_node <args>` on `node`'s config and environment (same database and spool)."""
     import sys
 
     from tests.integration.peers import REPO
@@ -144,7 +144,7 @@ def start_cli_process(node, *args: str, log_name: str) -> subprocess.Popen:
     log = open(node.workdir / log_name, "ab")
     return subprocess.Popen([sys.executable, "-m", "dicom_node", *args, "--config", str(node.config)],
                             stdout=log, stderr=log, cwd=REPO,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **node.env})
 
 
 def start_receiver(node) -> None:

@@ -176,3 +176,26 @@ def test_receiver_and_three_worker_processes_process_each_series_once(orthanc, m
         for w in workers:
             w.wait(30)
 
+
+@pytest.mark.parametrize("run_by", ["serve", "worker"])
+def test_the_dispatch_role_decides_which_process_sends(orthanc, make_node, postgres_url, tmp_path, run_by):
+    """`serve --no-workers` and `worker` on one PostgreSQL database: the worker only segments
+    unless `[dispatch] run_by` gives it the dispatch role; the results reach the PACS once."""
+    node = make_node(orthanc, engine="threshold", idle_seconds=1, workers=0, env={"LDCT_DISPATCH__RUN_BY": run_by},
+                     extra=database_section(postgres_url))
+    node.cli("db", "upgrade")
+    start_receiver(node)
+    worker = start_cli_process(node, "worker", log_name="worker.log")
+    try:
+        write_series(generate_phantom(shape=(24, 96, 96), spacing=(8.0, 3.5, 3.5), seed=4), tmp_path / "series")
+        assert storescu(node.port, tmp_path / "series").returncode == 0
+        wait_until(lambda: (lambda js: len(js) == 1 and js[0]["state"] == "done" and js[0]["dispatches"]
+                            and js[0]["dispatches"][0]["state"] == "sent")(node.jobs()),
+                   300, interval=1, what="the job done and sent")
+        logs = {"serve": node.log_path.read_text(), "worker": (node.workdir / "worker.log").read_text()}
+        assert [name for name, text in logs.items() if '"job done"' in text] == ["worker"]
+        assert [name for name, text in logs.items() if '"results sent"' in text] == [run_by]
+        assert len(orthanc.instances_by_modality("SEG")) == 1 and len(orthanc.instances_by_modality("SR")) == 1
+    finally:
+        worker.terminate()
+        worker.wait(30)

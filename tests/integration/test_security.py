@@ -20,8 +20,8 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from dicom_node.dispatch.dimse import SendError, echo, send_files
-from dicom_node.queue.series import SeriesTracker
+from dicom_node.dispatch.dimse import echo, send_files
+from dicom_node.dispatch.sender import SendError
 from dicom_node.receive.spool import Spool
 from dicom_node.receive.store_scp import StoreSCP
 from dicom_node.tls import TLSError, client_context, server_context
@@ -69,7 +69,7 @@ def ct_files(tmp_path_factory) -> list[Path]:
 
 def tls_scp(tmp_path, pki, require_client_certificate: bool, **kwargs) -> tuple[StoreSCP, int]:
     context = server_context(pki / "server.pem", pki / "server.key", pki / "ca.pem", require_client_certificate)
-    scp = StoreSCP(ae_title="LDCTNODE", spool=Spool(tmp_path / "spool"), tracker=SeriesTracker(),
+    scp = StoreSCP(ae_title="LDCTNODE", spool=Spool(tmp_path / "spool"),
                    ssl_context=context, **kwargs)
     port = free_port()
     scp.start("127.0.0.1", port)
@@ -220,7 +220,7 @@ def test_node_over_tls_both_ways_no_phi_in_logs_audit_and_permissions(make_node,
 # ---- allow-list bound to source addresses (in-process, two loopback addresses) ------------------
 def test_allow_list_binds_calling_ae_titles_to_source_addresses(tmp_path, ct_files):
     rejected = []
-    scp = StoreSCP(ae_title="LDCTNODE", spool=Spool(tmp_path / "spool"), tracker=SeriesTracker(),
+    scp = StoreSCP(ae_title="LDCTNODE", spool=Spool(tmp_path / "spool"),
                    allowed_calling_ae_titles=["ANYWHERE"], allowed_peers={"SCANNER": ["127.0.0.2/32"]},
                    on_rejected=lambda ae, peer: rejected.append((ae, peer)))
     port = free_port()

@@ -24,7 +24,6 @@ from pydicom.filereader import read_preamble
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from dicom_node.queue.series import SeriesTracker
 from dicom_node.receive.spool import Spool
 from dicom_node.receive.store_scp import STATUS_SUCCESS, StoreSCP, check_instance
 from inference.synthetic import generate_phantom, write_series
@@ -50,7 +49,7 @@ def series_files(tmp_path_factory) -> list[Path]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     spool = Spool(tmp_path_factory.mktemp("fuzz-spool"))
-    scp = StoreSCP(ae_title="LDCTNODE", spool=spool, tracker=SeriesTracker())
+    scp = StoreSCP(ae_title="LDCTNODE", spool=spool)
     port = free_port()
     scp.start("127.0.0.1", port)
     yield scp, port

@@ -26,10 +26,15 @@ def ct_files(tmp_path_factory):
 
 
 @pytest.fixture
-def scp(tmp_path):
+def tracker():
+    return SeriesTracker()
+
+
+@pytest.fixture
+def scp(tmp_path, tracker):
     spool = Spool(tmp_path / "spool")
-    tracker = SeriesTracker()
-    server = StoreSCP(ae_title="LDCTNODE", spool=spool, tracker=tracker, allowed_calling_ae_titles=["SCANNER"])
+    server = StoreSCP(ae_title="LDCTNODE", spool=spool, allowed_calling_ae_titles=["SCANNER"],
+                      on_stored=lambda peer, header: tracker.touch(header.study_uid, header.series_uid, peer.ae_title))
     port = free_port()
     server.start("127.0.0.1", port)
     yield server, port
@@ -47,7 +52,7 @@ def send(port, datasets, calling="SCANNER", sop_class=CTImageStorage):
     return statuses
 
 
-def test_stores_atomically_and_tracks_the_series(scp, ct_files):
+def test_stores_atomically_and_tracks_the_series(scp, tracker, ct_files):
     server, port = scp
     datasets = [pydicom.dcmread(p) for p in ct_files]
     assert send(port, datasets) == [0] * len(datasets)
@@ -55,7 +60,7 @@ def test_stores_atomically_and_tracks_the_series(scp, ct_files):
     stored = server.spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     assert pydicom.dcmread(stored).PixelData == ds.PixelData
     assert [p for p in server.spool.tmp.iterdir() if p.stat().st_size] == []  # only empty prepared files
-    assert server.tracker.is_active(ds.SeriesInstanceUID)
+    assert tracker.is_active(ds.SeriesInstanceUID)
     server.stop()
     assert list(server.spool.tmp.iterdir()) == []
 
