@@ -16,9 +16,7 @@ and the dispatcher in threads of their own.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-from datetime import timedelta
 from pathlib import Path
 
 import structlog
@@ -27,7 +25,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from config.settings import Settings
 from dicom_node import metrics
 from dicom_node.dispatch.dispatcher import Dispatcher
-from dicom_node.queue.jobstore import JobStore, utcnow, worker_identity
+from dicom_node.queue.jobstore import JobStore, worker_identity
+from dicom_node.queue.retention import purge_expired
 from dicom_node.queue.series import Completeness
 from dicom_node.receive.receivers import ReceiverPool, receive_process_count
 from dicom_node.receive.spool import Spool
@@ -166,10 +165,4 @@ class Node:
             log.warning("expired leases released", job_ids=released)
 
     def purge_retention(self) -> None:
-        cutoff = utcnow() - timedelta(days=self.settings.retention.keep_days)
-        for job in self.store.purge_finished_before(cutoff):
-            shutil.rmtree(job.result_dir, ignore_errors=True)
-            if not self.completeness.tracker.is_active(job.series_uid):
-                shutil.rmtree(self.spool.series_dir(job.study_uid, job.series_uid), ignore_errors=True)
-            self.store.mark_purged(job.id)
-            log.info("retention purge", job_id=job.id, series_uid=job.series_uid)
+        purge_expired(self.store, self.spool, self.completeness.tracker, self.settings.retention.keep_days)

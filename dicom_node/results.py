@@ -9,6 +9,7 @@ of `<data_dir>/results`.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -102,7 +103,8 @@ def rounded(quantification: Quantification, digits: int = 3) -> Quantification:
 
 
 class ResultFolders:
-    """Where results are written: `results/job-<id>` for a job's analysis."""
+    """Where results are written: `results/job-<id>` for a job's analysis, and a folder of its
+    own for each amended report, so that purging one job never removes another's files."""
 
     def __init__(self, data_dir: Path) -> None:
         self.root = Path(data_dir) / "results"
@@ -113,3 +115,9 @@ class ResultFolders:
 
     def for_job(self, job_id: int) -> Path:
         return self.root / f"job-{job_id}"
+
+    def for_amended_report(self) -> Path:
+        """A new, empty folder for one amended report."""
+        folder = self.root / f"amended-{uuid.uuid4().hex[:16]}"
+        folder.mkdir(parents=True, mode=0o700)
+        return folder

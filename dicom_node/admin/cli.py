@@ -346,7 +346,8 @@ def show(job_id: int, config: Optional[Path] = ConfigOption, as_json: bool = Jso
 def report(job_id: int, reissue: bool = typer.Option(False, "--reissue", help="Send an amended SR (risk recomputed with the covariates known now)."),
            config: Optional[Path] = ConfigOption) -> None:
     """Reissue a job's report after clinical covariates arrived (amended SR supersedes the old one)."""
-    from dicom_node.admin.reissue import ReissueError, reissue_report
+    from dicom_node.admin.reissue import reissue_report
+    from dicom_node.queue.jobstore import ReissueRefused
     from dicom_node.work.pipeline import ReportOptions
 
     if not reissue:
@@ -355,7 +356,7 @@ def report(job_id: int, reissue: bool = typer.Option(False, "--reissue", help="S
     store = open_store(settings)
     try:
         new_job = reissue_report(settings, store, job_id, ReportOptions.from_settings(settings))
-    except ReissueError as exc:
+    except ReissueRefused as exc:
         fail(str(exc))
     result = new_job.result()
     risk = result.risk if result else None

@@ -3,73 +3,66 @@
 The segmentation is not rerun: the SR is rebuilt from the job's stored quantification, its
 SEG and the spooled source headers, with the risk assessed on the covariates known now. The
 amended SR supersedes the previous one (Predecessor Documents Sequence) and goes out through
-the ordinary dispatch path as a job of its own, so it is retried like any other result.
+the ordinary dispatch stage as a finished job of its own, so it is retried like any other
+result. It is written into a result folder of its own, next to a link to the SEG it
+references, so purging the original job removes neither the queued SR nor what a later
+reissue reads. A reissue that cannot be made changes nothing (ReissueRefused says why).
 """
 
 from __future__ import annotations
 
-import hashlib
+import os
+import shutil
 from pathlib import Path
 
 import pydicom
-from sqlalchemy import func, select
 
 from config.settings import Settings
-from dicom_node.work.clinical_lookup import lookup_clinical
-from dicom_node.queue.jobstore import DONE, Dispatch, Job, JobStore, utcnow
+from dicom_node.queue.jobstore import Job, JobStore, ReissueRefused
 from dicom_node.receive.spool import Spool
-from dicom_node.results import DicomRef, RiskSummary
+from dicom_node.results import DicomRef, ResultFolders, RiskSummary
+from dicom_node.work.clinical_lookup import lookup_clinical
 from dicom_node.work.pipeline import ReportOptions, assess_risk_for, write_report
 from inference.volume import read_headers, sort_by_position
 
-
-class ReissueError(RuntimeError):
-    """The report cannot be reissued; the message says why."""
+AMENDED_SR = "sr-amended.dcm"
 
 
 def reissue_report(settings: Settings, store: JobStore, job_id: int, options: ReportOptions) -> Job:
     """Write an amended SR for a finished job and queue it for every destination."""
-    job = store.get_job(job_id)
-    if job is None:
-        raise ReissueError(f"no job {job_id}")
-    if job.state != DONE or not job.result_dir:
-        raise ReissueError(f"job {job_id} is {job.state}{' (results purged)' if not job.result_dir else ''}:"
-                           " only a finished job with its results can be reissued")
-    if job.superseded_by:
-        raise ReissueError(f"job {job_id} was superseded by job {job.superseded_by}: reissue that one")
+    job = store.reissuable_job(job_id)
     summary = job.result()
-    if summary is None:
-        raise ReissueError(f"job {job_id} has no summary of its results")
-    result_dir = Path(job.result_dir)
+    seg_path = Path(job.result_dir or "missing") / "seg.dcm"
+    if summary is None or not job.result_dir or not seg_path.is_file():
+        raise ReissueRefused(f"the results of job {job_id} are no longer on disk (retention)")
     try:
         files = Spool.from_settings(settings).instances_of(job.study_uid, job.series_uid, job.instance_uid_list())
     except FileNotFoundError:
-        raise ReissueError(f"the source images of job {job_id} are no longer in the spool (retention)") from None
+        raise ReissueRefused(f"the source images of job {job_id} are no longer in the spool (retention)") from None
     headers = read_headers(files)
     if not job.in_slice_order:
         headers, _ = sort_by_position(headers)
-    seg = pydicom.dcmread(result_dir / "seg.dcm")
+    seg = pydicom.dcmread(seg_path)
     risk = assess_risk_for(headers[0], summary.quantification, lookup_clinical(store, headers[0]), options)
-    with store.session() as s:
-        previous = s.scalar(select(func.count()).select_from(Job).where(Job.series_uid == job.series_uid))
-    amended_name = f"sr-amended-{previous}.dcm"
-    sr = write_report(headers, seg, summary.quantification, summary.engine, risk, [summary.sr],
-                      result_dir / amended_name)
-    amended = summary.model_copy(update={
-        "risk": RiskSummary.of(risk), "outputs": [amended_name], "reissue_of": job.id, "sr": DicomRef.of(sr),
-        "supersedes": [summary.sr]})
-    now = utcnow()
-    with store.session() as s:
-        new_job = Job(series_uid=job.series_uid, study_uid=job.study_uid,
-                      instance_set_hash=hashlib.sha256(f"{job.instance_set_hash}:{amended_name}".encode()).hexdigest(),
-                      instance_uids=job.instance_uids, instance_count=job.instance_count,
-                      in_slice_order=job.in_slice_order, state=DONE, attempts=0, created_at=now, started_at=now,
-                      finished_at=now, result_dir=str(result_dir), summary=amended.to_json())
-        s.add(new_job)
-        s.flush()
-        s.get(Job, job.id).superseded_by = new_job.id
-        for destination in settings.destinations:
-            s.add(Dispatch(job_id=new_job.id, destination=destination.name, next_try_at=now))
+    folder = ResultFolders.from_settings(settings).for_amended_report()
+    try:
+        _link_or_copy(seg_path, folder / "seg.dcm")  # what the SR references, for a later reissue
+        sr = write_report(headers, seg, summary.quantification, summary.engine, risk, [summary.sr], folder / AMENDED_SR)
+        amended = summary.model_copy(update={
+            "risk": RiskSummary.of(risk), "outputs": [AMENDED_SR], "reissue_of": job.id,
+            "sr": DicomRef.of(sr), "supersedes": [summary.sr]})
+        new_job = store.add_amended_report(job.id, summary=amended, result_dir=str(folder),
+                                           destinations=[d.name for d in settings.destinations])
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     store.audit("report_reissued", series_uid=job.series_uid, job_id=new_job.id, reissue_of=job.id,
                 sr=amended.sr.sop_instance_uid)
-    return store.get_job(new_job.id)
+    return new_job
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)

@@ -13,6 +13,7 @@ workers starting together do not race), and an upgrade keeps the queue.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -478,6 +479,36 @@ class JobStore:
                                                Job.state == DONE).order_by(Job.id)).all()
             return [ref for row in rows if (result := row.result()) is not None for ref in (result.seg, result.sr)]
 
+    # ---- amended reports (`ldct-node report JOB --reissue`) --------------------------------
+    def reissuable_job(self, job_id: int) -> Job:
+        """The job whose report may be amended now; ReissueRefused says why not."""
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            _check_reissuable(job, job_id)
+            return job
+
+    def add_amended_report(self, job_id: int, *, summary: ResultSummary, result_dir: str,
+                           destinations: list[str]) -> Job:
+        """Record an amended report of `job_id` as a finished job of its own that supersedes
+        it, with one dispatch per destination: all in one transaction, or nothing (ReissueRefused
+        when the job was superseded, purged or changed meanwhile)."""
+        now = utcnow()
+        with self.session() as s:
+            original = s.get(Job, job_id, with_for_update=True)
+            _check_reissuable(original, job_id)
+            amended_set = f"{original.instance_set_hash}:amended:{summary.sr.sop_instance_uid}"
+            job = Job(series_uid=original.series_uid, study_uid=original.study_uid,
+                      instance_set_hash=hashlib.sha256(amended_set.encode()).hexdigest(),
+                      instance_uids=original.instance_uids, instance_count=original.instance_count,
+                      in_slice_order=original.in_slice_order, state=DONE, attempts=0, created_at=now,
+                      started_at=now, finished_at=now, result_dir=result_dir, summary=summary.to_json())
+            s.add(job)
+            s.flush()
+            original.superseded_by = job.id
+            for name in destinations:
+                s.add(Dispatch(job_id=job.id, destination=name, state=PENDING, next_try_at=now))
+            return job
+
     # ---- dispatch ----------------------------------------------------------------------
     def claim_dispatches(self, lease_seconds: float, limit: int = 10) -> list[Dispatch]:
         """Take due dispatches (pending and due, or sending with an expired lease)."""
@@ -601,6 +632,35 @@ class JobStore:
     def mark_purged(self, job_id: int) -> None:
         with self.session() as s:
             s.get(Job, job_id).result_dir = None
+
+    def result_dir_in_use(self, result_dir: str, *, other_than: int) -> bool:
+        """Whether another job that is not purged keeps its results in `result_dir` (amended
+        reports of earlier releases wrote into the original job's folder)."""
+        with self.session() as s:
+            return bool(s.scalar(select(func.count()).select_from(Job).where(
+                Job.result_dir == result_dir, Job.id != other_than)))
+
+    def series_in_use(self, series_uid: str, *, other_than: int) -> bool:
+        """Whether another job of the series still needs its spooled images: one that is not
+        finished yet, or finished with results not purged (a reissue reads the images)."""
+        with self.session() as s:
+            return bool(s.scalar(select(func.count()).select_from(Job).where(
+                Job.series_uid == series_uid, Job.id != other_than,
+                or_(Job.state.in_((QUEUED, RUNNING, FAILED)), Job.result_dir.is_not(None)))))
+
+
+class ReissueRefused(RuntimeError):
+    """A job whose report cannot be amended; the message says why."""
+
+
+def _check_reissuable(job: Job | None, job_id: int) -> None:
+    if job is None:
+        raise ReissueRefused(f"no job {job_id}")
+    if job.state != DONE or not job.result_dir:
+        raise ReissueRefused(f"job {job_id} is {job.state}{' (results purged)' if not job.result_dir else ''}:"
+                             " only a finished job with its results can be reissued")
+    if job.superseded_by:
+        raise ReissueRefused(f"job {job_id} was superseded by job {job.superseded_by}: reissue that one")
 
 
 def _engine_options(url: str) -> dict[str, Any]:
