@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from reporting.clinical import ClinicalCsvError, ClinicalRecord, parse_clinical_csv
+from reporting.clinical_records import ClinicalCsvError, ClinicalRecord, parse_clinical_csv
 from reporting.risk import COMORBIDITIES, RiskModelError, load_risk_model
 
 if TYPE_CHECKING:  # pandas/scipy/statsmodels load only when a fit runs: fast CLI start
@@ -110,7 +110,7 @@ def print_fit_report(result: FitResult, console: Console) -> None:
 
 @risk_app.command("fit")
 def fit_command(
-    cohort: Annotated[Path, typer.Argument(help="cohort CSV (see `reporting/risk_fit.py`)")],
+    cohort: Annotated[Path, typer.Argument(help="cohort CSV (see `reporting/cohort.py`)")],
     out: Annotated[Path, typer.Option("--out", help="where to write the Model C model file")],
     json_report: Annotated[
         Path | None, typer.Option("--json", help="also write the full report as JSON")
@@ -127,7 +127,8 @@ def fit_command(
     ] = True,
 ) -> None:
     """Refit Models A, B (if ct_ss is present) and C on COHORT.csv and write Model C."""
-    from reporting.risk_fit import CohortError, FitError, fit_cohort_file
+    from reporting.cohort import CohortError
+    from reporting.risk_fit import FitError, fit_cohort_file
 
     try:
         result = fit_cohort_file(

@@ -10,7 +10,7 @@ fills those gaps by a stated, reproducible method:
 2. Lesion extent: 13.1% without lesions (Table 1: 86.9% had lesions); the others lognormal,
    with the overall mean and SD set from the dataset's CT-SS 6.0 +/- 7.2 (out of 40) at an
    assumed 1.25% of lung per CT-SS point (mean 7.5%, SD 9.0%; see
-   `reporting.risk_fit.EXTENT_PCT_PER_CT_SS_POINT` for the reasoning). The standardisation
+   `reporting.cohort_simulation.EXTENT_PCT_PER_CT_SS_POINT` for the reasoning). The standardisation
    stored in the model is the simulated cohort's mean and SD of that extent.
 3. Intercept: the value at which the mean predicted risk over the simulated cohort equals
    the published event rate, 227/1621 = 14.0%.
@@ -44,7 +44,7 @@ from reporting.risk import (
     covariate_specs_for,
     risk_model_from_dict,
 )
-from reporting.risk_fit import (
+from reporting.cohort_simulation import (
     ASSUMED_EXTENT_MEAN_PCT,
     ASSUMED_EXTENT_SD_PCT,
     EXTENT_PCT_PER_CT_SS_POINT,

@@ -508,7 +508,7 @@ def assess_for_series(
     A model file that cannot be loaded does not fail the job: the assessment comes back
     not computed, with the loader's message as the reason, so SEG and SR still go out.
     """
-    from reporting.clinical import ClinicalRecord, covariates_for_study
+    from reporting.clinical_records import ClinicalRecord, covariates_for_study
 
     record = ClinicalRecord.from_dict(clinical) if clinical else None
     covariates = covariates_for_study(header, record)

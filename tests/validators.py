@@ -1,7 +1,7 @@
 """Independent validators for the node's DICOM outputs: dciodvfy and PixelMed, run side by side.
 
 - dciodvfy (Debian dicom3tools) checks an object against the IOD definitions
-  (`reporting.validate.dciodvfy_report`).
+  (`dciodvfy_report`; the node's outputs must give no "Error" lines).
 - PixelMed (Debian pixelmed-apps, `pixelmed.jar`): `DicomInstanceValidator` checks the IOD of
   the SOP classes it knows (in the 2022 jar: Segmentation, Enhanced CT/MR and a few more, not
   Secondary Capture nor SR); `DicomSRValidator` checks an SR's IOD, its content item
@@ -17,14 +17,57 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
 import pytest
+import structlog
+from pydicom.dataset import Dataset
 
-from reporting.validate import dciodvfy_report
+from reporting.dicom_file import write_dataset
+
+log = structlog.get_logger(__name__)
+
+DCIODVFY = "dciodvfy"
+
+
+class ValidatorMissingError(RuntimeError):
+    """dciodvfy is not installed (Debian/Ubuntu: `apt-get install dicom3tools`)."""
+
+
+def dciodvfy_report(path_or_dataset: str | Path | Dataset) -> tuple[list[str], list[str]]:
+    """Run dciodvfy; return (error lines, warning lines)."""
+    executable = shutil.which(DCIODVFY)
+    if executable is None:
+        raise ValidatorMissingError(
+            "dciodvfy not found on PATH: install dicom3tools (apt-get install dicom3tools)"
+        )
+    with tempfile.TemporaryDirectory(prefix="ldct-dciodvfy-") as tmp:
+        if isinstance(path_or_dataset, Dataset):
+            path = write_dataset(path_or_dataset, Path(tmp) / "object.dcm")
+        else:
+            path = Path(path_or_dataset)
+            if not path.is_file():
+                raise FileNotFoundError(f"no such DICOM file: {path}")
+        # -new: use the current standard's rules (not retired ones); output goes to stderr.
+        completed = subprocess.run(
+            [executable, "-new", str(path)], capture_output=True, text=True, errors="replace",
+            timeout=300,
+        )
+    lines = (completed.stdout + completed.stderr).splitlines()
+    errors = [line for line in lines if line.startswith("Error")]
+    warnings = [line for line in lines if line.startswith("Warning")]
+    log.debug("dciodvfy", errors=len(errors), warnings=len(warnings))
+    return errors, warnings
+
+
+def dciodvfy_errors(path_or_dataset: str | Path | Dataset) -> list[str]:
+    """Lines of dciodvfy output that start with "Error" (empty list: the object is valid)."""
+    return dciodvfy_report(path_or_dataset)[0]
+
 
 PIXELMED_JARS = (Path("/usr/share/java/pixelmed.jar"),)
 JAVA_OPTIONS = (

@@ -114,7 +114,7 @@ def run_demo(workdir: Path, *, port: int = 0, engine: str | None = None, console
     })
     pacs = start_inbox_pacs(workdir / "pacs-inbox", pacs_port)
     node = Node(settings)
-    from reporting.clinical import ClinicalRecord
+    from reporting.clinical_records import ClinicalRecord
 
     record = ClinicalRecord.from_dict(DEMO_CLINICAL)
     node.store.put_clinical(record.key(), record.to_dict())

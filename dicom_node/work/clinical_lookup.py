@@ -7,7 +7,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from dicom_node.queue.jobstore import JobStore
-from reporting.clinical import candidate_keys
+from reporting.clinical_records import candidate_keys
 
 
 def lookup_clinical(store: JobStore, header: Dataset) -> dict[str, Any] | None:

@@ -53,7 +53,7 @@ def analyse_series(files: Sequence[Path], out_dir: Path, *, engine: Engine,
     SEGs and SRs of earlier results for the same series that this one replaces.
     """
     from reporting.seg import build_segmentation
-    from reporting.validate import write_dataset
+    from reporting.dicom_file import write_dataset
 
     options = options or ReportOptions()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +124,7 @@ def write_report(source_datasets: Sequence[Dataset], seg: Dataset, quant: Quanti
                  risk: RiskAssessment, supersedes: Sequence[DicomRef], path: Path) -> Dataset:
     """Build the TID 1500 SR for one analysis and write it to `path`."""
     from reporting.sr import build_measurement_report
-    from reporting.validate import write_dataset
+    from reporting.dicom_file import write_dataset
 
     sr = build_measurement_report(source_datasets, seg, quant, algorithm_name=f"ldct-node {engine.name}",
                                   algorithm_version=engine.version, risk=risk, supersedes=supersedes)

@@ -10,7 +10,7 @@ import pytest
 import typer
 from pydicom.dataset import Dataset
 
-from reporting.clinical import (
+from reporting.clinical_records import (
     ClinicalCsvError,
     ClinicalRecord,
     candidate_keys,

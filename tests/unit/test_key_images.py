@@ -22,7 +22,8 @@ from reporting.key_images import (  # noqa: E402
 )
 from reporting.risk import RiskAssessment  # noqa: E402
 from reporting.seg import SEGMENT_COLOURS_RGB  # noqa: E402
-from reporting.validate import dciodvfy_report, write_dataset  # noqa: E402
+from reporting.dicom_file import write_dataset
+from tests.validators import dciodvfy_report  # noqa: E402
 from tests.reporting_fixtures import (  # noqa: E402
     headers_only,
     make_ct_series,

@@ -11,7 +11,7 @@ from reporting.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_
 from reporting.key_images import build_key_images
 from reporting.seg import build_segmentation
 from reporting.sr import build_measurement_report
-from reporting.validate import write_dataset
+from reporting.dicom_file import write_dataset
 from tests.reporting_fixtures import make_ct_series, make_hu_volume, make_label_map, write_series
 from tests.unit.test_sr import COMPREHENSIVE_3D_SR, COMPUTED_RISK, NOT_COMPUTED_RISK
 from tests.validators import INSTANCE_VALIDATOR, SR_VALIDATOR, needs_validators, pixelmed, reports

@@ -188,7 +188,7 @@ def test_shipped_default_is_reproduced_by_its_derivation():
 
 def test_default_intercept_gives_the_published_event_rate_on_a_fresh_simulation():
     """Mean predicted risk on an independent simulated cohort is the study's 14%."""
-    from reporting.risk_fit import linear_predictor, simulate_covariates
+    from reporting.cohort_simulation import linear_predictor, simulate_covariates
 
     model = load_risk_model()
     cohort = simulate_covariates(50_000, seed=99)
@@ -291,7 +291,7 @@ def test_merged_with_keeps_known_values_first():
 
 
 def test_assess_for_series_joins_header_and_stored_clinical_record(tmp_path):
-    from reporting.clinical import ClinicalRecord
+    from reporting.clinical_records import ClinicalRecord
     from reporting.risk import assess_for_series
 
     ds = header(PatientAge="070Y", PatientSex="M", StudyDate="20200410")

@@ -13,17 +13,10 @@ from typer.testing import CliRunner
 
 from reporting.commands import risk_app
 from reporting.risk import Covariates, assess_risk, load_risk_model
-from reporting.risk_fit import (
-    CohortError,
-    FitError,
-    c_statistic,
-    fit_cohort_file,
-    read_cohort_csv,
-    simulate_cohort,
-    split_indices,
-    true_probability,
-    youden_cutoff,
-)
+from reporting.cohort import CohortError, read_cohort_csv
+from reporting.cohort_simulation import simulate_cohort, true_probability
+from reporting.discrimination import c_statistic, youden_cutoff
+from reporting.risk_fit import FitError, fit_cohort_file, split_indices
 
 COHORT_N = 3000
 COHORT_SEED = 11

@@ -19,8 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from inference.volume import load_series  # noqa: E402
 from reporting import codes  # noqa: E402
 from reporting.seg import SegmentationInputError, build_segmentation  # noqa: E402
-from reporting import validate  # noqa: E402
-from reporting.validate import dciodvfy_errors, dciodvfy_report, write_dataset  # noqa: E402
+from tests import validators  # noqa: E402
+from reporting.dicom_file import DicomWriteError, write_dataset
+from tests.validators import ValidatorMissingError, dciodvfy_errors, dciodvfy_report  # noqa: E402
 from tests.reporting_fixtures import (  # noqa: E402
     headers_only,
     make_ct_series,
@@ -193,8 +194,8 @@ def test_dciodvfy_reports_errors_of_a_broken_object(tmp_path):
 
 
 def test_dciodvfy_missing_binary_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(validate.shutil, "which", lambda name: None)
-    with pytest.raises(validate.ValidatorMissingError, match="dicom3tools"):
+    monkeypatch.setattr(validators.shutil, "which", lambda name: None)
+    with pytest.raises(ValidatorMissingError, match="dicom3tools"):
         dciodvfy_errors(make_ct_series(1, 16)[0])
 
 
@@ -210,5 +211,5 @@ def test_write_dataset_enforces_explicit_little_endian(tmp_path):
     assert back.Rows == 16
     no_uid = make_ct_series(1, 16)[0]
     del no_uid.SOPInstanceUID
-    with pytest.raises(validate.DicomWriteError, match="SOPInstanceUID"):
+    with pytest.raises(DicomWriteError, match="SOPInstanceUID"):
         write_dataset(no_uid, tmp_path / "x.dcm")

@@ -20,7 +20,8 @@ from reporting import codes  # noqa: E402
 from reporting.risk import RiskAssessment  # noqa: E402
 from reporting.seg import build_segmentation  # noqa: E402
 from reporting.sr import ReportInputError, build_measurement_report  # noqa: E402
-from reporting.validate import dciodvfy_report, write_dataset  # noqa: E402
+from reporting.dicom_file import write_dataset
+from tests.validators import dciodvfy_report  # noqa: E402
 from tests.reporting_fixtures import (  # noqa: E402
     headers_only,
     make_ct_series,

@@ -32,12 +32,12 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from reporting.csv_input import line_list, sniff_delimiter
 from reporting.risk import COMORBIDITIES, Covariates, covariates_from_header
 
 KEY_COLUMNS = ("accession_number", "patient_id", "study_date")
 VALUE_COLUMNS = (*COMORBIDITIES, "days_since_onset", "symptom_onset_date", "asymptomatic")
 KNOWN_COLUMNS = (*KEY_COLUMNS, *VALUE_COLUMNS)
-MAX_ROWS_LISTED = 10
 
 
 class ClinicalCsvError(ValueError):
@@ -164,12 +164,6 @@ def covariates_for_study(ds: Any, record: ClinicalRecord | None) -> Covariates:
     return header.merged_with(record.to_covariates(getattr(ds, "StudyDate", None)))
 
 
-def _lines(rows: list[int]) -> str:
-    shown = ", ".join(str(r) for r in rows[:MAX_ROWS_LISTED])
-    more = len(rows) - MAX_ROWS_LISTED
-    return shown + (f" and {more} more" if more > 0 else "")
-
-
 def parse_clinical_csv(path: str | Path) -> list[ClinicalRecord]:
     """Parse and validate a clinical CSV; ClinicalCsvError lists every problem at once.
 
@@ -190,12 +184,7 @@ def parse_clinical_text(text: str, source: str = "clinical CSV") -> list[Clinica
     lines = text.splitlines()
     if not lines or not lines[0].strip():
         raise ClinicalCsvError(f"{source}: empty file (a header line is required)")
-    try:
-        dialect = csv.Sniffer().sniff(text[:8192], delimiters=",;\t")
-        delimiter = dialect.delimiter
-    except csv.Error:
-        delimiter = ","
-    reader = csv.reader(lines, delimiter=delimiter)
+    reader = csv.reader(lines, delimiter=sniff_delimiter(text))
     header = [h.strip().lower() for h in next(reader)]
     unknown = [h for h in header if h and h not in KNOWN_COLUMNS]
     problems: list[str] = []
@@ -283,9 +272,9 @@ def parse_clinical_text(text: str, source: str = "clinical CSV") -> list[Clinica
 
     if bad:
         messages = [
-            f"column '{column}': {what} on line(s) {_lines(lines_)}"
+            f"column '{column}': {what} on line(s) {line_list(lines_)}"
             if column != "*"
-            else f"{what} on line(s) {_lines(lines_)}"
+            else f"{what} on line(s) {line_list(lines_)}"
             for (column, what), lines_ in bad.items()
         ]
         raise ClinicalCsvError(f"{source}: " + "; ".join(messages))
