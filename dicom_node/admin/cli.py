@@ -10,7 +10,7 @@ import json
 import shutil
 import signal
 import threading
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -204,8 +204,6 @@ def health(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption,
            stale_seconds: float = typer.Option(120, help="A worker heartbeat older than this is stale."),
            destinations: bool = typer.Option(False, "--destinations", help="Also C-ECHO every destination.")) -> None:
     """Health check for monitoring: exit 0 when healthy, 1 otherwise (one line per check)."""
-    from datetime import timezone
-
     from dicom_node.queue.jobstore import utcnow
     from dicom_node.dispatch.dimse import echo as c_echo
     from dicom_node.dispatch.sender import SendError
@@ -558,10 +556,6 @@ def clinical_import(path: Path = typer.Argument(..., help="CSV keyed by accessio
         store.put_clinical(record.key(), record.to_dict())
     store.audit("clinical_import", records=len(records))
     console.print(f"imported {clinical_import_summary(records)}", highlight=False)
-
-
-def main() -> None:  # pragma: no cover - console script entry
-    app()
 
 
 # Commands owned by inference/ and reporting/, mounted here so `ldct-node` is the one entry point.

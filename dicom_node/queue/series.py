@@ -84,8 +84,7 @@ class SeriesDecision:
     eligible: bool
     outcome: str  # "queued" | "ineligible" | "inconsistent"
     reason: str
-    files: list[Path]  # the instances to process, duplicates removed, in slice order
-    instance_uids: list[str]
+    instance_uids: list[str]  # the instances to process, duplicates removed, in slice order
     instance_set_hash: str
     description: str = ""
 
@@ -111,8 +110,8 @@ def evaluate_series(files: list[Path], settings: SeriesSettings) -> SeriesDecisi
 
     def decide(outcome: str, reason: str, keep: list = ()) -> SeriesDecision:
         description = str(headers[0].get("SeriesDescription", "")) if headers else ""
-        return SeriesDecision(outcome == "queued", outcome, reason, [Path(d.filename) for d in keep],
-                              [str(d.SOPInstanceUID) for d in keep], digest, description)
+        return SeriesDecision(outcome == "queued", outcome, reason, [str(d.SOPInstanceUID) for d in keep],
+                              digest, description)
 
     if unreadable:
         return decide("inconsistent", f"{len(unreadable)} unreadable file(s): {unreadable[0]}")

@@ -1,8 +1,8 @@
 """A DICOM upper-layer acceptor for Verification and Storage, built for receive speed.
 
 pynetdicom's association reactor polls its queues with millisecond sleeps and copies every
-PDV several times: about 4 ms per CT instance on our machine before any of our code runs,
-three times dcmtk's `storescp`. This acceptor negotiates with `acse` (checked byte for byte
+PDV several times: milliseconds per CT instance before any of our code runs, more than
+dcmtk's `storescp` spends on the whole instance. This acceptor negotiates with `acse` (checked byte for byte
 against pynetdicom's negotiation in the tests) and runs the data phase itself: one blocking
 thread per association reads P-DATA-TF PDUs into one reused buffer, reassembles command sets
 and streams each C-STORE's dataset (File Meta prepended, nothing decoded) to a sink the

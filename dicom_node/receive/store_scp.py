@@ -71,23 +71,17 @@ class InstanceHeader:
     series_uid: str
 
 
-def check_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str) -> InstanceHeader:
-    """Parse received bytes (meta included) and refuse what cannot be a whole image.
+def check_received(head: bytes, size: int, read_all: Callable[[], bytes], sop_class_uid: str,
+                   sop_instance_uid: str, scanned: ScannedHeader | None = None) -> InstanceHeader:
+    """Parse a received instance of `size` bytes (meta included) of which `head` are the first,
+    and refuse what cannot be a whole image.
 
     Returns the instance's UIDs; raises InstanceRejected with the status and reason otherwise.
     Only the header is read (by `header_scan`, or pydicom for syntaxes it leaves alone); the
     Pixel Data length comes from its element header, compared with the bytes that follow:
-    the check never copies or decompresses pixels.
-    """
-    return check_received(data, len(data), lambda: data, sop_class_uid, sop_instance_uid)
-
-
-def check_received(head: bytes, size: int, read_all: Callable[[], bytes], sop_class_uid: str,
-                   sop_instance_uid: str, scanned: ScannedHeader | None = None) -> InstanceHeader:
-    """`check_instance` for an instance of `size` bytes of which `head` are the first.
-
-    `scanned`: the head's scan, made while the rest was arriving. The scan usually answers from
-    the head alone; otherwise `read_all()` supplies the whole instance.
+    the check never copies or decompresses pixels. `scanned`: the head's scan, made while the
+    rest was arriving; it usually answers from the head alone, otherwise `read_all()` supplies
+    the whole instance.
     """
     if scanned is None:
         scanned = scan_header(head, complete=len(head) >= size)
@@ -321,7 +315,7 @@ class _InstanceWriter:
     """The StoreSink of one C-STORE: bytes to the spool as they arrive, checked at the end.
 
     The instance is moved into its series folder only when whole and plausible (see
-    `check_instance`); a refused or failed one leaves nothing behind. A re-sent instance with
+    `check_received`); a refused or failed one leaves nothing behind. A re-sent instance with
     different content replaces the stored one (the last version wins) and says so in the log.
     """
 

@@ -25,7 +25,7 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from dicom_node.receive.spool import Spool
-from dicom_node.receive.store_scp import STATUS_SUCCESS, StoreSCP, check_instance
+from dicom_node.receive.store_scp import STATUS_SUCCESS, StoreSCP, check_received
 from inference.synthetic import generate_phantom, write_series
 from inference.volume import CTVolume, SeriesError, load_series
 
@@ -134,7 +134,8 @@ def test_store_handler_survives_mutated_instances(server, series_files, tmp_path
     if status == STATUS_SUCCESS:  # what was acknowledged is a whole instance in the spool
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         stored = scp.spool.instance_path(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
-        check_instance(stored.read_bytes(), str(ds.SOPClassUID), str(ds.SOPInstanceUID))
+        data = stored.read_bytes()
+        check_received(data, len(data), lambda: data, str(ds.SOPClassUID), str(ds.SOPInstanceUID))
     assert echo_ok(port), "the server stopped answering"
 
 

@@ -14,7 +14,7 @@ from pydicom.sequence import Sequence
 
 from dicom_node.receive import store_scp
 from dicom_node.receive.header_scan import scan_header
-from dicom_node.receive.store_scp import InstanceRejected, check_instance
+from dicom_node.receive.store_scp import InstanceRejected, check_received
 from inference.synthetic import generate_phantom, write_series
 
 LIDC = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "lidc-idri" / "LIDC-IDRI-0002"
@@ -36,11 +36,12 @@ def ct_bytes(tmp_path_factory) -> bytes:
 
 
 def verdict(data: bytes, ds_class: str, ds_uid: str, *, use_scanner: bool, monkeypatch) -> object:
-    """check_instance's answer (the UIDs or the refusal status) with or without the scanner."""
+    """check_received's answer on a whole instance (the UIDs or the refusal status), with or
+    without the scanner."""
     if not use_scanner:
         monkeypatch.setattr(store_scp, "scan_header", lambda data, complete=True: None)
     try:
-        return check_instance(data, ds_class, ds_uid)
+        return check_received(data, len(data), lambda: data, ds_class, ds_uid)
     except InstanceRejected as exc:
         return exc.status
     finally:

@@ -18,7 +18,8 @@ def test_complete_axial_series_is_queued_in_slice_order(series):
     decision = evaluate_series(list(reversed(series)), SeriesSettings())
     assert decision.eligible and decision.outcome == "queued"
     assert len(decision.instance_uids) == 24
-    zs = [float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]) for p in decision.files]
+    headers = {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in series)}
+    zs = [float(headers[uid].ImagePositionPatient[2]) for uid in decision.instance_uids]
     assert zs == sorted(zs)
 
 

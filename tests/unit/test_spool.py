@@ -1,11 +1,12 @@
-"""What the spool syncs before `store` returns, in each acknowledgement mode, and the temporary
-files it prepares ahead of need."""
+"""What the spool syncs before an instance is committed, in each acknowledgement mode, and the
+temporary files it prepares ahead of need."""
 
 from __future__ import annotations
 
 import os
 import stat
 import time
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,15 @@ from dicom_node.receive import spool as spool_module
 from dicom_node.receive.spool import PREPARED_FILES, Spool
 
 STUDY, SERIES = "1.2.3", "1.2.3.4"
+
+
+def store(spool: Spool, sop_uid: str, data: bytes) -> Path:
+    """One whole instance through the receive path's steps: temporary file, write, commit."""
+    final = spool.instance_path(STUDY, SERIES, sop_uid)
+    incoming = spool.receive()
+    incoming.write(data)
+    incoming.commit(final)
+    return final
 
 
 @pytest.fixture
@@ -31,18 +41,18 @@ def synced(monkeypatch) -> list[str]:
 
 def test_durable_store_syncs_the_file_then_every_folder_it_created(tmp_path, synced):
     spool = Spool(tmp_path / "spool")
-    path = spool.store(STUDY, SERIES, "1.2.3.4.5", b"first")
+    path = store(spool, "1.2.3.4.5", b"first")
     assert path.read_bytes() == b"first"
     # new study and series folders: their parents are synced, then the file, then its folder
     assert synced == ["folder", "folder", "file", "folder"]
     synced.clear()
-    spool.store(STUDY, SERIES, "1.2.3.4.6", b"second")
+    store(spool, "1.2.3.4.6", b"second")
     assert synced == ["file", "folder"]
 
 
 def test_write_mode_syncs_nothing_but_writes_the_same(tmp_path, synced):
     spool = Spool(tmp_path / "spool", durable=False)
-    path = spool.store(STUDY, SERIES, "1.2.3.4.5", b"bytes")
+    path = store(spool, "1.2.3.4.5", b"bytes")
     assert path.read_bytes() == b"bytes" and synced == []
     spool.close()
     assert list(spool.tmp.iterdir()) == []
@@ -58,12 +68,12 @@ def test_prepared_temporary_files_are_used_then_removed_on_close(tmp_path):
     prepared = {p.name for p in spool.tmp.iterdir()}
     assert len(prepared) == PREPARED_FILES
     for uid in ("1.2.3.4.5", "1.2.3.4.6"):
-        spool.store(STUDY, SERIES, uid, uid.encode())
+        store(spool, uid, uid.encode())
     assert len(prepared - {p.name for p in spool.tmp.iterdir()}) >= 2  # taken from the prepared ones
     assert spool.instance_path(STUDY, SERIES, "1.2.3.4.6").read_bytes() == b"1.2.3.4.6"
     spool.close()
     assert list(spool.tmp.iterdir()) == []
-    spool.store(STUDY, SERIES, "1.2.3.4.7", b"after close")  # preparing starts again on demand
+    store(spool, "1.2.3.4.7", b"after close")  # preparing starts again on demand
     assert spool.instance_path(STUDY, SERIES, "1.2.3.4.7").read_bytes() == b"after close"
     spool.close()
 
