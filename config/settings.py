@@ -103,6 +103,12 @@ class TLSSettings(_Section):
         None, description="PEM CA bundle: verifies client certificates and TLS destinations")
     require_client_certificate: bool = Field(False, description="refuse TLS clients without a valid certificate")
 
+    def identity(self) -> tuple[Path, Path] | None:
+        """(certificate, private key) of this node, when configured."""
+        if self.certificate is None or self.private_key is None:
+            return None
+        return self.certificate, self.private_key
+
     @model_validator(mode="after")
     def _complete(self) -> "TLSSettings":
         problems = []

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
 
 PHI_KEYS = frozenset(
     {"patient_name", "patientname", "patient_id", "patientid", "patient_birth_date",
@@ -18,14 +20,14 @@ PHI_KEYS = frozenset(
 )
 
 
-def _drop_phi(_logger, _method, event_dict):
+def _drop_phi(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     for key in list(event_dict):
         if key.lower() in PHI_KEYS:
             event_dict[key] = "[removed]"
     return event_dict
 
 
-def configure_logging(fmt: str = "console", level: str = "info", stream=None) -> None:
+def configure_logging(fmt: str = "console", level: str = "info", stream: TextIO | None = None) -> None:
     """Configure structlog and the stdlib loggers (pynetdicom, apscheduler) once."""
     stream = stream or sys.stderr
     numeric = getattr(logging, level.upper(), logging.INFO)

@@ -7,11 +7,16 @@ job store when Prometheus scrapes, so they are right even with several worker ho
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Metric, start_http_server
 from prometheus_client.core import GaugeMetricFamily
+
+if TYPE_CHECKING:  # beneath every stage: no stage module is imported to run
+    from dicom_node.queue.jobstore import JobStore
 
 INSTANCES_RECEIVED = Counter("ldct_instances_received_total", "Instances stored in the spool")
 SERIES_DECIDED = Counter("ldct_series_decided_total", "Completeness decisions", ["outcome"])
@@ -28,11 +33,11 @@ STAGE_SECONDS = Histogram("ldct_stage_duration_seconds", "Wall time of each pipe
 class QueueCollector:
     """Jobs and dispatches by state, and free disk, read at scrape time."""
 
-    def __init__(self, store, data_dir: Path) -> None:
+    def __init__(self, store: JobStore, data_dir: Path) -> None:
         self.store = store
         self.data_dir = Path(data_dir)
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         counts = self.store.counts()
         jobs = GaugeMetricFamily("ldct_jobs", "Jobs in the job store by state", labels=["state"])
         for state, n in counts.jobs.items():
@@ -49,10 +54,10 @@ class QueueCollector:
 class MetricsEndpoint:
     """The /metrics HTTP endpoint of one node process."""
 
-    def __init__(self, store, data_dir: Path, address: str, port: int) -> None:
+    def __init__(self, store: JobStore, data_dir: Path, address: str, port: int) -> None:
         self.collector = QueueCollector(store, data_dir)
         self.address, self.port = address, port
-        self.server = None
+        self.server: WSGIServer | None = None
 
     def start(self) -> None:
         REGISTRY.register(self.collector)

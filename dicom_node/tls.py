@@ -62,9 +62,10 @@ def client_context(ca_certificates: Path, certificate: Path | None = None,
 def scp_context(settings: Settings) -> ssl.SSLContext | None:
     """The Store SCP's context from `[tls]`, or None when TLS is off."""
     tls = settings.tls
-    if not tls.enabled:
+    identity = tls.identity()
+    if not tls.enabled or identity is None:  # enabled implies an identity (checked when loaded)
         return None
-    return server_context(tls.certificate, tls.private_key, tls.ca_certificates, tls.require_client_certificate)
+    return server_context(*identity, tls.ca_certificates, tls.require_client_certificate)
 
 
 def destination_tls(settings: Settings, destination: Destination) -> tuple[ssl.SSLContext, str] | None:
@@ -90,13 +91,14 @@ def self_check_tls(settings: Settings) -> tuple[ssl.SSLContext, str] | None:
     when the node's certificate is signed by that CA.
     """
     tls = settings.tls
-    if not tls.enabled:
+    identity = tls.identity()
+    if not tls.enabled or identity is None:
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    _load_chain(context, tls.certificate, tls.private_key)
+    _load_chain(context, *identity)
     return context, "localhost"
 
 

@@ -83,9 +83,11 @@ class ClinicalRecord:
 
         The node looks records up with `candidate_keys` of the study's header.
         """
-        if self.accession_number:
-            return study_key(accession_number=self.accession_number)
-        return study_key(patient_id=self.patient_id, study_date=self.study_date)
+        key = (study_key(accession_number=self.accession_number) if self.accession_number
+               else study_key(patient_id=self.patient_id, study_date=self.study_date))
+        if key is None:  # parse_clinical_csv refuses such rows
+            raise ValueError("a clinical record needs an accession number, or a patient ID and a study date")
+        return key
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -268,7 +268,7 @@ def render_key_image(
     image = Image.fromarray(overlay_rgb(hu_slice, label_slice), mode="RGB")
     scale = max(1, math.ceil(MIN_RENDER_WIDTH / image.width))
     if scale > 1:
-        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
     width = image.width
     font_size = max(12, width // 36)
     font = _font(font_size)
@@ -347,7 +347,7 @@ def build_key_images(
         f"Lung {quant.lung_cm3:.0f} cm3 | GGO {quant.ggo_pct:.1f}% | Consolidation "
         f"{quant.consolidation_pct:.1f}% | Lesion total {quant.lesion_pct:.1f}% ({quant.lesion_cm3:.0f} cm3)"
     )
-    images = []
+    images: list[Dataset] = []
     for number, (index, reason) in enumerate(slices, start=1):
         source = source_datasets[index]
         position = getattr(source, "ImagePositionPatient", None)

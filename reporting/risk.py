@@ -34,6 +34,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -439,7 +440,8 @@ def assess_risk(
                 used[name] = float(ct_ss)
                 features[name] = float(ct_ss)
 
-    common = dict(
+    assessment = partial(
+        RiskAssessment,
         model_name=model.name,
         model_version=model.version,
         calibration_status=model.calibration_status,
@@ -453,13 +455,12 @@ def assess_risk(
             reasons.insert(0, "missing covariate(s): " + ", ".join(missing))
         reason = "; ".join(reasons)
         log.info("risk_not_computed", model=model.name, missing=missing, policy=missing_policy)
-        return RiskAssessment(
+        return assessment(
             computed=False,
             probability=None,
             category=None,
             cutoff=None,
             reason_not_computed=reason,
-            **common,
         )
     probability = model.probability(features)
     category = "high" if probability >= model.cutoff else "low"
@@ -470,12 +471,11 @@ def assess_risk(
         category=category,
         assumed_absent=assumed,
     )
-    return RiskAssessment(
+    return assessment(
         computed=True,
         probability=probability,
         category=category,
         cutoff=model.cutoff,
-        **common,
     )
 
 

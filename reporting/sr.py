@@ -49,6 +49,7 @@ import highdicom as hd
 import structlog
 from highdicom.sr import (
     AlgorithmIdentification,
+    CodedConcept,
     ContainerContentItem,
     FindingSite,
     ImageContentItem,
@@ -60,6 +61,8 @@ from highdicom.sr import (
     TrackingIdentifier,
 )
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from inference.quantify import CONSOLIDATION, GGO, NORMAL_LUNG, Quantification
@@ -82,7 +85,7 @@ class ReportInputError(ValueError):
     """Inputs of the report do not fit together; the message says how."""
 
 
-def _algorithm(name: str, version: str, family: object | None = None) -> AlgorithmIdentification:
+def _algorithm(name: str, version: str, family: Code | CodedConcept | None = None) -> AlgorithmIdentification:
     return AlgorithmIdentification(name=name, version=version, family=family)
 
 
@@ -142,7 +145,7 @@ def _segment_group(
 
 def _summary_group(
     label: str,
-    finding: object,
+    finding: Code | CodedConcept,
     measurements: list[Measurement],
     algorithm: AlgorithmIdentification,
     source: SourceImageForMeasurementGroup,
@@ -309,12 +312,12 @@ def build_measurement_report(
         imaging_measurements=groups,
     )
     evaluations = ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
-    evaluations.ContentSequence = [
+    evaluations.ContentSequence = DicomSequence([
         TextContentItem(name=codes.INTENDED_USE, value=INTENDED_USE_TEXT, relationship_type="CONTAINS")
     ] + [
         TextContentItem(name=codes.SUPERSEDES, value=_supersedes_text(*entry), relationship_type="CONTAINS")
         for entry in supersedes
-    ]
+    ])
     report[0].ContentSequence.append(evaluations)
 
     study_uid = str(source_datasets[0].StudyInstanceUID)

@@ -12,7 +12,7 @@ import signal
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -44,7 +44,7 @@ ConfigOption = typer.Option(None, "--config", "-c", envvar="LDCT_CONFIG", help="
 JsonOption = typer.Option(False, "--json", help="Machine-readable JSON output.")
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(code)
 
@@ -58,7 +58,7 @@ def settings_from(config: Optional[Path]) -> Settings:
     return settings
 
 
-def open_store(settings: Settings):
+def open_store(settings: Settings) -> JobStore:
     from dicom_node.queue.jobstore import JobStore
     from dicom_node.node import prepare_data_dir
 
@@ -252,7 +252,7 @@ def health(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption,
         raise typer.Exit(1)
 
 
-def _receivers_check(settings) -> tuple[str, bool, str]:
+def _receivers_check(settings: Settings) -> tuple[str, bool, str]:
     """Receiving processes up and restarts so far, read from the node's metrics endpoint."""
     import urllib.request
 

@@ -12,8 +12,8 @@ import socket
 import time
 from pathlib import Path
 
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom import AE, AllStoragePresentationContexts, VerificationPresentationContexts, evt
+from pynetdicom.transport import ThreadedAssociationServer
 from rich.console import Console
 
 from config.settings import Settings
@@ -27,25 +27,26 @@ from inference.quantify import Quantification
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
-def start_inbox_pacs(inbox: Path, port: int):
+def start_inbox_pacs(inbox: Path, port: int) -> ThreadedAssociationServer:
     """A minimal storage SCP standing in for the PACS in the demo (not used by tests)."""
-    from pynetdicom import AllStoragePresentationContexts
-
     inbox.mkdir(parents=True, exist_ok=True)
 
-    def on_store(event):
+    def on_store(event: evt.Event) -> int:
         ds = event.dataset
         ds.file_meta = event.file_meta
         ds.save_as(inbox / f"{ds.Modality}_{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
         return 0x0000
 
     ae = AE(ae_title="DEMOPACS")
-    ae.supported_contexts = AllStoragePresentationContexts
-    ae.add_supported_context(Verification)
-    return ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    ae.supported_contexts = AllStoragePresentationContexts + VerificationPresentationContexts
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    if server is None:  # only a blocking server returns nothing
+        raise RuntimeError("the demo PACS did not start")
+    return server
 
 
 DEMO_ACCESSION = "DEMO0001"
@@ -54,7 +55,7 @@ DEMO_CLINICAL = {"accession_number": DEMO_ACCESSION, "hypertension": 1, "diabete
                  "respiratory_disease": 0, "cardiac_disease": 0, "obesity": 0, "days_since_onset": 5}
 
 
-def write_demo_series(folder: Path):
+def write_demo_series(folder: Path) -> tuple[list[Path], Quantification]:
     """A synthetic low-dose chest CT with GGO and consolidation of known volume.
 
     Returns the files and the truth (volumes from the generator's own label map), so the demo

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import pydicom
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification
+from pynetdicom import AE, VerificationPresentationContexts
+from pynetdicom.association import Association
 
 from dicom_node.dispatch.sender import SendError, SendResult
 from reporting.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -26,7 +26,7 @@ def _ae(calling_ae: str, timeout: float) -> AE:
     return ae
 
 
-def _associate(ae: AE, host: str, port: int, called_ae: str, tls: TLSArgs | None = None):
+def _associate(ae: AE, host: str, port: int, called_ae: str, tls: TLSArgs | None = None) -> Association:
     assoc = ae.associate(host, port, ae_title=called_ae, tls_args=tls)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not reachable"
@@ -40,7 +40,7 @@ def echo(host: str, port: int, called_ae: str, calling_ae: str = "LDCTNODE",
          timeout: float = 10, tls: TLSArgs | None = None) -> None:
     """C-ECHO (over TLS when `tls` is given); raises SendError when the peer does not answer success."""
     ae = _ae(calling_ae, timeout)
-    ae.add_requested_context(Verification)
+    ae.requested_contexts = VerificationPresentationContexts
     assoc = _associate(ae, host, port, called_ae, tls)
     try:
         status = assoc.send_c_echo()

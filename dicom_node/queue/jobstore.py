@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, TypeVar, cast
 
 from sqlalchemy import (
     Boolean,
@@ -42,11 +42,16 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, CursorResult, Engine, Result
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from dicom_node.receive.spool import pid_alive
 from dicom_node.results import DicomRef, ResultSummary
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 # Job states
 QUEUED, RUNNING, FAILED, DONE, DEAD = "queued", "running", "failed", "done", "dead"
@@ -63,9 +68,9 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _aware(value: datetime | None) -> datetime | None:
+def _aware(value: datetime) -> datetime:
     """SQLite returns naive datetimes: read them back as UTC."""
-    if value is not None and value.tzinfo is None:
+    if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value
 
@@ -175,7 +180,7 @@ def worker_identity() -> str:
 _OWNER_PID = re.compile(r":(\d+)(?:-[^:]*)?$")
 
 
-def owner_pid(owner: str) -> int | None:
+def owner_pid(owner: str | None) -> int | None:
     """The process id in a lease owner `host:pid` or `host:pid-<thread>`; None if absent."""
     match = _OWNER_PID.search(owner or "")
     return int(match.group(1)) if match else None
@@ -191,7 +196,7 @@ class MigrationError(RuntimeError):
     """The database schema cannot be brought to the version this code needs."""
 
 
-def _alembic_config(connection: Connection):
+def _alembic_config(connection: Connection | None) -> AlembicConfig:
     from alembic.config import Config
 
     config = Config()
@@ -204,8 +209,10 @@ def head_revision() -> str:
     """The newest migration this code ships."""
     from alembic.script import ScriptDirectory
 
-    config = _alembic_config(None)
-    return ScriptDirectory.from_config(config).get_current_head()
+    head = ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
+    if head is None:
+        raise MigrationError(f"no migrations in {MIGRATIONS_DIR}")
+    return head
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -217,9 +224,10 @@ def current_revision(engine: Engine) -> str | None:
 
 
 @contextmanager
-def _migration_lock(engine: Engine, connection: Connection) -> Iterator[None]:
-    """Serialise migrators: an advisory lock on PostgreSQL, a lock file next to SQLite."""
-    if engine.dialect.name == "postgresql":
+def _migration_lock(engine: Engine, connection: Connection | None) -> Iterator[None]:
+    """Serialise migrators: an advisory lock on PostgreSQL (taken in `connection`'s
+    transaction), a lock file next to SQLite."""
+    if engine.dialect.name == "postgresql" and connection is not None:
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
         yield
         return
@@ -241,22 +249,23 @@ def migrate(engine: Engine, revision: str = "head") -> tuple[str | None, str | N
     A database created by an older release without migration bookkeeping (tables present,
     no alembic_version) is stamped as the initial revision first, so its queue is kept.
     """
-    from alembic import command
-    from alembic.runtime.migration import MigrationContext
     from alembic.util.exc import CommandError
 
     try:
         if engine.dialect.name == "sqlite":
             # SQLite: the lock file must be held before the transaction starts.
             with _migration_lock(engine, None), engine.begin() as connection:
-                return _upgrade(connection, revision, command, MigrationContext)
+                return _upgrade(connection, revision)
         with engine.begin() as connection, _migration_lock(engine, connection):
-            return _upgrade(connection, revision, command, MigrationContext)
+            return _upgrade(connection, revision)
     except CommandError as exc:
         raise MigrationError(f"cannot migrate the job store to {revision!r}: {exc}") from exc
 
 
-def _upgrade(connection: Connection, revision: str, command, MigrationContext):
+def _upgrade(connection: Connection, revision: str) -> tuple[str | None, str | None]:
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
     before = MigrationContext.configure(connection).get_current_revision()
     config = _alembic_config(connection)
     if before is None and inspect(connection).has_table("jobs"):
@@ -350,24 +359,24 @@ class JobStore:
                 job_id = s.scalar(query)
                 if job_id is None:
                     return None
-                taken = s.execute(
+                taken = _changed(s.execute(
                     update(Job).where(Job.id == job_id, Job.state.in_((QUEUED, FAILED)))
                     .values(state=RUNNING, lease_owner=owner, attempts=Job.attempts + 1,
                             lease_expires_at=now + timedelta(seconds=lease_seconds),
                             heartbeat_at=now, started_at=now)
-                ).rowcount
+                ))
                 if taken:
-                    return s.get(Job, job_id)
+                    return _row(s, Job, job_id)
         return None
 
     def heartbeat(self, job_id: int, owner: str, lease_seconds: float) -> bool:
         """Extend a lease; False when the job is no longer ours (lease lost)."""
         now = utcnow()
         with self.session() as s:
-            return bool(s.execute(
+            return bool(_changed(s.execute(
                 update(Job).where(Job.id == job_id, Job.state == RUNNING, Job.lease_owner == owner)
                 .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
-            ).rowcount)
+            )))
 
     def complete_job(self, job_id: int, owner: str, *, result_dir: str, summary: ResultSummary,
                      destinations: list[str]) -> bool:
@@ -378,14 +387,14 @@ class JobStore:
         """
         now = utcnow()
         with self.session() as s:
-            done = s.execute(
+            done = _changed(s.execute(
                 update(Job).where(Job.id == job_id, Job.state == RUNNING, Job.lease_owner == owner)
                 .values(state=DONE, finished_at=now, result_dir=result_dir, error=None,
                         summary=summary.to_json(), lease_owner=None, lease_expires_at=None)
-            ).rowcount
+            ))
             if not done:
                 return False
-            job = s.get(Job, job_id)
+            job = _row(s, Job, job_id)
             older = s.scalars(select(Job).where(Job.series_uid == job.series_uid, Job.id < job_id,
                                                 Job.state == DONE, Job.superseded_by.is_(None)))
             for previous in older:
@@ -483,9 +492,7 @@ class JobStore:
     def reissuable_job(self, job_id: int) -> Job:
         """The job whose report may be amended now; ReissueRefused says why not."""
         with self.session() as s:
-            job = s.get(Job, job_id)
-            _check_reissuable(job, job_id)
-            return job
+            return _reissuable(s.get(Job, job_id), job_id)
 
     def add_amended_report(self, job_id: int, *, summary: ResultSummary, result_dir: str,
                            destinations: list[str]) -> Job:
@@ -494,8 +501,7 @@ class JobStore:
         when the job was superseded, purged or changed meanwhile)."""
         now = utcnow()
         with self.session() as s:
-            original = s.get(Job, job_id, with_for_update=True)
-            _check_reissuable(original, job_id)
+            original = _reissuable(s.get(Job, job_id, with_for_update=True), job_id)
             amended_set = f"{original.instance_set_hash}:amended:{summary.sr.sop_instance_uid}"
             job = Job(series_uid=original.series_uid, study_uid=original.study_uid,
                       instance_set_hash=hashlib.sha256(amended_set.encode()).hexdigest(),
@@ -522,19 +528,19 @@ class JobStore:
             if self.supports_skip_locked:
                 query = query.with_for_update(skip_locked=True)
             for dispatch_id in s.scalars(query).all():
-                taken = s.execute(
+                taken = _changed(s.execute(
                     update(Dispatch).where(Dispatch.id == dispatch_id, or_(
                         Dispatch.state == PENDING,
                         (Dispatch.state == SENDING) & (Dispatch.lease_expires_at < now)))
                     .values(state=SENDING, lease_expires_at=now + timedelta(seconds=lease_seconds))
-                ).rowcount
+                ))
                 if taken:
-                    claimed.append(s.get(Dispatch, dispatch_id))
+                    claimed.append(_row(s, Dispatch, dispatch_id))
         return claimed
 
     def dispatch_sent(self, dispatch_id: int) -> None:
         with self.session() as s:
-            d = s.get(Dispatch, dispatch_id)
+            d = _row(s, Dispatch, dispatch_id)
             d.state, d.sent_at, d.last_error, d.attempts = SENT, utcnow(), None, d.attempts + 1
 
     def dispatch_failed(self, dispatch_id: int, error: str, *, first_retry: float,
@@ -542,7 +548,7 @@ class JobStore:
         """Exponential backoff; dead once the dispatch is older than the maximum age."""
         now = utcnow()
         with self.session() as s:
-            d = s.get(Dispatch, dispatch_id)
+            d = _row(s, Dispatch, dispatch_id)
             d.attempts += 1
             d.last_error = error[:2000]
             if now - _aware(d.created_at) > timedelta(hours=max_age_hours):
@@ -588,7 +594,7 @@ class JobStore:
             disp = s.execute(select(Dispatch.job_id, Dispatch.last_error)
                              .where(Dispatch.last_error.is_not(None))
                              .order_by(Dispatch.id.desc()).limit(limit)).all()
-        return [("job", j, e) for j, e in jobs] + [("dispatch", j, e) for j, e in disp]
+        return [("job", j, e or "") for j, e in jobs] + [("dispatch", j, e or "") for j, e in disp]
 
     def audit(self, kind: str, *, series_uid: str | None = None, job_id: int | None = None,
               **detail: Any) -> None:
@@ -603,7 +609,7 @@ class JobStore:
                 query = query.where(AuditEvent.series_uid == series_uid)
             return list(s.scalars(query))
 
-    def put_clinical(self, key: str, data: dict) -> None:
+    def put_clinical(self, key: str, data: dict[str, Any]) -> None:
         with self.session() as s:
             row = s.get(ClinicalRecordRow, key)
             if row is None:
@@ -611,10 +617,11 @@ class JobStore:
             else:
                 row.data, row.imported_at = json.dumps(data), utcnow()
 
-    def get_clinical(self, key: str) -> dict | None:
+    def get_clinical(self, key: str) -> dict[str, Any] | None:
         with self.session() as s:
             row = s.get(ClinicalRecordRow, key)
-            return json.loads(row.data) if row else None
+            record: dict[str, Any] | None = json.loads(row.data) if row else None
+            return record
 
     def purge_finished_before(self, cutoff: datetime) -> list[Job]:
         """Finished jobs older than the retention cutoff whose dispatches are all settled."""
@@ -631,7 +638,7 @@ class JobStore:
 
     def mark_purged(self, job_id: int) -> None:
         with self.session() as s:
-            s.get(Job, job_id).result_dir = None
+            _row(s, Job, job_id).result_dir = None
 
     def result_dir_in_use(self, result_dir: str, *, other_than: int) -> bool:
         """Whether another job that is not purged keeps its results in `result_dir` (amended
@@ -653,7 +660,8 @@ class ReissueRefused(RuntimeError):
     """A job whose report cannot be amended; the message says why."""
 
 
-def _check_reissuable(job: Job | None, job_id: int) -> None:
+def _reissuable(job: Job | None, job_id: int) -> Job:
+    """`job` if its report may be amended now; ReissueRefused says why not."""
     if job is None:
         raise ReissueRefused(f"no job {job_id}")
     if job.state != DONE or not job.result_dir:
@@ -661,6 +669,23 @@ def _check_reissuable(job: Job | None, job_id: int) -> None:
                              " only a finished job with its results can be reissued")
     if job.superseded_by:
         raise ReissueRefused(f"job {job_id} was superseded by job {job.superseded_by}: reissue that one")
+    return job
+
+
+def _changed(result: Result[Any]) -> int:
+    """Rows an UPDATE changed: who won a conditional update."""
+    return cast("CursorResult[Any]", result).rowcount
+
+
+_Row = TypeVar("_Row", bound=Base)
+
+
+def _row(session: Session, model: type[_Row], key: object) -> _Row:
+    """A row that must exist (this transaction just read or wrote it)."""
+    row = session.get(model, key)
+    if row is None:
+        raise LookupError(f"no {model.__tablename__} row {key}")
+    return row
 
 
 def _engine_options(url: str) -> dict[str, Any]:
@@ -669,7 +694,7 @@ def _engine_options(url: str) -> dict[str, Any]:
     return {"pool_pre_ping": True}
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
+def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")

@@ -13,13 +13,14 @@ import hashlib
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import structlog
+from pydicom.dataset import Dataset
 
 from config.settings import SeriesSettings, Settings
 from dicom_node import metrics
@@ -108,7 +109,7 @@ def evaluate_series(files: list[Path], settings: SeriesSettings) -> SeriesDecisi
         except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, not fatal
             unreadable.append(f"{path.name}: {exc}")
 
-    def decide(outcome: str, reason: str, keep: list = ()) -> SeriesDecision:
+    def decide(outcome: str, reason: str, keep: Sequence[Dataset] = ()) -> SeriesDecision:
         description = str(headers[0].get("SeriesDescription", "")) if headers else ""
         return SeriesDecision(outcome == "queued", outcome, reason, [str(d.SOPInstanceUID) for d in keep],
                               digest, description)
@@ -154,7 +155,7 @@ def evaluate_series(files: list[Path], settings: SeriesSettings) -> SeriesDecisi
             numbers = ", ".join(sorted(acquisitions, key=str))
             return decide("inconsistent", f"{len(acquisitions)} acquisitions (AcquisitionNumber {numbers}) "
                                           "cover the same positions in one series; send each as its own series")
-    unique: list = []
+    unique: list[tuple[float, Dataset]] = []
     for position, ds in keyed:
         if unique and position == unique[-1][0]:
             log.info("duplicate slice position dropped", series_uid=str(ds.SeriesInstanceUID),
@@ -223,26 +224,29 @@ class Completeness:
         self._series_seen.discard(series_uid)
         files = self.spool.instance_files(self.spool.series_dir(study_uid, series_uid))
         decision = evaluate_series(files, self.settings.series)
-        common = dict(series_uid=series_uid, study_uid=study_uid, calling_ae=calling_ae,
-                      description=decision.description, instance_count=len(files),
-                      instance_set_hash=decision.instance_set_hash)
+
+        def record(outcome: str, reason: str = "", job_id: int | None = None) -> None:
+            self.store.record_series(series_uid=series_uid, study_uid=study_uid, calling_ae=calling_ae,
+                                     description=decision.description, instance_count=len(files),
+                                     instance_set_hash=decision.instance_set_hash, outcome=outcome, reason=reason,
+                                     job_id=job_id)
+
         bound = log.bind(series_uid=series_uid, instances=len(files), calling_ae=calling_ae)
         if self.store.known_instance_set(series_uid, decision.instance_set_hash):
             metrics.SERIES_DECIDED.labels(SERIES_DUPLICATE).inc()
-            self.store.record_series(**common, outcome=SERIES_DUPLICATE,
-                                     reason="same set of instances as an earlier decision: not processed again")
+            record(SERIES_DUPLICATE, "same set of instances as an earlier decision: not processed again")
             bound.info("identical re-send ignored")
             return
         metrics.SERIES_DECIDED.labels(decision.outcome).inc()
         if not decision.eligible:
-            self.store.record_series(**common, outcome=decision.outcome, reason=decision.reason)
+            record(decision.outcome, decision.reason)
             bound.warning("series not processed", outcome=decision.outcome, reason=decision.reason)
             return
         job_id = self.store.enqueue_job(series_uid=series_uid, study_uid=study_uid,
                                         instance_uids=decision.instance_uids,
                                         instance_set_hash=decision.instance_set_hash,
                                         max_attempts=self.settings.jobs.max_attempts)
-        self.store.record_series(**common, outcome=SERIES_QUEUED, job_id=job_id)
+        record(SERIES_QUEUED, job_id=job_id)
         self.store.audit("series_complete", series_uid=series_uid, job_id=job_id, calling_ae=calling_ae,
                          instances=len(decision.instance_uids))
         bound.info("series complete: job queued", job_id=job_id)

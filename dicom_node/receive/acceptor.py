@@ -21,7 +21,7 @@ import ssl
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, ParamSpec, Protocol, TypeVar
 
 import structlog
 from pydicom.uid import UID
@@ -40,6 +40,8 @@ from dicom_node.receive.acse import (
 from reporting.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = structlog.get_logger(__name__)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
 VERIFICATION = "1.2.840.10008.1.1"
@@ -184,7 +186,8 @@ class Acceptor:
         self._stopping.clear()
         self._thread = threading.Thread(target=self._accept_loop, name="dicom-acceptor", daemon=True)
         self._thread.start()
-        return self._listener.getsockname()[1]
+        bound: int = self._listener.getsockname()[1]
+        return bound
 
     def stop(self, timeout: float = 10) -> None:
         """Stop accepting, close every open association and wait for their threads."""
@@ -208,6 +211,8 @@ class Acceptor:
 
     def _accept_loop(self) -> None:
         listener = self._listener
+        if listener is None:
+            return
         with selectors.DefaultSelector() as selector:
             selector.register(listener, selectors.EVENT_READ)
             while not self._stopping.is_set():
@@ -222,7 +227,7 @@ class Acceptor:
                     continue
                 self.serve(conn, address)
 
-    def serve(self, conn: socket.socket, address: tuple) -> None:
+    def serve(self, conn: socket.socket, address: tuple[str, int]) -> None:
         """Serve one accepted connection in its own thread (also one handed over by another process)."""
         thread = threading.Thread(target=self._serve, args=(conn, address),
                                   name=f"dicom-assoc-{address[0]}:{address[1]}", daemon=True)
@@ -230,7 +235,7 @@ class Acceptor:
             self._active[id(conn)] = (conn, thread)
         thread.start()
 
-    def _serve(self, raw: socket.socket, address: tuple) -> None:
+    def _serve(self, raw: socket.socket, address: tuple[str, int]) -> None:
         peer_address, peer_port = address[0], address[1]
         conn = raw
         try:
@@ -285,9 +290,9 @@ class _Stream:
         """Exactly `size` bytes."""
         if self.end - self.start < size:
             if size > len(self.buffer):  # an association request or a long command: rare
-                data = bytearray(size)
-                self.read_into(memoryview(data))
-                return bytes(data)
+                whole = bytearray(size)
+                self.read_into(memoryview(whole))
+                return bytes(whole)
             if self.start:
                 self.buffer[:self.end - self.start] = self.buffer[self.start:self.end]
                 self.end -= self.start
@@ -319,9 +324,9 @@ class _Stream:
         self._call(self.conn.sendall, data)
 
     @staticmethod
-    def _call(method, *args):
+    def _call(method: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
-            return method(*args)
+            return method(*args, **kwargs)
         except BlockingIOError as exc:  # SO_RCVTIMEO / SO_SNDTIMEO expired
             raise TimeoutError("network timeout") from exc
 
@@ -541,7 +546,7 @@ class _MessageAssembler:
     def pending(self) -> bool:
         return bool(self.command) or self.request is not None
 
-    def fragment(self, context_id: int, control: int, data, last_piece: bool) -> None:
+    def fragment(self, context_id: int, control: int, data: bytes | memoryview, last_piece: bool) -> None:
         if context_id not in self.association.contexts:
             raise ProtocolError(f"PDV on presentation context {context_id}, which was not accepted")
         is_command, is_last = bool(control & 0x01), bool(control & 0x02) and last_piece
@@ -555,29 +560,29 @@ class _MessageAssembler:
             if len(self.command) > 1 << 16:
                 raise ProtocolError("command set longer than 64 KiB")
             if is_last:
-                self.request = decode_command(bytes(self.command))
+                request = self.request = decode_command(bytes(self.command))
                 self.command.clear()
-                if _us(self.request, TAG_DATASET_TYPE, NO_DATASET) == NO_DATASET:
-                    self.dispatch(has_dataset=False)
+                if _us(request, TAG_DATASET_TYPE, NO_DATASET) == NO_DATASET:
+                    self.dispatch(request, context_id, has_dataset=False)
                 else:
-                    self.begin_dataset()
+                    self.begin_dataset(request, context_id)
             return
-        if self.request is None or context_id != self.command_context:
+        awaiting = self.request
+        if awaiting is None or context_id != self.command_context:
             raise ProtocolError("dataset fragment without its command")
         self.dataset_bytes += len(data)
         if self.sink is not None:
             if self.dataset_bytes <= self.association.acceptor.max_dataset_bytes:
-                self.sink_call("write", data)
+                self.sink_call(lambda sink: sink.write(memoryview(data)))
             else:  # keep reading to stay in step, answer "out of resources"
                 self.drop_unfinished()
                 self.answer = STATUS_OUT_OF_RESOURCES, "Instance larger than this node accepts"
         if is_last:
-            self.dispatch(has_dataset=True)
+            self.dispatch(awaiting, context_id, has_dataset=True)
 
-    def begin_dataset(self) -> None:
+    def begin_dataset(self, request: dict[int, bytes], context_id: int) -> None:
         """A C-STORE's dataset follows: open its sink, or decide the refusal now."""
-        request = self.request
-        abstract_syntax, transfer_syntax = self.association.contexts[self.command_context]
+        abstract_syntax, transfer_syntax = self.association.contexts[context_id]
         if _us(request, TAG_COMMAND_FIELD, 0) != C_STORE_RQ:
             return
         if abstract_syntax == VERIFICATION:
@@ -589,7 +594,7 @@ class _MessageAssembler:
                                      _us(request, TAG_MESSAGE_ID, 0))
         try:
             opened = self.association.acceptor.on_store(store_request)
-        except Exception as exc:  # noqa: BLE001 - the peer gets a failure status, the server goes on
+        except Exception as exc:  # the peer gets a failure status, the server goes on
             log.exception("store handler failed", sop_instance_uid=sop_instance[:64])
             self.answer = STATUS_CANNOT_UNDERSTAND, f"Cannot store: {type(exc).__name__}"
             return
@@ -597,31 +602,35 @@ class _MessageAssembler:
             self.answer = opened
             return
         self.sink = opened
-        self.sink_call("write", memoryview(file_meta(sop_class, sop_instance, transfer_syntax, peer.ae_title)))
+        meta = memoryview(file_meta(sop_class, sop_instance, transfer_syntax, peer.ae_title))
+        self.sink_call(lambda sink: sink.write(meta))
 
-    def sink_call(self, method: str, *args):
-        """Call the sink; a sink that raises is dropped and the C-STORE fails."""
+    def sink_call(self, call: Callable[[StoreSink], _R], *, discarding: bool = False) -> _R | None:
+        """`call(sink)`; a sink that raises is dropped (discarded, unless that was the call)
+        and the C-STORE fails."""
+        sink = self.sink
+        if sink is None:
+            return None
         try:
-            return getattr(self.sink, method)(*args)
-        except Exception as exc:  # noqa: BLE001 - the peer gets a failure status, the server goes on
-            log.exception("store handler failed", step=method)
-            sink, self.sink = self.sink, None
-            if method != "discard":
+            return call(sink)
+        except Exception as exc:  # the peer gets a failure status, the server goes on
+            log.exception("store handler failed")
+            self.sink = None
+            if not discarding:
                 try:
                     sink.discard()
-                except Exception:  # noqa: BLE001 - already failing; the first error is logged
-                    pass
+                except Exception:  # already failing: logged, the first error is the answer
+                    log.exception("discarding the failed instance failed too")
             self.answer = STATUS_CANNOT_UNDERSTAND, f"Cannot store: {type(exc).__name__}"
             return None
 
     def drop_unfinished(self) -> None:
         """Discard a dataset that will not be completed (association ended, or oversized)."""
         if self.sink is not None:
-            self.sink_call("discard")
+            self.sink_call(lambda sink: sink.discard(), discarding=True)
             self.sink = None
 
-    def dispatch(self, has_dataset: bool) -> None:
-        request, context_id = self.request, self.command_context
+    def dispatch(self, request: dict[int, bytes], context_id: int, *, has_dataset: bool) -> None:
         command_field = _us(request, TAG_COMMAND_FIELD, 0)
         reply = {TAG_COMMAND_FIELD: _pack_us(command_field | 0x8000),
                  TAG_MESSAGE_ID_RESPONDED: _pack_us(_us(request, TAG_MESSAGE_ID, 0)),
@@ -643,8 +652,8 @@ class _MessageAssembler:
             status, comment = STATUS_CANNOT_UNDERSTAND, "C-STORE without a dataset"
         else:
             self.sink = sink
-            result = self.sink_call("finish")
-            status, comment = result if result is not None else self.answer
+            result = self.sink_call(lambda sink: sink.finish())
+            status, comment = result or self.answer or (STATUS_CANNOT_UNDERSTAND, None)
             self.sink, self.answer = None, None
         reply[TAG_STATUS] = _pack_us(status)
         if comment:

@@ -20,6 +20,7 @@ says what was odd (`ae_title_problems`) for the acceptor to log.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 # Item types (PS3.8 9.3.2.1-9.3.2.3, PS3.7 D.3.3)
@@ -99,15 +100,15 @@ def negotiate(proposed: tuple[ProposedContext, ...],
     `supported` maps each abstract syntax the acceptor serves to its transfer syntaxes in order
     of preference; an accepted context gets the first of them the requestor proposed.
     """
-    results = {}
+    results: dict[tuple[int, str], ContextResult] = {}
     for context in proposed:
         offered = supported.get(context.abstract_syntax)
         if offered is None:
             result, syntax = ABSTRACT_SYNTAX_NOT_SUPPORTED, context.transfer_syntaxes[0]
         else:
-            syntax = next((ts for ts in offered if ts in context.transfer_syntaxes), None)
-            result = ACCEPTANCE if syntax is not None else TRANSFER_SYNTAXES_NOT_SUPPORTED
-            syntax = syntax or context.transfer_syntaxes[0]
+            chosen = next((ts for ts in offered if ts in context.transfer_syntaxes), None)
+            result = ACCEPTANCE if chosen is not None else TRANSFER_SYNTAXES_NOT_SUPPORTED
+            syntax = chosen or context.transfer_syntaxes[0]
         results.setdefault((context.context_id, context.abstract_syntax),
                            ContextResult(context.context_id, result, context.abstract_syntax, syntax))
     return sorted(results.values(), key=lambda r: r.context_id)
@@ -136,7 +137,7 @@ def encode_associate_ac(request: AssociateRequest, results: list[ContextResult],
     return struct.pack(">BBI", 0x02, 0, len(body)) + body
 
 
-def _items(data: bytes, offset: int):
+def _items(data: bytes, offset: int) -> Iterator[tuple[int, bytes]]:
     """(type, value) of each item from `offset` to the end of `data`."""
     end = len(data)
     while offset < end:

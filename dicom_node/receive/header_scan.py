@@ -63,7 +63,7 @@ class ScannedHeader:
         return struct.unpack_from("<H", value)[0] if value is not None and len(value) >= 2 else default
 
 
-def scan_header(data: bytes, complete: bool = True) -> ScannedHeader | None:
+def scan_header(data: bytes | bytearray, complete: bool = True) -> ScannedHeader | None:
     """Scan a Part 10 instance (preamble + File Meta + dataset); None: ask pydicom instead.
 
     `complete=False`: `data` is only the first bytes of the instance (the rest is still

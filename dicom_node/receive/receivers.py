@@ -22,8 +22,10 @@ import threading
 import time
 from dataclasses import astuple
 from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from multiprocessing.reduction import recv_handle, send_handle
-from typing import Callable
+from types import FrameType
+from typing import Any, Callable, cast
 
 import structlog
 
@@ -51,13 +53,14 @@ def receive_process_count(configured: int) -> int:
 
 
 StoredCallback = Callable[[Peer, InstanceHeader], None]
+Report = tuple[Any, ...]  # ("stored", ae title, address, port, *header), ("closed",), ("rejected", ae, address), ...
 RejectedCallback = Callable[[str, str], None]
 
 
 class _Receiver:
     """The node's side of one receiver process: its process, pipes and open associations."""
 
-    def __init__(self, process, reports: Connection, sockets: Connection) -> None:
+    def __init__(self, process: BaseProcess, reports: Connection, sockets: Connection) -> None:
         self.process, self.reports, self.sockets = process, reports, sockets
         self.associations = 0
 
@@ -92,7 +95,7 @@ class ReceiverPool:
             self._spawn()
         for receiver in list(self._receivers.values()):
             ready = receiver.reports.poll(READY_TIMEOUT_SECONDS)
-            report = receiver.reports.recv() if ready else ("timeout",)
+            report: Report = receiver.reports.recv() if ready else ("timeout",)
             if report[0] != "ready":
                 self.stop()
                 raise ReceiverStartError(f"receiver process {receiver.process.pid} did not start: "
@@ -123,7 +126,7 @@ class ReceiverPool:
         self._receivers.clear()
 
     @property
-    def pids(self) -> list[int]:
+    def pids(self) -> list[int | None]:
         return [r.process.pid for r in self._receivers.values()]
 
     def alive(self) -> int:
@@ -134,7 +137,7 @@ class ReceiverPool:
     def hand_off(self, conn: socket.socket) -> bool:
         """Pass `conn` to the least busy receiver; False: the node serves it itself."""
         with self._lock:
-            loads = [(self.local_associations(), None)]
+            loads: list[tuple[int, _Receiver | None]] = [(self.local_associations(), None)]
             loads += [(r.associations, r) for r in self._receivers.values() if r.process.is_alive()]
             least = min(load for load, _ in loads)
             candidates = [r for load, r in loads if load == least]
@@ -171,7 +174,8 @@ class ReceiverPool:
             if not self._receivers:
                 time.sleep(0.2)
                 continue
-            for connection in wait(list(self._receivers), timeout=0.2):
+            for ready in wait(list(self._receivers), timeout=0.2):
+                connection = cast(Connection, ready)  # wait() gives back what it was given
                 try:
                     report = connection.recv()
                 except (EOFError, OSError):
@@ -182,7 +186,7 @@ class ReceiverPool:
                 except Exception:  # noqa: BLE001 - a bad report must not stop the others
                     log.exception("receiver report failed", kind=report[0] if report else None)
 
-    def _apply(self, receiver: _Receiver, report: tuple) -> None:
+    def _apply(self, receiver: _Receiver, report: Report) -> None:
         kind = report[0]
         if kind == "stored":
             _, ae_title, address, port, *uids = report
@@ -225,7 +229,7 @@ def run_receiver(settings: Settings, connection: Connection, sockets: Connection
     signal.signal(signal.SIGTERM, _exit_quietly)  # e.g. systemd stopping the whole unit
     send_lock = threading.Lock()
 
-    def report(*message) -> None:
+    def report(*message: object) -> None:
         with send_lock:
             connection.send(message)
 
@@ -248,7 +252,7 @@ def run_receiver(settings: Settings, connection: Connection, sockets: Connection
         scp.stop()
 
 
-def _serve_handed_sockets(scp, sockets: Connection) -> None:
+def _serve_handed_sockets(scp: StoreSCP, sockets: Connection) -> None:
     """Serve every connection the node passes over `sockets` until that pipe closes."""
     while True:
         try:
@@ -264,5 +268,5 @@ def _serve_handed_sockets(scp, sockets: Connection) -> None:
         scp.acceptor.serve(conn, address)
 
 
-def _exit_quietly(signum, frame) -> None:
+def _exit_quietly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)

@@ -165,13 +165,19 @@ class IncomingFile:
         self.head = bytearray()
         self.size = 0
 
-    def write(self, data) -> None:
+    def write(self, data: bytes | memoryview) -> None:
+        fd = self._open_fd()
         view = memoryview(data)
         if len(self.head) < HEAD_BYTES:
             self.head += view[:HEAD_BYTES - len(self.head)]
         self.size += len(view)
         while view:
-            view = view[os.write(self.fd, view):]
+            view = view[os.write(fd, view):]
+
+    def _open_fd(self) -> int:
+        if self.fd is None:
+            raise ValueError(f"{self.path.name} was already committed or discarded")
+        return self.fd
 
     def read_all(self) -> bytes:
         """Everything written so far (for checks the head alone cannot answer)."""
@@ -190,9 +196,10 @@ class IncomingFile:
         try:
             if not final_dir.is_dir():
                 self.spool._make_dirs(final_dir)
+            fd = self._open_fd()
             if self.spool.durable:
-                os.fsync(self.fd)
-            os.close(self.fd)
+                os.fsync(fd)
+            os.close(fd)
             self.fd = None
             os.replace(self.path, final)
         except BaseException:

@@ -22,17 +22,14 @@ import struct
 import warnings
 from dataclasses import dataclass
 from io import BytesIO
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Callable, Mapping, Sequence
 
 import pydicom
 import structlog
 from pydicom.dataset import Dataset
-from pynetdicom import ALL_TRANSFER_SYNTAXES, build_context
-from pynetdicom.sop_class import (
-    CTImageStorage,
-    EnhancedCTImageStorage,
-    Verification,
-)
+from pydicom.uid import UID, CTImageStorage, EnhancedCTImageStorage
+from pynetdicom import ALL_TRANSFER_SYNTAXES, VerificationPresentationContexts, build_context
 
 from config.settings import Settings
 from dicom_node.receive.acceptor import (
@@ -71,7 +68,7 @@ class InstanceHeader:
     series_uid: str
 
 
-def check_received(head: bytes, size: int, read_all: Callable[[], bytes], sop_class_uid: str,
+def check_received(head: bytes | bytearray, size: int, read_all: Callable[[], bytes], sop_class_uid: str,
                    sop_instance_uid: str, scanned: ScannedHeader | None = None) -> InstanceHeader:
     """Parse a received instance of `size` bytes (meta included) of which `head` are the first,
     and refuse what cannot be a whole image.
@@ -85,22 +82,23 @@ def check_received(head: bytes, size: int, read_all: Callable[[], bytes], sop_cl
     """
     if scanned is None:
         scanned = scan_header(head, complete=len(head) >= size)
+    data: bytes | bytearray = head
     if scanned is None and len(head) < size:
         data = read_all()
         scanned = scan_header(data)
-    else:
-        data = head
     if scanned is not None:
         header = InstanceHeader(scanned.text("sop_class_uid"), scanned.text("sop_instance_uid"),
                                 scanned.text("study_uid"), scanned.text("series_uid"))
 
         def pixel_module() -> tuple[int, int, int, int, int]:
             frames = scanned.text("number_of_frames")
-            return (scanned.us("rows"), scanned.us("columns"), scanned.us("samples_per_pixel", 1),
-                    scanned.us("bits_allocated"), int(frames) if frames else 1)
+            return (_present(scanned.us("rows")), _present(scanned.us("columns")),
+                    _present(scanned.us("samples_per_pixel", 1)), _present(scanned.us("bits_allocated")),
+                    int(frames) if frames else 1)
 
         encapsulated = False
-        pixel_length, available = scanned.pixel_length, scanned.pixel_available(size)
+        pixel_length: int | None = scanned.pixel_length
+        available: int | None = scanned.pixel_available(size)
     else:
         ds, header, pixel_length, available = _read_with_pydicom(data)  # data is whole here
 
@@ -114,7 +112,7 @@ def check_received(head: bytes, size: int, read_all: Callable[[], bytes], sop_cl
     if pixel_length is None:
         raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, "No pixel data (truncated dataset?)")
     try:
-        rows, columns, samples, bits, frames = (int(v) for v in pixel_module())
+        rows, columns, samples, bits, frames = pixel_module()
     except Exception as exc:  # noqa: BLE001 - missing/garbled image pixel attributes
         raise InstanceRejected(STATUS_DATASET_MISMATCH,
                                f"Image pixel module incomplete: {type(exc).__name__}") from exc
@@ -133,7 +131,14 @@ def check_received(head: bytes, size: int, read_all: Callable[[], bytes], sop_cl
     return header
 
 
-def _read_with_pydicom(data: bytes) -> tuple[Dataset, InstanceHeader, int | None, int | None]:
+def _present(value: int | None) -> int:
+    """A pixel module attribute the scan found; TypeError (as int(None) gives) when absent."""
+    if value is None:
+        raise TypeError("attribute absent")
+    return value
+
+
+def _read_with_pydicom(data: bytes | bytearray) -> tuple[Dataset, InstanceHeader, int | None, int | None]:
     """The header, its UIDs, the declared Pixel Data length and the bytes after it (None: unknown)."""
     fp = BytesIO(data)
     with warnings.catch_warnings():
@@ -151,7 +156,7 @@ def _read_with_pydicom(data: bytes) -> tuple[Dataset, InstanceHeader, int | None
             raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, f"Unreadable dataset: {type(exc).__name__}") from exc
 
 
-def _pixel_data_extent(data: bytes, offset: int, transfer_syntax) -> tuple[int | None, int]:
+def _pixel_data_extent(data: bytes | bytearray, offset: int, transfer_syntax: UID) -> tuple[int | None, int]:
     """(declared Pixel Data length, bytes present after its element header) at `offset`.
 
     None when the element there is not (7FE0,0010): the dataset has no pixel data.
@@ -182,7 +187,7 @@ class CallerPolicy:
 
     def __init__(self, any_address: Sequence[str] = (), bound: Mapping[str, Sequence[str]] | None = None) -> None:
         self.any_address = {title.strip() for title in any_address}
-        self.bound: dict[str, list] = {}
+        self.bound: dict[str, list[IPv4Network | IPv6Network]] = {}
         for title, addresses in (bound or {}).items():
             self.bound.setdefault(title.strip(), []).extend(
                 ipaddress.ip_network(a, strict=False) for a in addresses)
@@ -192,7 +197,7 @@ class CallerPolicy:
         return not self.any_address and not self.bound
 
     @staticmethod
-    def _ip(address: str):
+    def _ip(address: str) -> IPv4Address | IPv6Address | None:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
@@ -244,7 +249,7 @@ class StoreSCP:
         self.on_rejected = on_rejected
         self.ssl_context = ssl_context
         self.ae_title = ae_title
-        contexts = [build_context(Verification)]
+        contexts = list(VerificationPresentationContexts)
         contexts += [build_context(sop_class, ALL_TRANSFER_SYNTAXES)
                      for sop_class in (CTImageStorage, EnhancedCTImageStorage)]
         self.acceptor = Acceptor(contexts=contexts, on_store=self._handle_store,
