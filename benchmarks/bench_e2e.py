@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.integration.peers import LIDC_0002, NodeProcess, Orthanc, storescu, wait_until  # noqa: E402
+from tests.integration.peers import LIDC_0002, NodeProcess, Orthanc, storescu, wait_until
 
 
 def one_run(workdir: Path, series: Path, engine: str, idle_seconds: float) -> dict:

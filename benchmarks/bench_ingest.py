@@ -32,8 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dicom_node.receive.receivers import receive_process_count  # noqa: E402
-from tests.integration.peers import LIDC_0002, NodeProcess, Orthanc, free_port, tool_env  # noqa: E402
+from dicom_node.receive.receivers import receive_process_count
+from tests.integration.peers import LIDC_0002, NodeProcess, Orthanc, free_port, tool_env
 
 
 NODE, NODE_WRITE = "ldct-node", "ldct-node (acknowledge_after=write)"
@@ -83,7 +83,7 @@ def send(port: int, called: str, files: list[Path], associations: int | str) -> 
 
     def one(group):
         result = subprocess.run(["storescu", "-aec", called, "127.0.0.1", str(port), *map(str, group)],
-                                env=tool_env(), capture_output=True, text=True)
+                                env=tool_env(), capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"storescu to {called} failed: {result.stderr[-500:]}")
 
@@ -100,8 +100,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     files = sorted(p for p in args.series.iterdir() if p.is_file())
     results: dict[str, dict[str, list[float]]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         for associations in (1, 4, ONE_PER_INSTANCE):
             sent = files[:ONE_PER_INSTANCE_COUNT] if associations == ONE_PER_INSTANCE else files
             for run in range(args.runs):

@@ -18,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks import bench_e2e, bench_ingest, bench_memory  # noqa: E402
+from benchmarks import bench_e2e, bench_ingest, bench_memory
 
 
 def main() -> None:

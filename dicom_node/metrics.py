@@ -6,6 +6,7 @@ job store when Prometheus scrapes, so they are right even with several worker ho
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -67,10 +68,8 @@ class MetricsEndpoint:
         if self.server is not None:
             self.server.shutdown()
             self.server = None
-        try:
+        with contextlib.suppress(KeyError):
             REGISTRY.unregister(self.collector)
-        except KeyError:
-            pass
 
 
 def observe_job(timings: Mapping[str, float]) -> None:

@@ -169,7 +169,7 @@ def _load_in_order(paths: list[Path]) -> CTVolume:
             hu = np.empty((len(paths), *shape), dtype=np.int16)
         _check_size(ds, shape)
         hu[i] = to_hu(ds)
-        for tag in [tag for tag in ds.keys() if tag >= PIXEL_DATA_TAG]:
+        for tag in [element.tag for element in ds if element.tag >= PIXEL_DATA_TAG]:
             del ds[tag]  # a header, as read_headers gives it
         headers.append(ds)
     _check_one_series(headers)

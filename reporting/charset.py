@@ -34,6 +34,7 @@ def with_plain_character_set(source_datasets: Sequence[Dataset]) -> list[Dataset
                 copy.file_meta = ds.file_meta
             # a new element: assigning the attribute would change the shared element's value
             copy[SPECIFIC_CHARACTER_SET] = DataElement(SPECIFIC_CHARACTER_SET, "CS", PLAIN_CHARACTER_SET[charset])
-            ds = copy
-        fixed.append(ds)
+            fixed.append(copy)
+        else:
+            fixed.append(ds)
     return fixed

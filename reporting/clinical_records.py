@@ -220,7 +220,7 @@ def parse_clinical_text(text: str, source: str = "clinical CSV") -> list[Clinica
             continue
         cells = {name: (row[i].strip() if i < len(row) else "") for i, name in enumerate(header)}
         values: dict[str, Any] = {}
-        for column in COMORBIDITIES + ("asymptomatic",):
+        for column in (*COMORBIDITIES, "asymptomatic"):
             cell = cells.get(column, "")
             if cell == "":
                 values[column] = None

@@ -213,8 +213,7 @@ COVARIATE_DESCRIPTIONS: dict[str, tuple[str, str]] = {
     "cardiac_disease": ("cardiac (coronary artery) disease", "0/1"),
     "obesity": ("obesity (BMI >= 30)", "0/1"),
     "days_since_onset": (
-        "time from symptom onset to the scan; > 7 days versus <= 7 days or asymptomatic "
-        "(reference)",
+        "time from symptom onset to the scan; > 7 days versus <= 7 days or asymptomatic (reference)",
         "days",
     ),
     "lesion_extent_pct": (

@@ -112,7 +112,7 @@ class FitResult:
 def split_indices(n: int, seed: int, train_fraction: float = TRAIN_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """Seeded random split (train, validation) of row positions."""
     permutation = np.random.default_rng(seed).permutation(n)
-    n_train = int(round(train_fraction * n))
+    n_train = round(train_fraction * n)
     return np.sort(permutation[:n_train]), np.sort(permutation[n_train:])
 
 
@@ -227,9 +227,9 @@ def fit_cohort(
         features[score] = (features[score] - standardisation[score]["mean"]) / sd
 
     clinical = [f for f in CLINICAL_FEATURES if f not in exclude]
-    specs = {"A": clinical, "C": clinical + ["lesion_extent_pct"]}
+    specs = {"A": clinical, "C": [*clinical, "lesion_extent_pct"]}
     if "ct_ss" in features:
-        specs = {"A": clinical, "B": clinical + ["ct_ss"], "C": specs["C"]}
+        specs = {"A": clinical, "B": [*clinical, "ct_ss"], "C": specs["C"]}
 
     models: dict[str, FittedModel] = {}
     raw_results = {}
@@ -295,9 +295,9 @@ def fit_cohort(
     cohort_info = {
         "source": source,
         "sha256": source_sha256,
-        "n": int(len(frame)),
-        "n_train": int(len(train_idx)),
-        "n_validation": int(len(valid_idx)),
+        "n": len(frame),
+        "n_train": len(train_idx),
+        "n_validation": len(valid_idx),
         "events": int(outcome.sum()),
         "event_rate": float(outcome.mean()),
         "seed": int(seed),
@@ -326,7 +326,7 @@ def fit_cohort(
                 "cutoff = Youden-optimal Model C probability on the training part"
             ),
             "calibrated_locally": True,
-            "cohort_size": int(len(frame)),
+            "cohort_size": len(frame),
             "cohort_events": int(outcome.sum()),
             "cohort_sha256": source_sha256,
             "fitted_at": cohort_info["fitted_at"],

@@ -41,10 +41,11 @@ def enqueue_legacy_job(url: str, series_uid: str, instance_set_hash: str) -> int
     now = datetime.now(timezone.utc)
     try:
         with engine.begin() as connection:
-            return int(connection.execute(text(
-                "INSERT INTO jobs (series_uid, study_uid, instance_set_hash, instance_uids, instance_count, state,"
-                " attempts, not_before, created_at) VALUES (:series, '1.2', :digest, '[\"1.1\", \"1.2\"]', 2,"
-                " 'queued', 0, :now, :now) RETURNING id"), {"series": series_uid, "digest": instance_set_hash,
-                                                             "now": now}).scalar_one())
+            insert = text(
+                "INSERT INTO jobs (series_uid, study_uid, instance_set_hash, instance_uids,"
+                " instance_count, state, attempts, not_before, created_at)"
+                " VALUES (:series, '1.2', :digest, :uids, 2, 'queued', 0, :now, :now) RETURNING id")
+            values = {"series": series_uid, "digest": instance_set_hash, "uids": '["1.1", "1.2"]', "now": now}
+            return int(connection.execute(insert, values).scalar_one())
     finally:
         engine.dispose()

@@ -16,7 +16,6 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-from inference.volume import read_headers  # noqa: F401 - the loader's own reader, used by the reporting tests
 
 FIXTURE_PATIENT_NAME = "Fixture^Reporting"
 FIXTURE_PATIENT_ID = "FIXTURE-0001"

@@ -55,8 +55,7 @@ def dciodvfy_report(path_or_dataset: str | Path | Dataset) -> tuple[list[str], l
         # -new: use the current standard's rules (not retired ones); output goes to stderr.
         completed = subprocess.run(
             [executable, "-new", str(path)], capture_output=True, text=True, errors="replace",
-            timeout=300,
-        )
+            timeout=300, check=False)
     lines = (completed.stdout + completed.stderr).splitlines()
     errors = [line for line in lines if line.startswith("Error")]
     warnings = [line for line in lines if line.startswith("Warning")]
@@ -113,7 +112,7 @@ def pixelmed(path: Path, validator: str = INSTANCE_VALIDATOR) -> Report:
         raise RuntimeError("PixelMed not installed: apt-get install pixelmed-apps (and a JRE)")
     completed = subprocess.run(
         ["java", *JAVA_OPTIONS, "-cp", str(jar), validator, str(path)],
-        capture_output=True, text=True, errors="replace", timeout=600,
+        capture_output=True, text=True, errors="replace", timeout=600, check=False,
     )
     lines = (completed.stdout + completed.stderr).splitlines()
     name = validator.rsplit(".", 1)[-1]

@@ -45,8 +45,14 @@ JsonOption = typer.Option(False, "--json", help="Machine-readable JSON output.")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
+    """End the command with one line on stderr and a non-zero exit."""
+    raise failure(message, code)
+
+
+def failure(message: str, code: int = 1) -> typer.Exit:
+    """`fail`'s exit, to raise from the exception that caused it."""
     err_console.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
+    return typer.Exit(code)
 
 
 def settings_from(config: Optional[Path]) -> Settings:
@@ -158,6 +164,8 @@ def db_current(config: Optional[Path] = ConfigOption) -> None:
 @app.command()
 def status(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
     """Queue counts by state, workers and their heartbeats, recent series, last errors, free disk."""
+    from dicom_node.queue.jobstore import DISPATCH_STATES
+
     settings = settings_from(config)
     store = open_store(settings)
     counts = store.counts()
@@ -179,9 +187,8 @@ def status(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) ->
     for name in ("what", *counts.jobs.keys()):
         table.add_column(name)
     table.add_row("jobs", *(str(v) for v in counts.jobs.values()))
-    dispatch_row = [str(counts.dispatches.get(k, 0)) for k in ("pending", "sending", "sent", "dead")]
     console.print(table)
-    console.print("dispatches: " + ", ".join(f"{k} {v}" for k, v in zip(("pending", "sending", "sent", "dead"), dispatch_row)))
+    console.print("dispatches: " + ", ".join(f"{k} {counts.dispatches.get(k, 0)}" for k in DISPATCH_STATES))
     console.print(f"free disk in data dir: {free / 2**30:.1f} GiB")
     wt = Table(title="Workers")
     for col in ("name", "last heartbeat (UTC)", "current job"):
@@ -204,7 +211,9 @@ def health(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption,
            stale_seconds: float = typer.Option(120, help="A worker heartbeat older than this is stale."),
            destinations: bool = typer.Option(False, "--destinations", help="Also C-ECHO every destination.")) -> None:
     """Health check for monitoring: exit 0 when healthy, 1 otherwise (one line per check)."""
-    from dicom_node.queue.jobstore import utcnow
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from dicom_node.queue.jobstore import MigrationError, utcnow
     from dicom_node.dispatch.dimse import echo as c_echo
     from dicom_node.dispatch.sender import SendError
     from dicom_node.tls import destination_tls, self_check_tls
@@ -214,13 +223,13 @@ def health(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption,
     try:
         store = open_store(settings)
         counts = store.counts()
-        checks.append(("job store", True, f"{settings.database_url.split('://')[0]}, "
-                       f"{counts.jobs['queued']} queued, {counts.jobs['dead']} dead jobs, {counts.dispatches['dead']} dead dispatches"))
+        checks.append(("job store", True, (f"{settings.database_url.split('://')[0]}, {counts.jobs['queued']} queued, "
+                                           f"{counts.jobs['dead']} dead jobs, {counts.dispatches['dead']} dead dispatches")))
         fresh = [w for w in store.workers()
                  if (utcnow() - w.heartbeat_at.replace(tzinfo=w.heartbeat_at.tzinfo or timezone.utc)).total_seconds() < stale_seconds]
         checks.append(("workers", bool(fresh) or counts.jobs["queued"] == 0,
                        f"{len(fresh)} with a heartbeat in the last {stale_seconds:.0f} s"))
-    except Exception as exc:  # noqa: BLE001 - any database failure is a failed check
+    except (SQLAlchemyError, MigrationError, OSError) as exc:  # the database is down, refuses or is too new
         checks.append(("job store", False, f"{type(exc).__name__}: {exc}"))
     free_mb = shutil.disk_usage(settings.node.data_dir).free / 2**20 if Path(settings.node.data_dir).exists() else 0
     checks.append(("disk", free_mb >= settings.node.min_free_disk_mb,
@@ -444,8 +453,8 @@ def send(path: Path = typer.Argument(..., exists=True, help="A DICOM file or a f
                                 tls=named_destination_tls(settings, to))
         except SendError as exc:
             fail(str(exc))
-        except Exception as exc:  # noqa: BLE001 - unreadable file etc.
-            fail(f"cannot send: {exc}")
+        except Exception as exc:  # an unreadable file, or anything else: one line, no traceback
+            raise failure(f"cannot send: {exc}") from exc
     console.print(f"sent {result.sent} of {len(files)}")
     for name, why in result.failed[:20]:
         console.print(f"  failed {name}: {why}", highlight=False)
@@ -521,8 +530,8 @@ def demo(workdir: Path = typer.Option(Path("ldct-demo"), help="Folder for the de
     configure_logging("console", "warning")
     try:
         summary, truth = run_demo(workdir, port=port, engine=engine, console=err_console)
-    except Exception as exc:  # noqa: BLE001
-        fail(f"demo failed: {exc}")
+    except Exception as exc:  # whatever failed: one line, no traceback
+        raise failure(f"demo failed: {exc}") from exc
     print_summary(summary, truth)
 
 

@@ -88,13 +88,13 @@ class Dispatcher:
         return sent
 
     def _send(self, dispatch: Dispatch) -> bool:
-        bound = log.bind(job_id=dispatch.job_id, destination=dispatch.destination)
+        job_logger = log.bind(job_id=dispatch.job_id, destination=dispatch.destination)
         try:
             destination = self.settings.destination(dispatch.destination)
             job = self.store.get_job(dispatch.job_id)
             if job is None:
                 raise SendError(f"job {dispatch.job_id} is gone")
-            bound = bound.bind(series_uid=job.series_uid)
+            job_logger = job_logger.bind(series_uid=job.series_uid)
             result = job.result()
             if not job.result_dir or result is None:
                 raise SendError("the job's results were purged")
@@ -103,25 +103,25 @@ class Dispatcher:
             if not sent.ok:
                 raise SendError(f"{len(sent.failed)} of {len(outputs)} refused: {sent.failed[0][1]}")
         except EXPECTED_FAILURES as exc:
-            self._failed(dispatch, exc, bound)
+            self._failed(dispatch, exc, job_logger)
             return False
         except Exception as exc:
-            bound.exception("dispatch failed unexpectedly")
-            self._failed(dispatch, exc, bound)
+            job_logger.exception("dispatch failed unexpectedly")
+            self._failed(dispatch, exc, job_logger)
             return False
         self.store.dispatch_sent(dispatch.id)
         metrics.DISPATCH_ATTEMPTS.labels("sent").inc()
         self.store.audit("dispatched", job_id=dispatch.job_id, destination=dispatch.destination,
                          ae_title=destination.ae_title, instances=sent.sent)
-        bound.info("results sent", instances=sent.sent)
+        job_logger.info("results sent", instances=sent.sent)
         return True
 
-    def _failed(self, dispatch: Dispatch, exc: Exception, bound: FilteringBoundLogger) -> None:
+    def _failed(self, dispatch: Dispatch, exc: Exception, job_logger: FilteringBoundLogger) -> None:
         """Keep the failure on the dispatch row: retried with backoff, or dead past the maximum age."""
         cfg = self.settings.dispatch
         state = self.store.dispatch_failed(dispatch.id, f"{type(exc).__name__}: {exc}",
                                            first_retry=cfg.first_retry_seconds, max_retry=cfg.max_retry_seconds,
                                            max_age_hours=cfg.max_age_hours)
         metrics.DISPATCH_ATTEMPTS.labels("failed").inc()
-        (bound.error if state == DEAD else bound.warning)(
+        (job_logger.error if state == DEAD else job_logger.warning)(
             "dispatch failed", error=str(exc), state=state, attempt=dispatch.attempts + 1)

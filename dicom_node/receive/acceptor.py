@@ -15,6 +15,7 @@ command sets, always Implicit VR Little Endian).
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 import socket
 import ssl
@@ -248,7 +249,7 @@ class Acceptor:
                     log.warning("tls handshake failed", peer=peer_address, error=str(exc)[:200])
                     return
             _Association(self, conn, peer_address, peer_port).run()
-        except Exception:  # noqa: BLE001 - one association's failure never stops the server
+        except Exception:  # one association's failure never stops the server
             log.exception("association failed", peer=peer_address)
         finally:
             with self._lock:
@@ -365,10 +366,8 @@ class _Association:
 
     def abort(self, reason: int) -> None:
         """A-ABORT from the service provider (source 2) with `reason`."""
-        try:
+        with contextlib.suppress(OSError):
             self.send(struct.pack(">BBIBBBB", A_ABORT_TYPE, 0, 4, 0, 0, 0x02, reason))
-        except OSError:
-            pass
 
     def reject(self, result_source_reason: tuple[int, int, int]) -> None:
         result, source, reason = result_source_reason
@@ -435,7 +434,7 @@ class _Association:
             if self.acceptor.on_rejected is not None:
                 try:
                     self.acceptor.on_rejected(self.peer)
-                except Exception:  # noqa: BLE001 - an audit hiccup must not break the server
+                except Exception:  # an audit hiccup must not break the server
                     log.exception("recording the rejection failed", calling_ae=calling_ae)
             self.await_close()
             return False
@@ -748,7 +747,5 @@ def _ui(elements: dict[int, bytes], tag: int) -> str:
 
 
 def _shutdown(conn: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         conn.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass

@@ -153,7 +153,7 @@ def _character_set_readable(raw: bytes) -> bool:
             warnings.simplefilter("ignore")
             convert_encodings([v.strip() for v in raw.decode("ascii").rstrip("\x00 ").split("\\")])
         return True
-    except Exception:  # noqa: BLE001 - any failure means pydicom could not read the dataset
+    except (LookupError, ValueError):  # not ASCII, or no codec: pydicom could not read the dataset
         return False
 
 

@@ -14,6 +14,7 @@ restarted; receivers exit when the node stops or disappears.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -110,10 +111,8 @@ class ReceiverPool:
             self._thread.join(timeout)
         receivers = list(self._receivers.values())
         for receiver in receivers:
-            try:
+            with contextlib.suppress(OSError):
                 receiver.reports.send(("stop",))
-            except OSError:
-                pass
         deadline = time.monotonic() + timeout
         for receiver in receivers:
             receiver.process.join(max(0.1, deadline - time.monotonic()))
@@ -183,7 +182,7 @@ class ReceiverPool:
                     continue
                 try:
                     self._apply(self._receivers[connection], report)
-                except Exception:  # noqa: BLE001 - a bad report must not stop the others
+                except Exception:  # a bad report must not stop the others
                     log.exception("receiver report failed", kind=report[0] if report else None)
 
     def _apply(self, receiver: _Receiver, report: Report) -> None:
@@ -216,7 +215,7 @@ class ReceiverPool:
         if self.on_lost is not None:
             try:
                 self.on_lost()
-            except Exception:  # noqa: BLE001 - the replacement must still start
+            except Exception:  # the replacement must still start
                 log.exception("recovering after the dead receiver failed")
         self._respawn_at.append(time.monotonic() + RESTART_DELAY_SECONDS)  # not at once: no tight crash loop
 

@@ -372,7 +372,7 @@ class _InstanceWriter:
             incoming.discard()
             log.error("spool write failed", sop_instance_uid=sop_uid[:64], error=str(exc))
             return STATUS_OUT_OF_RESOURCES, f"Write failed: {exc.strerror or exc}"
-        except Exception as exc:  # noqa: BLE001 - a handler must never take the server down
+        except Exception as exc:  # a handler must never take the server down
             incoming.discard()
             log.exception("store handler failed", sop_instance_uid=sop_uid[:64])
             return STATUS_CANNOT_UNDERSTAND, f"Cannot store: {type(exc).__name__}"

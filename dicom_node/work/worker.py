@@ -73,7 +73,7 @@ class Worker:
                 if not self.run_once():
                     self._wake.wait(self.poll_seconds)
                     self._wake.clear()
-            except Exception:  # noqa: BLE001 - a database hiccup must not kill the worker
+            except Exception:  # a database hiccup must not kill the worker
                 log.exception("worker loop error", worker=self.name)
                 self._stop.wait(5)
 
@@ -81,9 +81,10 @@ class Worker:
         """Load the model before the first job: its second is not a patient's, and broken
         weights show in the log at start rather than at the first series."""
         try:
-            self.engine
-        except Exception as exc:  # noqa: BLE001 - each job retries the load and records the error
-            log.error("inference engine failed to load", worker=self.name, error=f"{type(exc).__name__}: {exc}")
+            _ = self.engine
+        except Exception as exc:  # each job retries the load and records the error
+            log.error("inference engine failed to load", worker=self.name, error=f"{type(exc).__name__}: {exc}",
+                      exc_info=True)
 
     def run_once(self) -> bool:
         """Claim and process one job; False when the queue was empty."""
@@ -96,8 +97,8 @@ class Worker:
 
     def process(self, job: Job) -> None:
         jobs = self.settings.jobs
-        bound = log.bind(job_id=job.id, series_uid=job.series_uid, worker=self.name)
-        bound.info("job started", attempt=job.attempts, instances=job.instance_count)
+        job_logger = log.bind(job_id=job.id, series_uid=job.series_uid, worker=self.name)
+        job_logger.info("job started", attempt=job.attempts, instances=job.instance_count)
         self.store.worker_heartbeat(self.name, job.id)
         lease_lost = threading.Event()
         stop_beat = threading.Event()
@@ -122,13 +123,13 @@ class Worker:
             error = f"{type(exc).__name__}: {exc}"
             state = self.store.fail_job(job.id, self.name, error, jobs.max_attempts)
             metrics.JOBS_FINISHED.labels(state or "lost").inc()
-            bound.error("job failed", error=error, state=state, exc_info=True)
+            job_logger.error("job failed", error=error, state=state, exc_info=True)
             return
         finally:
             stop_beat.set()
             self.store.worker_heartbeat(self.name, None)
         if lease_lost.is_set():
-            bound.warning("lease lost during processing: result discarded")
+            job_logger.warning("lease lost during processing: result discarded")
             return
         destinations = [d.name for d in self.settings.destinations]
         if self.store.complete_job(job.id, self.name, result_dir=str(out_dir), summary=summary,
@@ -137,8 +138,8 @@ class Worker:
             metrics.observe_job(summary.timings)
             self.store.audit("job_done", series_uid=job.series_uid, job_id=job.id,
                              seg=summary.seg.sop_instance_uid, sr=summary.sr.sop_instance_uid)
-            bound.info("job done", lesion_pct=round(summary.quantification.lesion_pct, 2), timings=summary.timings)
+            job_logger.info("job done", lesion_pct=round(summary.quantification.lesion_pct, 2), timings=summary.timings)
             if self.on_done is not None:
                 self.on_done()
         else:
-            bound.warning("job was taken over by another worker: result discarded")
+            job_logger.warning("job was taken over by another worker: result discarded")

@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from tests.integration.peers import NodeProcess, Orthanc
+from tests.integration.postgres import PostgresServer, PostgresUnavailable
 
 REQUIRED_TOOLS = ("storescu", "echoscu", "dciodvfy", "Orthanc")
 
@@ -18,6 +19,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.integration)
             if missing:
                 item.add_marker(pytest.mark.skip(reason=f"peers not installed: {', '.join(missing)} (run .ci/run)"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throw-away PostgreSQL cluster for the session (skipped where PostgreSQL is missing)."""
+    try:
+        server = PostgresServer().start()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A fresh, empty database on the session's cluster."""
+    return postgres_server.database_url()
 
 
 @pytest.fixture

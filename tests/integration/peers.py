@@ -68,9 +68,9 @@ class Orthanc:
     def start(self) -> "Orthanc":
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "orthanc.json").write_text(json.dumps(self.config()))
-        log = open(self.workdir / "orthanc.log", "ab")
-        self.process = subprocess.Popen([shutil.which("Orthanc") or "/usr/sbin/Orthanc",
-                                         str(self.workdir / "orthanc.json")], stdout=log, stderr=log)
+        with open(self.workdir / "orthanc.log", "ab") as log:  # the process keeps its own descriptor
+            self.process = subprocess.Popen([shutil.which("Orthanc") or "/usr/sbin/Orthanc",
+                                             str(self.workdir / "orthanc.json")], stdout=log, stderr=log)
         wait_until(self._alive, 30, what="Orthanc to answer on its REST port")
         return self
 
@@ -158,10 +158,10 @@ class NodeProcess:
                               env={**os.environ, **self.env})  # the admin's environment is the node's
 
     def start(self) -> "NodeProcess":
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "dicom_node", "serve", "--config", str(self.config)],
-                                        stdout=log, stderr=log, cwd=REPO,
-                                        env={**os.environ, "OMP_NUM_THREADS": "2", **self.env})
+        with open(self.log_path, "ab") as log:  # the process keeps its own descriptor
+            self.process = subprocess.Popen([sys.executable, "-m", "dicom_node", "serve", "--config",
+                                             str(self.config)], stdout=log, stderr=log, cwd=REPO,
+                                            env={**os.environ, "OMP_NUM_THREADS": "2", **self.env})
         wait_until(self._listening, 60, what="the node to listen")
         return self
 

@@ -13,11 +13,12 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
 
-from tests.integration.peers import free_port
+from tests.integration.peers import REPO, free_port, wait_until
 
 SUPERUSER = "ldct"
 
@@ -60,7 +61,7 @@ class PostgresServer:
         command = [str(self.bindir / args[0]), *args[1:]]
         if self.as_user:
             command = ["runuser", "-u", self.as_user, "--", *command]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=self.root)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=self.root, check=False)
         if result.returncode != 0:
             log = self.log.read_text()[-2000:] if self.log.exists() else ""
             raise RuntimeError(f"{args[0]} failed ({result.returncode}): {result.stderr[-2000:]}\n{log}")
@@ -101,33 +102,6 @@ class PostgresServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _server_or_skip():
-    import pytest
-
-    try:
-        return PostgresServer().start()
-    except PostgresUnavailable as exc:
-        pytest.skip(str(exc))
-
-
-try:
-    import pytest
-
-    @pytest.fixture(scope="session")
-    def postgres_server():
-        """One PostgreSQL cluster for the session (import this fixture into a test module)."""
-        server = _server_or_skip()
-        yield server
-        server.stop()
-
-    @pytest.fixture
-    def postgres_url(postgres_server) -> str:
-        """A fresh, empty database on the session's cluster."""
-        return postgres_server.database_url()
-except ImportError:  # used outside pytest
-    pass
-
-
 # ---- node processes sharing one database and spool ------------------------------------------
 def database_section(url: str, lease_seconds: float = 300, heartbeat_seconds: float = 30) -> str:
     """TOML appended to a NodeProcess config: the shared database and the lease timing."""
@@ -137,19 +111,14 @@ def database_section(url: str, lease_seconds: float = 300, heartbeat_seconds: fl
 
 def start_cli_process(node, *args: str, log_name: str) -> subprocess.Popen:
     """Another `python -m dicom_node <args>` on `node`'s config and environment (same database and spool)."""
-    import sys
-
-    from tests.integration.peers import REPO
-
-    log = open(node.workdir / log_name, "ab")
-    return subprocess.Popen([sys.executable, "-m", "dicom_node", *args, "--config", str(node.config)],
-                            stdout=log, stderr=log, cwd=REPO,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", **node.env})
+    with open(node.workdir / log_name, "ab") as log:  # the process keeps its own descriptor
+        return subprocess.Popen([sys.executable, "-m", "dicom_node", *args, "--config", str(node.config)],
+                                stdout=log, stderr=log, cwd=REPO,
+                                env={**os.environ, "OMP_NUM_THREADS": "1", **node.env})
 
 
 def start_receiver(node) -> None:
     """`ldct-node serve --no-workers` in place of NodeProcess.start(): receive and dispatch only."""
-    from tests.integration.peers import wait_until
 
     node.process = start_cli_process(node, "serve", "--no-workers", log_name=node.log_path.name)
     wait_until(node._listening, 60, what="the receiving node to listen")

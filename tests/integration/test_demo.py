@@ -13,7 +13,7 @@ from tests.integration.peers import REPO
 
 def demo(workdir, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dicom_node", "demo", "--workdir", str(workdir), *args],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
+                          capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
 
 
 @pytest.mark.slow

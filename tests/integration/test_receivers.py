@@ -30,7 +30,7 @@ TWO_RECEIVERS = {"LDCT_NODE__RECEIVE_PROCESSES": "2"}
 
 def receiver_pids(node) -> list[int]:
     out = subprocess.run(["ps", "-ww", "--ppid", str(node.process.pid), "-o", "pid=,args="],
-                         capture_output=True, text=True).stdout
+                         capture_output=True, text=True, check=False).stdout
     return [int(line.split()[0]) for line in out.splitlines() if "spawn_main" in line]
 
 
@@ -65,7 +65,7 @@ def test_concurrent_associations_use_both_processes_and_a_killed_receiver_is_rep
     [receiver] = receiver_pids(node)
 
     echoes = [subprocess.run(["echoscu", "-aec", "LDCTNODE", "127.0.0.1", str(node.port)],
-                             env=tool_env(), capture_output=True) for _ in range(16)]
+                             env=tool_env(), capture_output=True, check=False) for _ in range(16)]
     assert [e.returncode for e in echoes] == [0] * 16
     results = []
     senders = [threading.Thread(target=lambda f=f: results.append(storescu(node.port, f, check=False)))
@@ -125,7 +125,7 @@ def test_a_second_node_on_a_port_in_use_refuses_to_start(make_node):
     second.config.write_text(second.config.read_text().replace(f"port = {second.port}", f"port = {first.port}"))
     result = subprocess.run([sys.executable, "-m", "dicom_node", "serve", "--config", str(second.config)],
                             capture_output=True, text=True, timeout=60, cwd=REPO,
-                            env={**os.environ, **TWO_RECEIVERS})
+                            env={**os.environ, **TWO_RECEIVERS}, check=False)
     assert result.returncode != 0
     assert f"port {first.port}" in result.stderr and "in use" in result.stderr, result.stderr[-1500:]
     assert "Traceback" not in result.stderr
@@ -135,4 +135,4 @@ def test_a_second_node_on_a_port_in_use_refuses_to_start(make_node):
 
 def storescu_echo_ok(port: int) -> bool:
     return subprocess.run(["echoscu", "-aec", "LDCTNODE", "127.0.0.1", str(port)], env=tool_env(),
-                          capture_output=True).returncode == 0
+                          capture_output=True, check=False).returncode == 0

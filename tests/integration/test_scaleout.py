@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from dicom_node.queue.jobstore import QUEUED, RUNNING, JobStore, head_revision
 from inference.synthetic import generate_phantom, write_series
 from tests.integration.peers import storescu, wait_until
 from tests.jobstore_fixtures import create_legacy_schema, enqueue_legacy_job, result_summary
-from tests.integration.postgres import (  # noqa: F401 - fixtures
-    database_section,
-    postgres_server,
-    postgres_url,
-    start_cli_process,
-    start_receiver,
-)
+from tests.integration.postgres import database_section, start_cli_process, start_receiver
 
 
 def enqueue(store: JobStore, n: int) -> list[int]:
@@ -51,23 +46,18 @@ def test_concurrent_claims_on_postgres_take_each_job_once(postgres_url):
     job_ids = enqueue(setup, 40)
     setup.close()
     claimed: dict[str, list[int]] = {}
-    errors: list[BaseException] = []
 
     def claimer(name: str) -> None:
         store = JobStore(postgres_url, upgrade=False)
         try:
             while (job := store.claim_job(name, 60)) is not None:
                 claimed.setdefault(name, []).append(job.id)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
         finally:
             store.close()
 
-    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        runs = [pool.submit(claimer, f"w{i}") for i in range(8)]
+    errors = [run.exception(timeout=60) for run in runs if run.exception(timeout=60) is not None]
     assert not errors
     taken = [job_id for ids in claimed.values() for job_id in ids]
     assert sorted(taken) == sorted(job_ids)  # every job once, none twice

@@ -77,7 +77,7 @@ def tls_scp(tmp_path, pki, require_client_certificate: bool, **kwargs) -> tuple[
 
 
 def dcmtk(tool: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([tool, *args], capture_output=True, text=True, env=tool_env(), timeout=120)
+    return subprocess.run([tool, *args], capture_output=True, text=True, env=tool_env(), timeout=120, check=False)
 
 
 # ---- TLS, Store SCP side, driven by dcmtk -------------------------------------------------------

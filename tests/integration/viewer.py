@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import importlib.util
+import json
 import mimetypes
+import string
 import os
 import threading
 from dataclasses import dataclass
@@ -61,9 +64,7 @@ def missing_viewer_parts() -> list[str]:
         missing.append("orthanc-dicomweb plugin")
     if ohif_dist() is None:
         missing.append(f"OHIF dist (under {OHIF_CACHE})")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("playwright") is None:
         missing.append("playwright (PyPI)")
     return missing
 
@@ -82,7 +83,7 @@ class OrthancDicomWeb(Orthanc):
 
 def app_config_js(data_source_name: str = "orthanc") -> str:
     """OHIF's runtime config: one DICOMweb data source at this origin's /dicom-web (the proxy)."""
-    return """window.config = {
+    return string.Template("""window.config = {
   routerBasename: '/',
   extensions: [],
   modes: [],
@@ -93,13 +94,13 @@ def app_config_js(data_source_name: str = "orthanc") -> str:
   strictZSpacingForVolumeViewport: true,
   maxNumberOfWebWorkers: 2,
   investigationalUseDialog: { option: 'never' },
-  defaultDataSourceName: '%(name)s',
+  defaultDataSourceName: '${name}',
   dataSources: [{
     namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
-    sourceName: '%(name)s',
+    sourceName: '${name}',
     configuration: {
       friendlyName: 'ldct-node test Orthanc',
-      name: '%(name)s',
+      name: '${name}',
       wadoUriRoot: window.location.origin + '/wado',
       qidoRoot: window.location.origin + '/dicom-web',
       wadoRoot: window.location.origin + '/dicom-web',
@@ -114,7 +115,7 @@ def app_config_js(data_source_name: str = "orthanc") -> str:
     },
   }],
 };
-""" % {"name": data_source_name}
+""").substitute(name=data_source_name)
 
 
 class _OhifHandler(http.server.BaseHTTPRequestHandler):
@@ -150,7 +151,7 @@ class _OhifHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
         self.send_header("Cross-Origin-Resource-Policy", "same-origin")
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:  # http.server's name
         path = self.path.split("?", 1)[0]
         if path.startswith(("/dicom-web/", "/wado")):
             self._proxy()
@@ -200,7 +201,8 @@ class OhifServer:
 # --- driving OHIF in Chromium -------------------------------------------------------------------
 
 _VIEWPORT_JS = """() => {
-  const engines = window.cornerstone && window.cornerstone.getRenderingEngines ? window.cornerstone.getRenderingEngines() : [];
+  const cs = window.cornerstone;
+  const engines = cs && cs.getRenderingEngines ? cs.getRenderingEngines() : [];
   for (const engine of engines || []) {
     for (const vp of engine.getViewports()) {
       if (vp.getImageIds && vp.getImageIds().length > 1) return vp;
@@ -245,7 +247,8 @@ class OhifBrowser:
         self.page.goto(f"{self.base_url}/viewer?StudyInstanceUIDs={study_uid}")
         try:
             self.page.wait_for_function(
-                f"() => {{ const vp = ({_VIEWPORT_JS})(); return vp && vp.getCurrentImageId && !!vp.getCurrentImageId(); }}",
+                f"() => {{ const vp = ({_VIEWPORT_JS})();"
+                " return vp && vp.getCurrentImageId && !!vp.getCurrentImageId(); }",
                 timeout=timeout_s * 1000, polling=500)
         except Exception as error:  # playwright's TimeoutError: say what the page showed
             self.page.screenshot(path=str(self.workdir / "open_study_failed.png"))
@@ -289,8 +292,10 @@ class OhifBrowser:
             raise ViewerError(f"OHIF did not show SEG {series_description!r}; console: {self.console[-5:]}") from error
         self.settle()
         return self.page.evaluate(
-            """(label) => { const seg = window.services.segmentationService.getSegmentations().find(x => x.label === label);
-               return {label: seg.label, segments: Object.values(seg.segments).map(s => ({index: s.segmentIndex, label: s.label}))}; }""",
+            """(label) => {
+               const seg = window.services.segmentationService.getSegmentations().find(x => x.label === label);
+               const segments = Object.values(seg.segments).map(s => ({index: s.segmentIndex, label: s.label}));
+               return {label: seg.label, segments}; }""",
             series_description)
 
     def go_to_instance(self, sop_instance_uid: str) -> int:
@@ -320,7 +325,7 @@ class OhifBrowser:
         """Patient coordinates (mm) -> page pixel coordinates, through the viewport's camera."""
         canvas = self._viewport_call("arg.map(p => vp.worldToCanvas(p))", world_points)
         left, top, _, _ = self.canvas_box()
-        return np.asarray(canvas, dtype=float) + [left, top]
+        return np.asarray(canvas, dtype=float) + np.array([left, top])
 
     def screenshot(self, path: Path) -> np.ndarray:
         """Full-page PNG at `path`; returns it as an RGB array (y, x, 3)."""

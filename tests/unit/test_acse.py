@@ -168,7 +168,7 @@ def raw_rq(context_body: bytes, calling: bytes = b"SCANNER") -> bytes:
     return body
 
 
-@pytest.mark.parametrize("body, message", [
+@pytest.mark.parametrize(("body", "message"), [
     (b"\0" * 20, "shorter than its fixed fields"),
     (raw_rq(b"\x02\0\0\0"), "not odd"),
     (raw_rq(b"\x01\0\0\0"), "without abstract or transfer syntax"),
@@ -179,7 +179,7 @@ def test_malformed_requests_say_what_is_wrong(body, message):
         decode_associate_rq(body)
 
 
-@pytest.mark.parametrize("field, title, problem", [
+@pytest.mark.parametrize(("field", "title", "problem"), [
     (b"CT1".ljust(16, b"\0"), "CT1", None),  # NUL padding, as some senders write it
     (b"CT1".ljust(16), "CT1", None),  # space padding (PS3.8)
     (b"  CT 1".ljust(14) + b"\0\0", "CT 1", None),  # leading spaces are not significant

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from inference.quantify import quantify  # noqa: E402
-from reporting.charset import with_plain_character_set  # noqa: E402
-from reporting.key_images import build_key_images  # noqa: E402
-from reporting.seg import build_segmentation  # noqa: E402
-from reporting.sr import build_measurement_report  # noqa: E402
-from tests.reporting_fixtures import headers_only, make_ct_series, make_hu_volume, make_label_map  # noqa: E402
+from inference.quantify import quantify
+from reporting.charset import with_plain_character_set
+from reporting.key_images import build_key_images
+from reporting.seg import build_segmentation
+from reporting.sr import build_measurement_report
+from tests.reporting_fixtures import headers_only, make_ct_series, make_hu_volume, make_label_map
 
 
 def iso2022_headers(labels, hu):

@@ -3,28 +3,24 @@
 from __future__ import annotations
 
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/ helpers (see test_seg)
-
-from inference.quantify import CONSOLIDATION, GGO, quantify  # noqa: E402
-from reporting.key_images import (  # noqa: E402
+from inference.quantify import CONSOLIDATION, GGO, quantify
+from reporting.key_images import (
     KeyImageInputError,
     build_key_images,
     choose_slices,
     detect_carina,
     overlay_rgb,
 )
-from reporting.risk import RiskAssessment  # noqa: E402
-from reporting.seg import SEGMENT_COLOURS_RGB  # noqa: E402
+from reporting.risk import RiskAssessment
+from reporting.seg import SEGMENT_COLOURS_RGB
 from reporting.dicom_file import write_dataset
-from tests.validators import dciodvfy_report  # noqa: E402
-from tests.reporting_fixtures import (  # noqa: E402
+from tests.validators import dciodvfy_report
+from tests.reporting_fixtures import (
     headers_only,
     make_ct_series,
     make_hu_volume,

@@ -25,7 +25,7 @@ def outputs(tmp_path_factory):
     hu = make_hu_volume(labels=labels)
     write_series(make_ct_series(hu=hu), folder / "ct")
     volume = load_series(folder / "ct")
-    names = dict(algorithm_name="fixture-unet", algorithm_version="1.2.3")
+    names = {"algorithm_name": "fixture-unet", "algorithm_version": "1.2.3"}
     seg = build_segmentation(volume.datasets, labels, **names)
     quant = quantify(labels, volume.voxel_volume_ml)
     old_sr = (COMPREHENSIVE_3D_SR, "1.2.3.4.5.1", "1.2.3.4.5")

@@ -78,10 +78,10 @@ def test_a_receiver_reports_every_stored_instance_with_its_uids(tmp_path):
     ds = pydicom.dcmread(path)
     spool = Spool(tmp_path / "spool")
     reports = queue.Queue()
-    scp = StoreSCP(ae_title="LDCTNODE", spool=spool, hand_off=lambda conn: pool.hand_off(conn))
     pool = ReceiverPool(settings, 1, spool=spool, local_associations=lambda: 99,  # the node is "busy"
                         on_stored=lambda peer, header: reports.put((peer.ae_title, header)),
                         on_rejected=lambda title, address: None)
+    scp = StoreSCP(ae_title="LDCTNODE", spool=spool, hand_off=pool.hand_off)
     pool.start()
     try:
         scp.start("127.0.0.1", 0)

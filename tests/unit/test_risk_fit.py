@@ -86,8 +86,8 @@ def test_fit_c_statistic_is_close_to_the_true_models(cohort_csv, fitted):
 
 def test_fit_nested_models_and_lr_tests(fitted):
     assert list(fitted.models) == ["A", "B", "C"]
-    assert fitted.models["B"].features == fitted.models["A"].features + ["ct_ss"]
-    assert fitted.models["C"].features == fitted.models["A"].features + ["lesion_extent_pct"]
+    assert fitted.models["B"].features == [*fitted.models["A"].features, "ct_ss"]
+    assert fitted.models["C"].features == [*fitted.models["A"].features, "lesion_extent_pct"]
     for name in ("A_vs_B", "A_vs_C"):
         test = fitted.lr_tests[name]
         assert test["df"] == 1 and test["statistic"] > 0 and test["p_value"] < 0.001
@@ -203,7 +203,7 @@ def write_csv(tmp_path, lines: list[str], name: str = "bad.csv"):
 def test_missing_column_is_named(tmp_path):
     header = GOOD_HEADER.replace(",outcome", "")
     path = write_csv(tmp_path, [header, "50,M,0,0,0,0,0,0,3,5.0"])
-    with pytest.raises(CohortError, match="missing column.*outcome"):
+    with pytest.raises(CohortError, match=r"missing column.*outcome"):
         read_cohort_csv(path)
 
 
@@ -245,7 +245,7 @@ def test_single_outcome_and_out_of_range_ct_ss(tmp_path):
     path = write_csv(
         tmp_path, [GOOD_HEADER + ",ct_ss", "50,M,0,0,0,0,0,0,3,5.0,0,41", "51,F,0,0,0,0,0,0,,1,1,3"]
     )
-    with pytest.raises(CohortError, match="ct_ss.*line\\(s\\) 2"):
+    with pytest.raises(CohortError, match=r"ct_ss.*line\(s\) 2"):
         read_cohort_csv(path)
 
 
@@ -260,7 +260,7 @@ def test_covariate_without_variation_is_a_clear_fit_error(cohort_csv, tmp_path):
     _, frame = cohort_csv
     path = tmp_path / "no_cancer.csv"
     frame.assign(cancer=0).to_csv(path, index=False)
-    with pytest.raises(FitError, match="cancer.*single value"):
+    with pytest.raises(FitError, match=r"cancer.*single value"):
         fit_cohort_file(path, interactions=False)
     result = fit_cohort_file(path, exclude=("cancer",), interactions=False)
     assert "cancer" not in result.model.coefficients

@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import shutil
-import sys
 import time
-from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 
-# The shared helpers live in tests/; make the repository root importable when pytest's
-# rootdir is not on sys.path (tests/unit has no __init__.py).
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from inference.volume import load_series  # noqa: E402
-from reporting import codes  # noqa: E402
-from reporting.seg import SegmentationInputError, build_segmentation  # noqa: E402
-from tests import validators  # noqa: E402
+from inference.volume import load_series
+from reporting import codes
+from reporting.seg import SegmentationInputError, build_segmentation
+from tests import validators
 from reporting.dicom_file import DicomWriteError, write_dataset
-from tests.validators import ValidatorMissingError, dciodvfy_errors, dciodvfy_report  # noqa: E402
-from tests.reporting_fixtures import (  # noqa: E402
+from tests.validators import ValidatorMissingError, dciodvfy_errors, dciodvfy_report
+from tests.reporting_fixtures import (
     headers_only,
     make_ct_series,
     make_hu_volume,
@@ -94,7 +88,7 @@ def test_seg_round_trip(loaded, tmp_path, omit_empty_frames):
     source_index = _frame_source_index(raw, volume)
     rebuilt = np.zeros_like(labels)
     seen = set()
-    for frame_pixels, index, item in zip(frames, source_index, raw.PerFrameFunctionalGroupsSequence):
+    for frame_pixels, index, item in zip(frames, source_index, raw.PerFrameFunctionalGroupsSequence, strict=True):
         segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         np.testing.assert_array_equal(frame_pixels.astype(bool), labels[index] == segment)
         rebuilt[index][frame_pixels.astype(bool)] = segment
@@ -137,7 +131,7 @@ def test_seg_from_headers_without_pixels():
 
 
 @pytest.mark.parametrize(
-    "labels, message",
+    ("labels", "message"),
     [
         (np.zeros((3, 32, 32), np.uint8), "3 slices but there are 4"),
         (np.zeros((4, 16, 32), np.uint8), "16x32"),

@@ -44,7 +44,7 @@ def test_duplicate_positions_dropped(series, tmp_path):
     dup.SOPInstanceUID = dup.SOPInstanceUID + ".9"
     path = tmp_path / f"{dup.SOPInstanceUID}.dcm"
     dup.save_as(path)
-    decision = evaluate_series(series + [path], SeriesSettings())
+    decision = evaluate_series([*series, path], SeriesSettings())
     assert decision.eligible and len(decision.instance_uids) == 24
 
 
@@ -52,9 +52,9 @@ def test_non_ct_and_corrupt_files(series, tmp_path):
     mr = pydicom.dcmread(series[0])
     mr.Modality = "MR"
     mr.save_as(tmp_path / "mr.dcm")
-    assert evaluate_series([tmp_path / "mr.dcm"] + series[1:], SeriesSettings()).outcome == "ineligible"
+    assert evaluate_series([tmp_path / "mr.dcm", *series[1:]], SeriesSettings()).outcome == "ineligible"
     (tmp_path / "bad.dcm").write_bytes(b"not dicom at all")
-    decision = evaluate_series(series + [tmp_path / "bad.dcm"], SeriesSettings())
+    decision = evaluate_series([*series, tmp_path / "bad.dcm"], SeriesSettings())
     assert decision.outcome == "inconsistent" and "unreadable" in decision.reason
 
 

@@ -5,24 +5,20 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import highdicom as hd
 import pydicom
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/ helpers (see test_seg)
-
-from inference.quantify import quantify  # noqa: E402
-from inference.volume import load_series  # noqa: E402
-from reporting import codes  # noqa: E402
-from reporting.risk import RiskAssessment  # noqa: E402
-from reporting.seg import build_segmentation  # noqa: E402
-from reporting.sr import ReportInputError, build_measurement_report  # noqa: E402
+from inference.quantify import quantify
+from inference.volume import load_series
+from reporting import codes
+from reporting.risk import RiskAssessment
+from reporting.seg import build_segmentation
+from reporting.sr import ReportInputError, build_measurement_report
 from reporting.dicom_file import write_dataset
-from tests.validators import dciodvfy_report  # noqa: E402
-from tests.reporting_fixtures import (  # noqa: E402
+from tests.validators import dciodvfy_report
+from tests.reporting_fixtures import (
     headers_only,
     make_ct_series,
     make_hu_volume,

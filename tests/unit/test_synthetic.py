@@ -77,8 +77,8 @@ def test_bad_lesion_specs_are_refused():
         LesionSpec("ggo")
     with pytest.raises(PhantomError, match="kind"):
         LesionSpec("nodule", radius_mm=5.0)  # type: ignore[arg-type]
+    outside = LesionSpec("ggo", centre=(0.5, 1.5, 0.5), radius_mm=5.0)
     with pytest.raises(PhantomError, match="fractions"):
-        outside = LesionSpec("ggo", centre=(0.5, 1.5, 0.5), radius_mm=5.0)
         generate_phantom((16, 64, 64), (12.0, 5.0, 5.0), [outside])
 
 
@@ -106,7 +106,7 @@ def test_dciodvfy_reports_no_error(small_phantom, tmp_path, syntax):
     paths = write_series(small_phantom, tmp_path, transfer_syntax=syntax)
     assert pydicom.dcmread(paths[0]).file_meta.TransferSyntaxUID == syntax
     middle = str(paths[len(paths) // 2])
-    result = subprocess.run(["dciodvfy", middle], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(["dciodvfy", middle], capture_output=True, text=True, timeout=60, check=False)
     report = result.stdout + result.stderr
     assert "CTImage" in report
     assert "Error" not in report, report

@@ -96,7 +96,7 @@ def test_progress_reaches_the_total(lesion_phantom):
 def test_a_volume_without_lungs_is_refused():
     hu = np.full((8, 64, 64), -1000, dtype=np.int16)
     hu[:, 16:48, 16:48] = 40  # a block of soft tissue: body without any air inside
-    with pytest.raises(ThresholdSegmentationError, match="air|lung"):
+    with pytest.raises(ThresholdSegmentationError, match=r"air|lung"):
         ThresholdEngine().segment(CTVolume(hu=hu, spacing=(5.0, 1.0, 1.0), datasets=[]))
 
 

@@ -89,7 +89,7 @@ def thin_slabs(monkeypatch):
     monkeypatch.setattr("inference.voxels.SLAB_VOXELS", 3 * 64 * 64)
 
 
-@pytest.mark.parametrize("shape, fraction", [((40, 64, 64), 0.55), ((41, 64, 64), 0.3), ((2, 64, 64), 0.5),
+@pytest.mark.parametrize(("shape", "fraction"), [((40, 64, 64), 0.55), ((41, 64, 64), 0.3), ((2, 64, 64), 0.5),
                                              ((7, 64, 64), 0.0)])
 def test_slab_components_are_the_3d_components(thin_slabs, shape, fraction):
     labels = _blobby_labels(shape, seed=5, fraction=fraction)
@@ -183,7 +183,7 @@ def test_segment_json_and_seg_are_the_label_map(phantom_series, tmp_path, engine
     """Offline `segment`: SEG frames (highdicom) and reported volumes equal the engine's labels."""
     command = [sys.executable, "-m", "dicom_node", "segment", str(phantom_series), "--out", str(tmp_path),
                "--engine", engine_name, "--json"]
-    run = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    run = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
     summary = json.loads(run.stdout)
 

@@ -1,7 +1,7 @@
 """Initial schema: series, jobs, dispatches, workers, clinical, audit (as of the first release)
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-27 07:02:50.744220
 """
 
