@@ -419,7 +419,7 @@ def _bland_altman_pil(mean, diff, bias, sd, path: Path) -> None:
     for y in lines:
         _, py = to_px(x0, y)
         draw.line([m, py, w - m, py], fill="black")
-    for x, y in zip(mean, diff):
+    for x, y in zip(mean, diff, strict=True):
         px, py = to_px(x, y)
         draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill="blue")
     draw.text((m, 10), f"Bland-Altman: bias {bias:.2f}, SD {sd:.2f}", fill="black")

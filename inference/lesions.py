@@ -70,15 +70,15 @@ def random_lesion_field(
     spacing_arr = np.asarray(spacing, dtype=float)
     coarse_step_mm = max(correlation_mm / 2.0, float(spacing_arr.min()))
     factors = np.maximum(1.0, coarse_step_mm / spacing_arr)
-    coarse_shape = tuple(int(np.ceil(n / f)) + 3 for n, f in zip(shape, factors))
-    sigma_cells = [correlation_mm / (s * f) for s, f in zip(spacing_arr, factors)]
+    coarse_shape = tuple(int(np.ceil(n / f)) + 3 for n, f in zip(shape, factors, strict=True))
+    sigma_cells = [correlation_mm / (s * f) for s, f in zip(spacing_arr, factors, strict=True)]
     noise = rng.standard_normal(coarse_shape).astype(np.float32)
     coarse = ndimage.gaussian_filter(noise, sigma=sigma_cells, mode="wrap")
-    zoom = [(n + 3 * f) / c for n, f, c in zip(shape, factors, coarse_shape)]
+    zoom = [(n + 3 * f) / c for n, f, c in zip(shape, factors, coarse_shape, strict=True)]
     fine = ndimage.zoom(coarse, zoom, order=1, mode="nearest", grid_mode=True)
     fine = fine[tuple(slice(0, n) for n in shape)]
     if fine.shape != tuple(shape):  # rounding in zoom: pad by edge values
-        pad = [(0, n - m) for n, m in zip(shape, fine.shape)]
+        pad = [(0, n - m) for n, m in zip(shape, fine.shape, strict=True)]
         fine = np.pad(fine, pad, mode="edge")
     fine = fine - fine.mean()
     sd = float(fine.std())

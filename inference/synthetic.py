@@ -251,7 +251,7 @@ def _lesion_blob(
     blob = np.zeros(shape, dtype=bool)
     if np.any(hi <= lo):
         return blob
-    sub_shape = tuple(int(h - l) for l, h in zip(lo, hi))
+    sub_shape = tuple(int(high - low) for low, high in zip(lo, hi, strict=True))
     zz = (np.arange(lo[0], hi[0], dtype=np.float32) * spacing[0] - centre_mm[0])[:, None, None]
     yy = (np.arange(lo[1], hi[1], dtype=np.float32) * spacing[1] - centre_mm[1])[None, :, None]
     xx = (np.arange(lo[2], hi[2], dtype=np.float32) * spacing[2] - centre_mm[2])[None, None, :]
@@ -347,7 +347,7 @@ def _build_anatomy(
     below_right_dome = (t <= base_t + dome_h + 0.03) & (x < 0) & body2d[None] & ~lung
     hu[below_right_dome & (hu == 40.0)] = 55.0  # liver
     solid2d = spine2d | aorta2d
-    solid2d = ndimage.binary_dilation(solid2d, iterations=max(1, int(round(4 * scale / dx))))
+    solid2d = ndimage.binary_dilation(solid2d, iterations=max(1, round(4 * scale / dx)))
     lung &= ~solid2d[None]
     lung &= ~_ellipsoid(
         z, y, x, (0.33 * height, body_cy - 0.12 * body_b, 0.12 * body_a),
@@ -390,7 +390,7 @@ def _build_anatomy(
 
     # Vessel trees from each hilum, three trunks per lung (up, lateral, down).
     vessels = np.zeros(shape, dtype=np.float32)
-    for side, hilum in zip((-1, 1), bronchus_end):
+    for side, hilum in zip((-1, 1), bronchus_end, strict=True):
         # Root: the lung voxel nearest to the bronchus end, where the artery enters.
         z_lo = max(0, int((hilum[0] - 30 * scale) / dz))
         lung_voxels = np.argwhere(lung[z_lo : int((hilum[0] + 30 * scale) / dz) + 1])

@@ -80,7 +80,7 @@ class UNet2D(nn.Module):
             skips.append(x)
             x = F.max_pool2d(x, 2)
         x = self.bottleneck(x)
-        for block, skip in zip(self.up, reversed(skips)):
+        for block, skip in zip(self.up, reversed(skips), strict=True):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], dim=1))
         return self.head(x)

@@ -87,7 +87,7 @@ class SlabComponents:
 
         Slabs are labelled again from `mask`: a slab may be changed once it has been yielded.
         """
-        for part, offset in zip(slabs(self.mask), self.offsets):
+        for part, offset in zip(slabs(self.mask), self.offsets, strict=True):
             local, n = ndimage.label(self.mask[part])
             table = self.number[offset : offset + n + 1].copy()
             table[0] = 0

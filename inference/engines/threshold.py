@@ -126,7 +126,7 @@ def coarse_body_mask(hu: np.ndarray, spacing: tuple[float, float, float]) -> tup
     The largest 3D component above -500 HU after cutting thin bridges (table, blankets,
     cables), holes filled slice by slice. Raises ThresholdSegmentationError without a body.
     """
-    factor = max(1, int(round(1.2 / max(spacing[1], spacing[2]))))
+    factor = max(1, round(1.2 / max(spacing[1], spacing[2])))
     coarse = hu[:, ::factor, ::factor] > BODY_HU
     opening = _disk(2.0 / (max(spacing[1], spacing[2]) * factor))
     for k in range(coarse.shape[0]):
@@ -245,7 +245,7 @@ class ThresholdEngine:
     ) -> np.ndarray | None:
         """Trachea and main bronchi (dilated), or None when no trachea is found on top slices."""
         p = self.parameters
-        nz, ny, nx = hu.shape
+        nz, _ny, nx = hu.shape
         pixel_area = spacing[1] * spacing[2]
         seed = None
         for k in range(nz - 1, nz // 3, -1):  # from the top down
@@ -261,12 +261,11 @@ class ThresholdEngine:
             areas = np.bincount(comps.ravel())[1:] * pixel_area
             centroids = ndimage.center_of_mass(np.ones_like(comps), comps, range(1, n + 1))
             best = None
-            for i, (area, (cy, cx)) in enumerate(zip(areas, centroids), start=1):
+            for i, (area, (cy, cx)) in enumerate(zip(areas, centroids, strict=True), start=1):
                 central = abs(cx - centre_x) < 0.15 * width
                 front = cy < body_rows[0] + 0.7 * (body_rows[-1] - body_rows[0])
-                if 30.0 <= area <= 1200.0 and central and front:
-                    if best is None or abs(cx - centre_x) < best[0]:
-                        best = (abs(cx - centre_x), i)
+                if 30.0 <= area <= 1200.0 and central and front and (best is None or abs(cx - centre_x) < best[0]):
+                    best = (abs(cx - centre_x), i)
             if best is not None:
                 seed = (k, comps == best[1])
                 break
@@ -314,8 +313,7 @@ class ThresholdEngine:
             raise ThresholdSegmentationError("no air inside the body: is this a chest CT?")
         border = np.unique(
             np.concatenate(
-                [labels[:, 0, :].ravel(), labels[:, -1, :].ravel()]
-                + [labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]
+                [labels[:, 0, :].ravel(), labels[:, -1, :].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]
             )
         )
         border = border[border > 0]
@@ -380,8 +378,8 @@ class ThresholdEngine:
                 # Judged apart (a dome island beside a lesion bite); small holes are vessels.
                 # A piece is judged whole, gap included (a hilum is judged with the
                 # mediastinum it belongs to), but only its part outside the gap is added.
-                for candidate, exempt in ((holes, min_judged), (bites, 0.0)):
-                    candidate &= allowed[box]
+                for piece, exempt in ((holes, min_judged), (bites, 0.0)):
+                    candidate = piece & allowed[box]
                     if candidate.any():
                         kept = _mostly_not(candidate, outside_below[box], exempt)
                         out[k][box] |= kept if gap is None else kept & ~gap[box]
@@ -439,15 +437,15 @@ def _vertebral_front_rows(hu: np.ndarray, body: np.ndarray, spacing) -> np.ndarr
     Used to tell the mediastinum (in front) from the paravertebral gutters (beside the
     spine), where dependent consolidation is common and must stay lung. -1 when unknown.
     """
-    nz, ny, nx = hu.shape
-    half_width = max(int(round(15.0 / spacing[2])), 1)
+    nz, _ny, _nx = hu.shape
+    half_width = max(round(15.0 / spacing[2]), 1)
     rows = np.full(nz, -1, dtype=int)
     for k in range(nz):
         cols = np.flatnonzero(body[k].any(axis=0))
         body_rows = np.flatnonzero(body[k].any(axis=1))
         if cols.size == 0:
             continue
-        cx = int(round(0.5 * (cols[0] + cols[-1])))
+        cx = round(0.5 * (cols[0] + cols[-1]))
         mid_row = int(0.5 * (body_rows[0] + body_rows[-1]))
         band = hu[k, mid_row:, max(cx - half_width, 0) : cx + half_width + 1] > BONE_HU
         bone_rows = np.flatnonzero(band.sum(axis=1) >= max(2, half_width // 2))
@@ -559,7 +557,7 @@ def _separate_merged_lungs(
     decided per slice: 2D cuts do not disconnect the lungs in 3D, where the seam moves
     from slice to slice.
     """
-    max_erosion = max(1, int(round(8.0 / min(spacing[1], spacing[2]))))
+    max_erosion = max(1, round(8.0 / min(spacing[1], spacing[2])))
     out = np.zeros_like(lungs)
     for k in np.flatnonzero(lungs.any(axis=(1, 2))):
         cols = np.flatnonzero(body[k].any(axis=0))
