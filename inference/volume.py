@@ -135,7 +135,7 @@ def load_series(source: Path | Sequence[Path], *, in_slice_order: bool = False) 
         return _load_in_order(paths) if in_slice_order else _load_paths(paths)
     except SeriesError:
         raise
-    except Exception as exc:  # noqa: BLE001 - malformed DICOM is a bad series, never a crash
+    except Exception as exc:  # malformed DICOM is a bad series, never a crash
         raise SeriesError(f"unreadable series: {type(exc).__name__}: {exc}"[:500]) from exc
 
 

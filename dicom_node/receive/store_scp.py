@@ -113,7 +113,7 @@ def check_received(head: bytes | bytearray, size: int, read_all: Callable[[], by
         raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, "No pixel data (truncated dataset?)")
     try:
         rows, columns, samples, bits, frames = pixel_module()
-    except Exception as exc:  # noqa: BLE001 - missing/garbled image pixel attributes
+    except Exception as exc:  # missing/garbled image pixel attributes
         raise InstanceRejected(STATUS_DATASET_MISMATCH,
                                f"Image pixel module incomplete: {type(exc).__name__}") from exc
     if min(rows, columns, samples, bits, frames) <= 0:
@@ -152,7 +152,7 @@ def _read_with_pydicom(data: bytes | bytearray) -> tuple[Dataset, InstanceHeader
                 full = pydicom.dcmread(BytesIO(data))
                 return ds, header, (len(full.PixelData) if "PixelData" in full else None), None
             return (ds, header, *_pixel_data_extent(data, fp.tell(), transfer_syntax))
-        except Exception as exc:  # noqa: BLE001 - any parse failure is a refusal
+        except Exception as exc:  # any parse failure is a refusal
             raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, f"Unreadable dataset: {type(exc).__name__}") from exc
 
 
