@@ -24,22 +24,33 @@ from tests.integration.peers import LIDC_0002, NodeProcess, Orthanc, storescu, w
 
 def one_run(workdir: Path, series: Path, engine: str, idle_seconds: float) -> dict:
     orthanc = Orthanc(workdir / "orthanc").start()
-    node = NodeProcess(workdir / "node", [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1",
-                                            "port": orthanc.dicom_port}], engine=engine,
-                       idle_seconds=idle_seconds).start()
+    node = NodeProcess(
+        workdir / "node",
+        [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
+        engine=engine,
+        idle_seconds=idle_seconds,
+    ).start()
     try:
         t0 = time.perf_counter()
         storescu(node.port, series)
         sent = time.perf_counter()
-        wait_until(lambda: orthanc.instances_by_modality("SEG") and orthanc.instances_by_modality("SR"),
-                   1800, interval=0.25, what="SEG and SR in Orthanc")
+        wait_until(
+            lambda: orthanc.instances_by_modality("SEG") and orthanc.instances_by_modality("SR"),
+            1800,
+            interval=0.25,
+            what="SEG and SR in Orthanc",
+        )
         done = time.perf_counter()
         job = node.jobs()[0]
     finally:
         node.stop()
         orthanc.stop()
-    return {"send_s": round(sent - t0, 2), "last_instance_to_pacs_s": round(done - sent, 2),
-            "idle_wait_s": idle_seconds, "stages_s": job["summary"]["timings"]}
+    return {
+        "send_s": round(sent - t0, 2),
+        "last_instance_to_pacs_s": round(done - sent, 2),
+        "idle_wait_s": idle_seconds,
+        "stages_s": job["summary"]["timings"],
+    }
 
 
 def main(argv=None) -> dict:
@@ -55,10 +66,15 @@ def main(argv=None) -> dict:
             runs.append(one_run(Path(tmp) / str(i), args.series, args.engine, args.idle_seconds))
             print(f"run {i + 1}: {runs[-1]}", file=sys.stderr)
     stages = {k: round(statistics.median(r["stages_s"][k] for r in runs), 2) for k in runs[0]["stages_s"]}
-    report = {"series": args.series.name, "engine": args.engine, "runs": args.runs,
-              "idle_seconds": args.idle_seconds,
-              "last_instance_to_pacs_s_median": round(statistics.median(r["last_instance_to_pacs_s"] for r in runs), 2),
-              "stages_s_median": stages, "runs_detail": runs}
+    report = {
+        "series": args.series.name,
+        "engine": args.engine,
+        "runs": args.runs,
+        "idle_seconds": args.idle_seconds,
+        "last_instance_to_pacs_s_median": round(statistics.median(r["last_instance_to_pacs_s"] for r in runs), 2),
+        "stages_s_median": stages,
+        "runs_detail": runs,
+    }
     print(json.dumps(report, indent=2))
     return report
 

@@ -35,11 +35,13 @@ sys.path.insert(0, str(REPO))
 from dicom_node.receive.receivers import receive_process_count
 from tests.integration.peers import LIDC_0002, NodeProcess, Orthanc, free_port, tool_env
 
-
 NODE, NODE_WRITE = "ldct-node", "ldct-node (acknowledge_after=write)"
 NODE_WRITE_ONE_PROCESS = "ldct-node (acknowledge_after=write, receive_processes=1)"
-NODE_ENV = {NODE: {}, NODE_WRITE: {"LDCT_NODE__ACKNOWLEDGE_AFTER": "write"},
-            NODE_WRITE_ONE_PROCESS: {"LDCT_NODE__ACKNOWLEDGE_AFTER": "write", "LDCT_NODE__RECEIVE_PROCESSES": "1"}}
+NODE_ENV = {
+    NODE: {},
+    NODE_WRITE: {"LDCT_NODE__ACKNOWLEDGE_AFTER": "write"},
+    NODE_WRITE_ONE_PROCESS: {"LDCT_NODE__ACKNOWLEDGE_AFTER": "write", "LDCT_NODE__RECEIVE_PROCESSES": "1"},
+}
 
 
 ONE_PER_INSTANCE = "one per instance"  # some senders open an association for every image
@@ -48,7 +50,9 @@ ONE_PER_INSTANCE_COUNT = 20
 
 def receivers(associations: int | str) -> tuple[str, ...]:
     """One association always lands in one process: the single-process variant only matters for several."""
-    nodes = {1: (NODE, NODE_WRITE), ONE_PER_INSTANCE: (NODE,)}.get(associations, (NODE, NODE_WRITE, NODE_WRITE_ONE_PROCESS))
+    nodes = {1: (NODE, NODE_WRITE), ONE_PER_INSTANCE: (NODE,)}.get(
+        associations, (NODE, NODE_WRITE, NODE_WRITE_ONE_PROCESS)
+    )
     return (*nodes, "storescp", "orthanc")
 
 
@@ -61,8 +65,12 @@ class StoreSCP:
     def start(self):
         out = self.workdir / "in"
         out.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(["storescp", "--fork", "-od", str(out), "-aet", "STORESCP", str(self.port)],
-                                        env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            ["storescp", "--fork", "-od", str(out), "-aet", "STORESCP", str(self.port)],
+            env=tool_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(0.5)
         return self
 
@@ -82,8 +90,13 @@ def send(port: int, called: str, files: list[Path], associations: int | str) -> 
     groups = [files[i::associations] for i in range(associations)]
 
     def one(group):
-        result = subprocess.run(["storescu", "-aec", called, "127.0.0.1", str(port), *map(str, group)],
-                                env=tool_env(), capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            ["storescu", "-aec", called, "127.0.0.1", str(port), *map(str, group)],
+            env=tool_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if result.returncode != 0:
             raise RuntimeError(f"storescu to {called} failed: {result.stderr[-500:]}")
 
@@ -106,7 +119,7 @@ def main(argv=None) -> dict:
             sent = files[:ONE_PER_INSTANCE_COUNT] if associations == ONE_PER_INSTANCE else files
             for run in range(args.runs):
                 names = receivers(associations)
-                for index, name in enumerate(names[run % len(names):] + names[:run % len(names)]):
+                for index, name in enumerate(names[run % len(names) :] + names[: run % len(names)]):
                     # alternating, each receiver first in turn; each starts with nothing left to write back
                     workdir = tmp / f"{index}-{associations}-{run}"
                     if name in NODE_ENV:
@@ -130,13 +143,23 @@ def main(argv=None) -> dict:
     for assoc, by_name in results.items():
         count = ONE_PER_INSTANCE_COUNT if assoc == ONE_PER_INSTANCE else len(files)
         medians = {name: statistics.median(times) for name, times in by_name.items()}
-        table[assoc] = {name: {"median_s": round(m, 3), "instances_per_s": round(count / m, 1)}
-                        for name, m in medians.items()}
+        table[assoc] = {
+            name: {"median_s": round(m, 3), "instances_per_s": round(count / m, 1)} for name, m in medians.items()
+        }
         # speed ratios (instances/s of a node configuration over a peer's): > 1 means the node is faster
-        table[assoc]["ratios"] = {f"{node} / {peer}": round(medians[peer] / medians[node], 2)
-                                  for node in medians if node in NODE_ENV for peer in ("storescp", "orthanc")}
-    report = {"instances": len(files), "bytes": sum(p.stat().st_size for p in files), "runs": args.runs,
-              "receive_processes_by_default": receive_process_count(0), "associations": table}
+        table[assoc]["ratios"] = {
+            f"{node} / {peer}": round(medians[peer] / medians[node], 2)
+            for node in medians
+            if node in NODE_ENV
+            for peer in ("storescp", "orthanc")
+        }
+    report = {
+        "instances": len(files),
+        "bytes": sum(p.stat().st_size for p in files),
+        "runs": args.runs,
+        "receive_processes_by_default": receive_process_count(0),
+        "associations": table,
+    }
     print(json.dumps(report, indent=2))
     return report
 

@@ -39,8 +39,9 @@ def write_long_series(folder: Path, slices: int) -> None:
     from inference.synthetic import LesionSpec, generate_phantom, write_series
 
     block = 100
-    phantom = generate_phantom(shape=(block, 512, 512), spacing=(1.0, 0.7, 0.7), seed=5,
-                               lesions=[LesionSpec("ggo", volume_ml=40.0)])
+    phantom = generate_phantom(
+        shape=(block, 512, 512), spacing=(1.0, 0.7, 0.7), seed=5, lesions=[LesionSpec("ggo", volume_ml=40.0)]
+    )
     template = write_series(phantom, folder / "block")
     series_uid = generate_uid()
     for repeat in range(slices // block):
@@ -67,16 +68,36 @@ def main(argv=None) -> dict:
         (tmp / "series").mkdir()
         write_long_series(tmp, args.slices)
         t0 = time.perf_counter()
-        result = subprocess.run([sys.executable, "-c", REPORT_PEAK_AND_RUN_CLI, "segment", str(tmp / "series"),
-                                 "--out", str(tmp / "out"), "--engine", args.engine, "--json"],
-                                capture_output=True, text=True, cwd=REPO, check=False)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                REPORT_PEAK_AND_RUN_CLI,
+                "segment",
+                str(tmp / "series"),
+                "--out",
+                str(tmp / "out"),
+                "--engine",
+                args.engine,
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=False,
+        )
         elapsed = time.perf_counter() - t0
         if result.returncode != 0:
             raise SystemExit(result.stderr[-2000:])
         peak_mb = int(result.stderr.rsplit("VmHWM:", 1)[1].split()[0]) / 1024
-    report = {"slices": args.slices, "matrix": [512, 512], "engine": args.engine,
-              "peak_rss_mb": round(peak_mb), "wall_s": round(elapsed, 1),
-              "timings": json.loads(result.stdout)["timings"]}
+    report = {
+        "slices": args.slices,
+        "matrix": [512, 512],
+        "engine": args.engine,
+        "peak_rss_mb": round(peak_mb),
+        "wall_s": round(elapsed, 1),
+        "timings": json.loads(result.stdout)["timings"],
+    }
     print(json.dumps(report, indent=2))
     return report
 

@@ -44,7 +44,7 @@ class NodeSettings(_Section):
     allowed_calling_ae_titles: list[str] = Field(
         default_factory=list, description="empty: any calling AE title is accepted"
     )
-    allowed_peers: list["AllowedPeer"] = Field(
+    allowed_peers: list[AllowedPeer] = Field(
         default_factory=list,
         description="calling AE titles bound to source addresses; an AE listed here is refused from other addresses",
     )
@@ -52,14 +52,16 @@ class NodeSettings(_Section):
     acknowledge_after: Literal["disk", "write"] = Field(
         "disk",
         description="disk: answer C-STORE success once the file and its folder are fsynced (survives a power "
-                    "cut; Orthanc also syncs each file by default); write: once the kernel has the bytes, as "
-                    "dcmtk's storescp does (faster; a power cut "
-                    "can lose instances acknowledged in the last seconds)",
+        "cut; Orthanc also syncs each file by default); write: once the kernel has the bytes, as "
+        "dcmtk's storescp does (faster; a power cut "
+        "can lose instances acknowledged in the last seconds)",
     )
     receive_processes: int = Field(
-        0, ge=0, le=64,
+        0,
+        ge=0,
+        le=64,
         description="processes serving DICOM associations (the node hands each to the least busy), so that "
-                    "concurrent associations use several CPU cores; 0: one per CPU core, at most 4",
+        "concurrent associations use several CPU cores; 0: one per CPU core, at most 4",
     )
     workers: int = Field(1, ge=0, description="in-process workers started by `serve`")
 
@@ -100,7 +102,8 @@ class TLSSettings(_Section):
     certificate: Path | None = Field(None, description="PEM certificate (chain) of this node")
     private_key: Path | None = Field(None, description="PEM private key of `certificate`")
     ca_certificates: Path | None = Field(
-        None, description="PEM CA bundle: verifies client certificates and TLS destinations")
+        None, description="PEM CA bundle: verifies client certificates and TLS destinations"
+    )
     require_client_certificate: bool = Field(False, description="refuse TLS clients without a valid certificate")
 
     def identity(self) -> tuple[Path, Path] | None:
@@ -110,7 +113,7 @@ class TLSSettings(_Section):
         return self.certificate, self.private_key
 
     @model_validator(mode="after")
-    def _complete(self) -> "TLSSettings":
+    def _complete(self) -> TLSSettings:
         problems = []
         if self.enabled and (self.certificate is None or self.private_key is None):
             problems.append("tls.enabled needs certificate and private_key")
@@ -153,7 +156,9 @@ class Destination(_Section):
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
     tls: bool = Field(False, description="send over DICOM TLS, verifying the peer against the CA bundle")
-    ca_certificates: Path | None = Field(None, description="CA bundle for this destination (default: tls.ca_certificates)")
+    ca_certificates: Path | None = Field(
+        None, description="CA bundle for this destination (default: tls.ca_certificates)"
+    )
     server_name: str | None = Field(None, description="name in the peer's certificate (default: host)")
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
@@ -186,7 +191,7 @@ class DispatchSettings(_Section):
     run_by: Literal["serve", "worker"] = Field(
         "serve",
         description="which processes send results: serve (the receiving node, whose address the PACS knows) "
-                    "or worker (each `ldct-node worker` process, for a PACS that accepts results from the GPU hosts)",
+        "or worker (each `ldct-node worker` process, for a PACS that accepts results from the GPU hosts)",
     )
     first_retry_seconds: float = Field(30.0, gt=0)
     max_retry_seconds: float = Field(900.0, gt=0)
@@ -228,7 +233,7 @@ class Settings(_Section):
     tls: TLSSettings = Field(default_factory=TLSSettings)
 
     @model_validator(mode="after")
-    def _unique_destinations(self) -> "Settings":
+    def _unique_destinations(self) -> Settings:
         names = [d.name for d in self.destinations]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -256,7 +261,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
     for key, value in environ.items():
         if not key.startswith(ENV_PREFIX) or "__" not in key:
             continue
-        section, _, field = key[len(ENV_PREFIX):].lower().partition("__")
+        section, _, field = key[len(ENV_PREFIX) :].lower().partition("__")
         section_model = Settings.model_fields.get(section)
         if section_model is None or section == "destinations":
             raise ConfigError(f"{key}: no such settings section {section!r}")

@@ -15,8 +15,18 @@ import structlog
 from structlog.typing import EventDict, WrappedLogger
 
 PHI_KEYS = frozenset(
-    {"patient_name", "patientname", "patient_id", "patientid", "patient_birth_date",
-     "patientbirthdate", "birth_date", "name", "accession_number", "accessionnumber"}
+    {
+        "patient_name",
+        "patientname",
+        "patient_id",
+        "patientid",
+        "patient_birth_date",
+        "patientbirthdate",
+        "birth_date",
+        "name",
+        "accession_number",
+        "accessionnumber",
+    }
 )
 
 
@@ -31,11 +41,7 @@ def configure_logging(fmt: str = "console", level: str = "info", stream: TextIO 
     """Configure structlog and the stdlib loggers (pynetdicom, apscheduler) once."""
     stream = stream or sys.stderr
     numeric = getattr(logging, level.upper(), logging.INFO)
-    renderer = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
+    renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

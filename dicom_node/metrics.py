@@ -25,10 +25,17 @@ JOBS_FINISHED = Counter("ldct_jobs_finished_total", "Jobs finished, by resulting
 RECEIVER_RESTARTS = Counter("ldct_receiver_restarts_total", "Receiver processes that died and were restarted")
 RECEIVE_PROCESSES = Gauge("ldct_receive_processes", "Processes serving DICOM associations now, the node included")
 DISPATCH_ATTEMPTS = Counter("ldct_dispatch_attempts_total", "C-STORE dispatch attempts", ["result"])
-JOB_SECONDS = Histogram("ldct_job_duration_seconds", "Wall time of one job (load to results written)",
-                        buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600))
-STAGE_SECONDS = Histogram("ldct_stage_duration_seconds", "Wall time of each pipeline stage", ["stage"],
-                          buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
+JOB_SECONDS = Histogram(
+    "ldct_job_duration_seconds",
+    "Wall time of one job (load to results written)",
+    buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+)
+STAGE_SECONDS = Histogram(
+    "ldct_stage_duration_seconds",
+    "Wall time of each pipeline stage",
+    ["stage"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+)
 
 
 class QueueCollector:
@@ -48,8 +55,9 @@ class QueueCollector:
         for state, n in counts.dispatches.items():
             dispatches.add_metric([state], n)
         yield dispatches
-        yield GaugeMetricFamily("ldct_free_disk_bytes", "Free space in the data directory",
-                                value=shutil.disk_usage(self.data_dir).free)
+        yield GaugeMetricFamily(
+            "ldct_free_disk_bytes", "Free space in the data directory", value=shutil.disk_usage(self.data_dir).free
+        )
 
 
 class MetricsEndpoint:

@@ -49,27 +49,48 @@ class Node:
     """`receive`: this process receives, decides and purges (`serve`); otherwise it only runs
     workers (`ldct-node worker`). Whether it dispatches is `[dispatch] run_by`."""
 
-    def __init__(self, settings: Settings, *, workers: int | None = None, receive: bool = True,
-                 engine: Engine | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, workers: int | None = None, receive: bool = True, engine: Engine | None = None
+    ) -> None:
         self.settings = settings
         self.receive = receive
         self.data_dir = prepare_data_dir(settings.node.data_dir)
         self.store = JobStore(settings.database_url)
         self.spool = Spool.from_settings(settings)
-        self.dispatcher = (Dispatcher(settings, self.store)
-                           if settings.dispatch.run_by == ("serve" if receive else "worker") else None)
+        self.dispatcher = (
+            Dispatcher(settings, self.store) if settings.dispatch.run_by == ("serve" if receive else "worker") else None
+        )
         self.completeness = Completeness(settings, self.store, self.spool, on_queued=self._wake_workers)
         self.receivers: ReceiverPool | None = None
-        self.scp = StoreSCP.from_settings(settings, self.spool, on_stored=self.completeness.instance_stored,
-                                          on_rejected=self._on_association_rejected,
-                                          hand_off=self._hand_off_to_receiver) if receive else None
+        self.scp = (
+            StoreSCP.from_settings(
+                settings,
+                self.spool,
+                on_stored=self.completeness.instance_stored,
+                on_rejected=self._on_association_rejected,
+                hand_off=self._hand_off_to_receiver,
+            )
+            if receive
+            else None
+        )
         count = settings.node.workers if workers is None else workers
-        self.workers = [Worker(settings, self.store, spool=self.spool, engine=engine, name=f"{worker_identity()}-{i}",
-                               on_done=self.dispatcher.wake if self.dispatcher is not None else None)
-                        for i in range(count)]
+        self.workers = [
+            Worker(
+                settings,
+                self.store,
+                spool=self.spool,
+                engine=engine,
+                name=f"{worker_identity()}-{i}",
+                on_done=self.dispatcher.wake if self.dispatcher is not None else None,
+            )
+            for i in range(count)
+        ]
         self.scheduler = BackgroundScheduler(timezone="UTC")
-        self.metrics = (metrics.MetricsEndpoint(self.store, self.data_dir, settings.metrics.bind_address,
-                                                settings.metrics.port) if settings.metrics.port else None)
+        self.metrics = (
+            metrics.MetricsEndpoint(self.store, self.data_dir, settings.metrics.bind_address, settings.metrics.port)
+            if settings.metrics.port
+            else None
+        )
 
     # ---- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -88,9 +109,15 @@ class Node:
             self.dispatcher.start()
         for worker in self.workers:
             worker.start()
-        log.info("node started", ae_title=self.settings.node.ae_title, port=self.settings.node.port,
-                 workers=len(self.workers), database=self.store.engine.dialect.name,
-                 receive=self.receive, dispatch=self.dispatcher is not None)
+        log.info(
+            "node started",
+            ae_title=self.settings.node.ae_title,
+            port=self.settings.node.port,
+            workers=len(self.workers),
+            database=self.store.engine.dialect.name,
+            receive=self.receive,
+            dispatch=self.dispatcher is not None,
+        )
 
     def _start_receiving(self, scp: StoreSCP) -> None:
         """Receiver processes, the Store SCP and the queue's sweeps."""
@@ -98,11 +125,15 @@ class Node:
         address, port = self.settings.node.bind_address, self.settings.node.port
         extra_receivers = receive_process_count(self.settings.node.receive_processes) - 1
         if extra_receivers:  # ready before the port opens: once it answers, every receiver is up
-            self.receivers = ReceiverPool(self.settings, extra_receivers, spool=self.spool,
-                                          local_associations=lambda: scp.acceptor.active_associations,
-                                          on_stored=self.completeness.instance_stored,
-                                          on_rejected=self._on_association_rejected,
-                                          on_lost=self._resume_undecided_soon)
+            self.receivers = ReceiverPool(
+                self.settings,
+                extra_receivers,
+                spool=self.spool,
+                local_associations=lambda: scp.acceptor.active_associations,
+                on_stored=self.completeness.instance_stored,
+                on_rejected=self._on_association_rejected,
+                on_lost=self._resume_undecided_soon,
+            )
             self.receivers.start()
         try:
             scp.start(address, port)
@@ -111,12 +142,13 @@ class Node:
                 self.receivers.stop()
                 self.receivers = None
             raise
-        self.scheduler.add_job(self.completeness.sweep, "interval", seconds=1, id="completeness",
-                               max_instances=1, coalesce=True)
-        self.scheduler.add_job(self.reap_leases, "interval", seconds=10, id="leases",
-                               max_instances=1, coalesce=True)
-        self.scheduler.add_job(self.purge_retention, "interval", hours=1, id="retention",
-                               max_instances=1, coalesce=True)
+        self.scheduler.add_job(
+            self.completeness.sweep, "interval", seconds=1, id="completeness", max_instances=1, coalesce=True
+        )
+        self.scheduler.add_job(self.reap_leases, "interval", seconds=10, id="leases", max_instances=1, coalesce=True)
+        self.scheduler.add_job(
+            self.purge_retention, "interval", hours=1, id="retention", max_instances=1, coalesce=True
+        )
         self.scheduler.start()
 
     def stop(self) -> None:

@@ -57,9 +57,15 @@ class RiskSummary(BaseModel):
 
     @classmethod
     def of(cls, risk: RiskAssessment) -> RiskSummary:
-        return cls(computed=risk.computed, probability=risk.probability, category=risk.category,
-                   model=f"{risk.model_name} {risk.model_version}", calibration_status=risk.calibration_status,
-                   missing=list(risk.covariates_missing), assumed_absent=list(risk.covariates_assumed_absent))
+        return cls(
+            computed=risk.computed,
+            probability=risk.probability,
+            category=risk.category,
+            model=f"{risk.model_name} {risk.model_version}",
+            calibration_status=risk.calibration_status,
+            missing=list(risk.covariates_missing),
+            assumed_absent=list(risk.covariates_assumed_absent),
+        )
 
 
 class ResultSummary(BaseModel):

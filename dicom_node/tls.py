@@ -32,8 +32,9 @@ def _load_ca(context: ssl.SSLContext, ca_certificates: Path) -> None:
         raise TLSError(f"cannot load CA certificates {ca_certificates}: {exc}") from exc
 
 
-def server_context(certificate: Path, private_key: Path, ca_certificates: Path | None = None,
-                   require_client_certificate: bool = False) -> ssl.SSLContext:
+def server_context(
+    certificate: Path, private_key: Path, ca_certificates: Path | None = None, require_client_certificate: bool = False
+) -> ssl.SSLContext:
     """Context for the Store SCP: our certificate, optional or required client certificates."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -46,8 +47,9 @@ def server_context(certificate: Path, private_key: Path, ca_certificates: Path |
     return context
 
 
-def client_context(ca_certificates: Path, certificate: Path | None = None,
-                   private_key: Path | None = None) -> ssl.SSLContext:
+def client_context(
+    ca_certificates: Path, certificate: Path | None = None, private_key: Path | None = None
+) -> ssl.SSLContext:
     """Context for sending: the peer is verified (certificate and host name) against the CA."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2

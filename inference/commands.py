@@ -7,7 +7,6 @@ Registered in the main CLI (dicom_node.admin.cli) as `app.command("train")(train
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,17 +14,19 @@ from inference.engines import DEFAULT_WEIGHTS
 
 
 def train_command(
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file: data sources and training settings"),
+    config: Path | None = typer.Option(None, "--config", help="TOML file: data sources and training settings"),
     out: Path = typer.Option(DEFAULT_WEIGHTS, "--out", help="where to write the trained weights (+ SHA256SUMS)"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="override [train] steps"),
+    steps: int | None = typer.Option(None, "--steps", help="override [train] steps"),
     seed: int = typer.Option(0, "--seed", help="random seed (data synthesis, sampling, init)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     resume: bool = typer.Option(False, "--resume", help="continue from the checkpoint if present"),
     checkpoint: Path = typer.Option(Path("runs/train/checkpoint.pt"), "--checkpoint", help="checkpoint file"),
-    init_weights: Optional[Path] = typer.Option(None, "--init-weights", help="fine-tune from these weights"),
+    init_weights: Path | None = typer.Option(None, "--init-weights", help="fine-tune from these weights"),
     version: str = typer.Option("custom", "--version", help="version string stored in the weights"),
     rebuild_cache: bool = typer.Option(False, "--rebuild-cache", help="rebuild the training cache"),
-    time_budget_min: Optional[float] = typer.Option(None, "--time-budget-min", help="stop after this many minutes, the LR schedule compressed to fit (shared CPUs)"),
+    time_budget_min: float | None = typer.Option(
+        None, "--time-budget-min", help="stop after this many minutes, the LR schedule compressed to fit (shared CPUs)"
+    ),
 ) -> None:
     """Train the CNN on real anatomy with synthetic lesions (and a site's labelled studies)."""
     import torch
@@ -50,47 +51,78 @@ def train_command(
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
     try:
-        build_cache(data.cache, data.lidc, data.lesion_variants, seed, data.synthetic, data.site,
-                    rebuild=rebuild_cache)
+        build_cache(data.cache, data.lidc, data.lesion_variants, seed, data.synthetic, data.site, rebuild=rebuild_cache)
         entries = load_cache(data.cache)
     except (TrainingDataError, OSError, ValueError) as exc:
         console.print(f"[red]error:[/red] training data: {exc}")
         raise typer.Exit(2) from exc
-    with Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
-                  console=console) as bar:
+    with Progress(
+        TextColumn("training"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
         task = bar.add_task("train", total=train_config.steps, loss=float("nan"))
 
         def on_step(step: int, loss: float) -> None:
             bar.update(task, completed=step, loss=loss)
 
         try:
-            model, losses = train(entries, train_config, checkpoint, device=device, resume=resume,
-                                  on_step=on_step, init_weights=init_weights)
+            model, losses = train(
+                entries,
+                train_config,
+                checkpoint,
+                device=device,
+                resume=resume,
+                on_step=on_step,
+                init_weights=init_weights,
+            )
         except RuntimeError as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
-    metadata = {"steps": len(losses), "seed": seed, "final_loss": losses[-1] if losses else None,
-                "sources": [str(p) for p in data.lidc], "lesion_variants": data.lesion_variants,
-                "synthetic": data.synthetic, "site_studies": len(data.site)}
+    metadata = {
+        "steps": len(losses),
+        "seed": seed,
+        "final_loss": losses[-1] if losses else None,
+        "sources": [str(p) for p in data.lidc],
+        "lesion_variants": data.lesion_variants,
+        "synthetic": data.synthetic,
+        "site_studies": len(data.site),
+    }
     save_weights(model, out, version, metadata)
     console.print(f"weights written to {out} (checksum in {out.parent / 'SHA256SUMS'})")
 
 
 def evaluate_command(
-    images: Optional[Path] = typer.Option(None, "--images", help="image mode: folder of 8-bit images"),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="image mode: folder of PNG label maps"),
-    window: Optional[str] = typer.Option(None, "--window", help="CENTER,WIDTH of the 8-bit export; estimated from anatomy if omitted"),
-    label_values: str = typer.Option("ggo=1,consolidation=2", "--label-values", help="values in the reference labels, e.g. ggo=1,consolidation=2[,lung=3]"),
-    series: Optional[list[Path]] = typer.Option(None, "--series", help="volume mode: DICOM series folder (repeatable)"),
-    references: Optional[Path] = typer.Option(None, "--references", help="volume mode: folder with <series>.dcm (SEG) or <series>.nii[.gz]"),
-    synthetic_lesions: int = typer.Option(0, "--synthetic-lesions", help="volume mode: insert this many synthetic lesion variants per series as the reference"),
+    images: Path | None = typer.Option(None, "--images", help="image mode: folder of 8-bit images"),
+    labels: Path | None = typer.Option(None, "--labels", help="image mode: folder of PNG label maps"),
+    window: str | None = typer.Option(
+        None, "--window", help="CENTER,WIDTH of the 8-bit export; estimated from anatomy if omitted"
+    ),
+    label_values: str = typer.Option(
+        "ggo=1,consolidation=2",
+        "--label-values",
+        help="values in the reference labels, e.g. ggo=1,consolidation=2[,lung=3]",
+    ),
+    series: list[Path] | None = typer.Option(None, "--series", help="volume mode: DICOM series folder (repeatable)"),
+    references: Path | None = typer.Option(
+        None, "--references", help="volume mode: folder with <series>.dcm (SEG) or <series>.nii[.gz]"
+    ),
+    synthetic_lesions: int = typer.Option(
+        0,
+        "--synthetic-lesions",
+        help="volume mode: insert this many synthetic lesion variants per series as the reference",
+    ),
     seed: int = typer.Option(0, "--seed", help="seed for --synthetic-lesions"),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="write the results as JSON here"),
-    bland_altman: Optional[Path] = typer.Option(None, "--bland-altman", help="volume mode: Bland-Altman PNG path (default next to --json)"),
+    json_path: Path | None = typer.Option(None, "--json", help="write the results as JSON here"),
+    bland_altman: Path | None = typer.Option(
+        None, "--bland-altman", help="volume mode: Bland-Altman PNG path (default next to --json)"
+    ),
     engine: str = typer.Option("cnn", "--engine", help="cnn or threshold"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="CNN weights file (default: shipped)"),
+    weights: Path | None = typer.Option(None, "--weights", help="CNN weights file (default: shipped)"),
 ) -> None:
     """Agreement (Dice, volumes, extents) of an engine with reference labels."""
     from rich.console import Console
@@ -120,11 +152,9 @@ def evaluate_command(
         if images is not None or labels is not None:
             if images is None or labels is None or series:
                 raise EvaluationError("image mode needs --images and --labels (and no --series)")
-            result = evaluate_images(segmenter, images, labels, values,
-                                     parse_window(window) if window else None)
+            result = evaluate_images(segmenter, images, labels, values, parse_window(window) if window else None)
         elif series:
-            result = evaluate_volumes(segmenter, list(series), references, values,
-                                      synthetic_lesions, seed)
+            result = evaluate_volumes(segmenter, list(series), references, values, synthetic_lesions, seed)
             plot = bland_altman or (json_path.with_suffix(".bland-altman.png") if json_path else None)
             if plot is not None:
                 bland_altman_png(result, plot)

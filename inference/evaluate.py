@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import structlog
@@ -67,9 +67,7 @@ def dice(prediction: np.ndarray, reference: np.ndarray) -> float | None:
     return 2.0 * overlap / (int(prediction.sum()) + ref_count)
 
 
-def dice_per_class(
-    prediction: np.ndarray, reference: np.ndarray, lung_labelled: bool
-) -> dict[str, float | None]:
+def dice_per_class(prediction: np.ndarray, reference: np.ndarray, lung_labelled: bool) -> dict[str, float | None]:
     """Dice of each class for one image/case; lung only when the reference labels the lung."""
     result = {}
     for name in CLASSES:
@@ -103,15 +101,27 @@ def agreement(predicted: list[float], reference: list[float]) -> dict[str, float
     p, r = np.asarray(predicted, float), np.asarray(reference, float)
     n = int(p.size)
     if n == 0:
-        return {"n": 0, "mae": None, "bias": None, "bias_sd": None, "p_value": None,
-                "pearson_r": None, "mean_abs_relative_error_pct": None}
+        return {
+            "n": 0,
+            "mae": None,
+            "bias": None,
+            "bias_sd": None,
+            "p_value": None,
+            "pearson_r": None,
+            "mean_abs_relative_error_pct": None,
+        }
     diff = p - r
     nonzero = r != 0
     out: dict[str, float | int | None] = {
-        "n": n, "mae": float(np.abs(diff).mean()), "bias": float(diff.mean()),
-        "bias_sd": float(diff.std(ddof=1)) if n > 1 else 0.0, "p_value": None, "pearson_r": None,
+        "n": n,
+        "mae": float(np.abs(diff).mean()),
+        "bias": float(diff.mean()),
+        "bias_sd": float(diff.std(ddof=1)) if n > 1 else 0.0,
+        "p_value": None,
+        "pearson_r": None,
         "mean_abs_relative_error_pct": float(np.mean(np.abs(diff[nonzero]) / np.abs(r[nonzero])) * 100)
-        if nonzero.any() else None,
+        if nonzero.any()
+        else None,
     }
     if n > 1 and np.ptp(diff) > 0:
         out["p_value"] = float(stats.ttest_rel(p, r).pvalue)
@@ -123,27 +133,36 @@ def agreement(predicted: list[float], reference: list[float]) -> dict[str, float
 
 
 VOLUME_KEYS = {
-    "lesion": ("lesion_cm3", "lesion_pct"), "ggo": ("ggo_cm3", "ggo_pct"),
-    "consolidation": ("consolidation_cm3", "consolidation_pct"), "lung": ("lung_cm3", None),
+    "lesion": ("lesion_cm3", "lesion_pct"),
+    "ggo": ("ggo_cm3", "ggo_pct"),
+    "consolidation": ("consolidation_cm3", "consolidation_pct"),
+    "lung": ("lung_cm3", None),
 }
 
 
 def report(cases: list[CaseResult], mode: str, extra: dict | None = None) -> dict:
     """The JSON-ready result: {"dice": {...}, "n_cases": ..., ["volume", "extent"], ...}."""
-    result: dict = {"mode": mode, "n_cases": len(cases),
-                    "dice": {c: summarise(case.dice[c] for case in cases) for c in CLASSES}}
+    result: dict = {
+        "mode": mode,
+        "n_cases": len(cases),
+        "dice": {c: summarise(case.dice[c] for case in cases) for c in CLASSES},
+    }
     if cases and cases[0].predicted:
         result["volume_cm3"], result["extent_pct"] = {}, {}
         for name, (vol_key, pct_key) in VOLUME_KEYS.items():
             if name == "lung" and not all("lung_cm3_labelled" in c.reference for c in cases):
                 continue
-            result["volume_cm3"][name] = agreement([c.predicted[vol_key] for c in cases],
-                                                   [c.reference[vol_key] for c in cases])
+            result["volume_cm3"][name] = agreement(
+                [c.predicted[vol_key] for c in cases], [c.reference[vol_key] for c in cases]
+            )
             if pct_key and all("lung_cm3_labelled" in c.reference for c in cases):
-                result["extent_pct"][name] = agreement([c.predicted[pct_key] for c in cases],
-                                                       [c.reference[pct_key] for c in cases])
-    result["cases"] = [{"name": c.name, "dice": c.dice, "predicted": c.predicted or None,
-                        "reference": c.reference or None} for c in cases]
+                result["extent_pct"][name] = agreement(
+                    [c.predicted[pct_key] for c in cases], [c.reference[pct_key] for c in cases]
+                )
+    result["cases"] = [
+        {"name": c.name, "dice": c.dice, "predicted": c.predicted or None, "reference": c.reference or None}
+        for c in cases
+    ]
     if extra:
         result.update(extra)
     return result
@@ -170,9 +189,7 @@ def parse_label_values(text: str) -> dict[str, int]:
         name, _, value = part.partition("=")
         name = name.strip().lower()
         if name not in ("ggo", "consolidation", "lung") or not value.strip().isdigit():
-            raise EvaluationError(
-                f"--label-values part {part!r}: use ggo=N, consolidation=N and optionally lung=N"
-            )
+            raise EvaluationError(f"--label-values part {part!r}: use ggo=N, consolidation=N and optionally lung=N")
         values[name] = int(value)
     if not values:
         raise EvaluationError("--label-values is empty")
@@ -284,8 +301,9 @@ def evaluate_images(
 # ------------------------------------------------------------------------ volume mode
 
 
-def volume_case(name: str, prediction: np.ndarray, reference: np.ndarray, voxel_ml: float,
-                lung_labelled: bool) -> CaseResult:
+def volume_case(
+    name: str, prediction: np.ndarray, reference: np.ndarray, voxel_ml: float, lung_labelled: bool
+) -> CaseResult:
     """Dice, volumes and extents of one case. Extents use each map's own lung when the
     reference labels the lung; otherwise the reference extent uses the predicted lung."""
     pred_q = quantify(prediction, voxel_ml).as_dict()
@@ -294,8 +312,11 @@ def volume_case(name: str, prediction: np.ndarray, reference: np.ndarray, voxel_
         ref_q["lung_cm3_labelled"] = 1.0
     else:
         lung = pred_q["lung_cm3"]
-        for key, vol in (("ggo_pct", "ggo_cm3"), ("consolidation_pct", "consolidation_cm3"),
-                         ("lesion_pct", "lesion_cm3")):
+        for key, vol in (
+            ("ggo_pct", "ggo_cm3"),
+            ("consolidation_pct", "consolidation_cm3"),
+            ("lesion_pct", "lesion_cm3"),
+        ):
             ref_q[key] = 100.0 * ref_q[vol] / lung if lung > 0 else 0.0
     return CaseResult(name, dice_per_class(prediction, reference, lung_labelled), pred_q, ref_q)
 
@@ -358,22 +379,19 @@ def evaluate_volumes(
                 hu, reference = insert_lesions(volume.hu, lung, volume.spacing, rng)
                 lesioned = CTVolume(hu=hu, spacing=volume.spacing, datasets=volume.datasets)
                 prediction = engine.segment(lesioned)
-                cases.append(volume_case(f"{name}-lesions{k}", prediction, reference,
-                                         volume.voxel_volume_ml, True))
+                cases.append(volume_case(f"{name}-lesions{k}", prediction, reference, volume.voxel_volume_ml, True))
                 log.info("evaluate.case", case=cases[-1].name, dice=cases[-1].dice)
         if progress:
             progress(s + 1, len(series_folders))
-    return report(cases, "volume", {"synthetic_lesions": synthetic_lesions, "seed": seed}
-                  if synthetic_lesions else None)
+    return report(
+        cases, "volume", {"synthetic_lesions": synthetic_lesions, "seed": seed} if synthetic_lesions else None
+    )
 
 
-def bland_altman_png(result: dict, path: Path, quantity: str = "volume_cm3",
-                     name: str = "lesion") -> Path:
+def bland_altman_png(result: dict, path: Path, quantity: str = "volume_cm3", name: str = "lesion") -> Path:
     """Bland-Altman plot (difference vs mean, bias and +-1.96 SD lines) of one class."""
-    pred = np.array([c["predicted"][VOLUME_KEYS[name][0 if quantity == "volume_cm3" else 1]]
-                     for c in result["cases"]])
-    ref = np.array([c["reference"][VOLUME_KEYS[name][0 if quantity == "volume_cm3" else 1]]
-                    for c in result["cases"]])
+    pred = np.array([c["predicted"][VOLUME_KEYS[name][0 if quantity == "volume_cm3" else 1]] for c in result["cases"]])
+    ref = np.array([c["reference"][VOLUME_KEYS[name][0 if quantity == "volume_cm3" else 1]] for c in result["cases"]])
     mean, diff = (pred + ref) / 2, pred - ref
     bias = float(diff.mean()) if diff.size else 0.0
     sd = float(diff.std(ddof=1)) if diff.size > 1 else 0.0
@@ -450,8 +468,13 @@ def render_table(result: dict):
         d = result["dice"][name]
         v = result.get("volume_cm3", {}).get(name, {})
         table.add_row(
-            name, fmt(d["mean"]), fmt(d["sd"]), str(d["n"]), fmt(v.get("mae"), 1),
+            name,
+            fmt(d["mean"]),
+            fmt(d["sd"]),
+            str(d["n"]),
+            fmt(v.get("mae"), 1),
             "-" if v.get("bias") is None else f"{v['bias']:.1f} +- {v['bias_sd']:.1f}",
-            fmt(v.get("p_value")), fmt(v.get("pearson_r")),
+            fmt(v.get("p_value")),
+            fmt(v.get("pearson_r")),
         )
     return table

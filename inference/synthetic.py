@@ -31,22 +31,23 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import structlog
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
-    PYDICOM_IMPLEMENTATION_UID,
     RLELossless,
-    UID,
     generate_uid,
 )
 from scipy import ndimage
@@ -335,11 +336,11 @@ def _build_anatomy(
     spine_d2 = (y - spine_cy) ** 2 + x**2
     spine2d = spine_d2[0] <= spine_r**2
     hu[:, spine2d] = np.where(spine_d2[0][spine2d] >= (spine_r - 2.5 * scale) ** 2, 900.0, 500.0)
-    aorta2d = (y[0] - (spine_cy - spine_r - 10 * scale)) ** 2 + (x[0] - 20 * scale) ** 2 <= (
-        12 * scale
-    ) ** 2
+    aorta2d = (y[0] - (spine_cy - spine_r - 10 * scale)) ** 2 + (x[0] - 20 * scale) ** 2 <= (12 * scale) ** 2
     heart = _ellipsoid(
-        z, y, x,
+        z,
+        y,
+        x,
         (0.33 * height, body_cy - 0.12 * body_b, 0.12 * body_a),
         (0.13 * height, 0.45 * body_b, 0.3 * body_a),
     )
@@ -350,12 +351,13 @@ def _build_anatomy(
     solid2d = ndimage.binary_dilation(solid2d, iterations=max(1, round(4 * scale / dx)))
     lung &= ~solid2d[None]
     lung &= ~_ellipsoid(
-        z, y, x, (0.33 * height, body_cy - 0.12 * body_b, 0.12 * body_a),
+        z,
+        y,
+        x,
+        (0.33 * height, body_cy - 0.12 * body_b, 0.12 * body_a),
         (0.13 * height + 4 * scale, 0.45 * body_b + 4 * scale, 0.3 * body_a + 4 * scale),
     )
-    stomach = _ellipsoid(
-        z, y, x, (0.04 * height, body_cy, 0.45 * body_a), (12 * scale, 18 * scale, 25 * scale)
-    )
+    stomach = _ellipsoid(z, y, x, (0.04 * height, body_cy, 0.45 * body_a), (12 * scale, 18 * scale, 25 * scale))
     stomach &= ~lung & body2d[None] & (wall_depth >= cavity)[None]
     hu[stomach] = -1000.0
 
@@ -371,9 +373,7 @@ def _build_anatomy(
     _paint_tube(lumen, top - origin, carina - origin, trachea_r, trachea_r, sp)
     _paint_tube(outer, top - origin, carina - origin, trachea_r + wall, trachea_r + wall, sp)
     for side in (-1, 1):
-        end = np.array(
-            [carina[0] - 25.0 * scale, lung_cy, side * (0.52 * body_a - 0.95 * lung_ax)], dtype=np.float32
-        )
+        end = np.array([carina[0] - 25.0 * scale, lung_cy, side * (0.52 * body_a - 0.95 * lung_ax)], dtype=np.float32)
         radius = (6.5 if side < 0 else 5.5) * scale
         _paint_tube(lumen, carina - origin, end - origin, radius, radius, sp)
         _paint_tube(outer, carina - origin, end - origin, radius + wall, radius + wall, sp)
@@ -400,13 +400,24 @@ def _build_anatomy(
         nearest = lung_voxels[np.argmin(((lung_voxels * sp - hilum) ** 2).sum(axis=1))]
         start = nearest * sp + np.array([0.0, 0.0, side * 4.0 * scale], dtype=np.float32)
         for heading in (
-            (0.9, -0.2, 0.4 * side), (0.6, 0.5, 0.5 * side), (0.1, -0.7, 0.6 * side),
-            (-0.1, 0.8, 0.5 * side), (-0.7, -0.3, 0.5 * side), (-0.8, 0.5, 0.4 * side),
+            (0.9, -0.2, 0.4 * side),
+            (0.6, 0.5, 0.5 * side),
+            (0.1, -0.7, 0.6 * side),
+            (-0.1, 0.8, 0.5 * side),
+            (-0.7, -0.3, 0.5 * side),
+            (-0.8, 0.5, 0.4 * side),
         ):
             u = np.asarray(heading, dtype=np.float64)
             _grow_vessel_tree(
-                vessels, lung, start.astype(np.float64), u / np.linalg.norm(u),
-                32.0 * scale, 2.5 * scale, 7, sp.astype(np.float64), rng,
+                vessels,
+                lung,
+                start.astype(np.float64),
+                u / np.linalg.norm(u),
+                32.0 * scale,
+                2.5 * scale,
+                7,
+                sp.astype(np.float64),
+                rng,
             )
     # Small peripheral vessels: curves where two smooth random fields are both near zero.
     field_a = random_lesion_field(shape, spacing, rng, 6.0)
@@ -440,9 +451,7 @@ def _lesion_centre_mm(
     return voxel * spacing
 
 
-def _place_lesion(
-    spec: LesionSpec, anatomy: _Anatomy, spacing: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
+def _place_lesion(spec: LesionSpec, anatomy: _Anatomy, spacing: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The lesion mask inside the lungs, sized by radius or by target volume."""
     voxel_ml = float(np.prod(spacing)) / 1000.0
     if spec.radius_mm is not None:

@@ -51,12 +51,9 @@ class UNet2D(nn.Module):
     Output (N, num_classes, H, W) logits.
     """
 
-    def __init__(
-        self, in_channels: int = 1, num_classes: int = NUM_CLASSES, base: int = 16, levels: int = 4
-    ) -> None:
+    def __init__(self, in_channels: int = 1, num_classes: int = NUM_CLASSES, base: int = 16, levels: int = 4) -> None:
         super().__init__()
-        self.config = {"in_channels": in_channels, "num_classes": num_classes, "base": base,
-                       "levels": levels}
+        self.config = {"in_channels": in_channels, "num_classes": num_classes, "base": base, "levels": levels}
         widths = [base * 2**i for i in range(levels + 1)]
         self.down = nn.ModuleList()
         channels = in_channels

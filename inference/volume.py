@@ -7,9 +7,9 @@ here, through pydicom's pixel handlers (pylibjpeg, pyjpegls, RLE).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pydicom

@@ -8,7 +8,7 @@ of slices (about 4 M voxels each) and labelling into uint16 when the count fits.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from scipy import ndimage

@@ -7,17 +7,22 @@ patient and study attributes into a SEG, an SR or a secondary capture.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 SPECIFIC_CHARACTER_SET = 0x00080005
 
-PLAIN_CHARACTER_SET = {"ISO 2022 IR 100": "ISO_IR 100", "ISO 2022 IR 101": "ISO_IR 101",
-                       "ISO 2022 IR 109": "ISO_IR 109", "ISO 2022 IR 110": "ISO_IR 110",
-                       "ISO 2022 IR 144": "ISO_IR 144", "ISO 2022 IR 148": "ISO_IR 148",
-                       "ISO 2022 IR 192": "ISO_IR 192"}
+PLAIN_CHARACTER_SET = {
+    "ISO 2022 IR 100": "ISO_IR 100",
+    "ISO 2022 IR 101": "ISO_IR 101",
+    "ISO 2022 IR 109": "ISO_IR 109",
+    "ISO 2022 IR 110": "ISO_IR 110",
+    "ISO 2022 IR 144": "ISO_IR 144",
+    "ISO 2022 IR 148": "ISO_IR 148",
+    "ISO 2022 IR 192": "ISO_IR 192",
+}
 
 
 def with_plain_character_set(source_datasets: Sequence[Dataset]) -> list[Dataset]:

@@ -83,8 +83,11 @@ class ClinicalRecord:
 
         The node looks records up with `candidate_keys` of the study's header.
         """
-        key = (study_key(accession_number=self.accession_number) if self.accession_number
-               else study_key(patient_id=self.patient_id, study_date=self.study_date))
+        key = (
+            study_key(accession_number=self.accession_number)
+            if self.accession_number
+            else study_key(patient_id=self.patient_id, study_date=self.study_date)
+        )
         if key is None:  # parse_clinical_csv refuses such rows
             raise ValueError("a clinical record needs an accession number, or a patient ID and a study date")
         return key
@@ -150,9 +153,7 @@ def candidate_keys(ds: Any) -> list[str]:
     """Keys to look up for a DICOM header, most specific first."""
     keys = [
         study_key(accession_number=getattr(ds, "AccessionNumber", None)),
-        study_key(
-            patient_id=getattr(ds, "PatientID", None), study_date=getattr(ds, "StudyDate", None)
-        ),
+        study_key(patient_id=getattr(ds, "PatientID", None), study_date=getattr(ds, "StudyDate", None)),
     ]
     return [k for k in keys if k]
 
@@ -191,9 +192,7 @@ def parse_clinical_text(text: str, source: str = "clinical CSV") -> list[Clinica
     unknown = [h for h in header if h and h not in KNOWN_COLUMNS]
     problems: list[str] = []
     if unknown:
-        problems.append(
-            f"unknown column(s) {', '.join(unknown)} (known: {', '.join(KNOWN_COLUMNS)})"
-        )
+        problems.append(f"unknown column(s) {', '.join(unknown)} (known: {', '.join(KNOWN_COLUMNS)})")
     duplicated = sorted({h for h in header if h and header.count(h) > 1})
     if duplicated:
         problems.append(f"duplicated column(s) {', '.join(duplicated)}")

@@ -59,8 +59,7 @@ ANATOMICAL_STRUCTURE = codes.SCT.AnatomicalStructure  # SCT 91723000
 MORPHOLOGICALLY_ABNORMAL_STRUCTURE = codes.SCT.MorphologicallyAbnormalStructure  # SCT 49755003
 LUNG = codes.SCT.Lung  # SCT 39607008
 GROUND_GLASS_OPACITY = codes.DCM.GroundGlassOpacity  # DCM 112120
-LUNG_CONSOLIDATION = CodedConcept(value="95436008", scheme_designator="SCT",
-                                  meaning="Lung consolidation")
+LUNG_CONSOLIDATION = CodedConcept(value="95436008", scheme_designator="SCT", meaning="Lung consolidation")
 LESION = codes.SCT.Lesion  # SCT 52988006
 
 ARTIFICIAL_INTELLIGENCE = codes.DCM.ArtificialIntelligence  # DCM 123110 (CID 7162)
@@ -76,8 +75,7 @@ DEVICE = codes.DCM.Device  # observer type in TID 1002
 YES = codes.SCT.Yes
 NO = codes.SCT.No
 # TID 1500 row "Qualitative Evaluations" container (the standard uses this UMLS concept)
-QUALITATIVE_EVALUATIONS = CodedConcept(value="C0034375", scheme_designator="UMLS",
-                                       meaning="Qualitative Evaluations")
+QUALITATIVE_EVALUATIONS = CodedConcept(value="C0034375", scheme_designator="UMLS", meaning="Qualitative Evaluations")
 
 # UCUM units
 UNIT_CM3 = CodedConcept(value="cm3", scheme_designator="UCUM", meaning="cubic centimeter")

@@ -96,8 +96,11 @@ def validate_cohort(raw: pd.DataFrame, source: str = "cohort") -> pd.DataFrame:
         return values
 
     age = numeric("age", allow_blank=False)
-    report("age", age.notna() & ((age < MIN_ADULT_AGE_YEARS) | (age > 130)),
-           f"age outside {MIN_ADULT_AGE_YEARS}-130 years (the model's bands start at 18)")
+    report(
+        "age",
+        age.notna() & ((age < MIN_ADULT_AGE_YEARS) | (age > 130)),
+        f"age outside {MIN_ADULT_AGE_YEARS}-130 years (the model's bands start at 18)",
+    )
     frame["age"] = age
 
     sex = raw["sex"].str.upper()
@@ -114,8 +117,7 @@ def validate_cohort(raw: pd.DataFrame, source: str = "cohort") -> pd.DataFrame:
     frame["days_since_onset"] = days
 
     extent = numeric("lesion_extent_pct", allow_blank=False)
-    report("lesion_extent_pct", extent.notna() & ((extent < 0) | (extent > 100)),
-           "extent outside 0-100 %")
+    report("lesion_extent_pct", extent.notna() & ((extent < 0) | (extent > 100)), "extent outside 0-100 %")
     frame["lesion_extent_pct"] = extent
 
     if "ct_ss" in raw.columns and (raw["ct_ss"] != "").any():

@@ -181,7 +181,5 @@ def simulate_cohort(
 
 def true_probability(frame: pd.DataFrame) -> np.ndarray:
     """Each simulated patient's true risk, from the truth kept in `frame.attrs`."""
-    eta = linear_predictor(
-        frame, frame.attrs["coefficients"], frame.attrs["intercept"], frame.attrs["standardisation"]
-    )
+    eta = linear_predictor(frame, frame.attrs["coefficients"], frame.attrs["intercept"], frame.attrs["standardisation"])
     return 1.0 / (1.0 + np.exp(-eta))

@@ -63,9 +63,7 @@ def fit_report_table(result: FitResult) -> Table:
         cells = []
         for label in labels:
             odds = result.models[label].odds_ratios.get(feature)
-            cells.append(
-                f"{odds['odds_ratio']:.2f} [{odds['ci_low']:.2f};{odds['ci_high']:.2f}]" if odds else ""
-            )
+            cells.append(f"{odds['odds_ratio']:.2f} [{odds['ci_low']:.2f};{odds['ci_high']:.2f}]" if odds else "")
         table.add_row(FEATURE_LABELS.get(feature, feature), *cells)
     c_cells = []
     for label in labels:
@@ -90,9 +88,7 @@ def print_fit_report(result: FitResult, console: Console) -> None:
         )
     for label, tests in result.interaction_tests.items():
         significant = [
-            f"{name} (p = {t['p_value']:.2g})"
-            for name, t in tests.items()
-            if "p_value" in t and t["p_value"] < 0.05
+            f"{name} (p = {t['p_value']:.2g})" for name, t in tests.items() if "p_value" in t and t["p_value"] < 0.05
         ]
         console.print(
             f"Model {label} score x covariate interactions with p < 0.05 (not in the model): "
@@ -103,18 +99,14 @@ def print_fit_report(result: FitResult, console: Console) -> None:
         f"(sensitivity {result.cutoff.sensitivity:.2f}, specificity {result.cutoff.specificity:.2f}; "
         f"validation {result.validation_sensitivity:.2f} / {result.validation_specificity:.2f})"
     )
-    console.print(
-        f"Lesion extent alone, Youden cutoff (training): {result.extent_cutoff.threshold:.1f} %"
-    )
+    console.print(f"Lesion extent alone, Youden cutoff (training): {result.extent_cutoff.threshold:.1f} %")
 
 
 @risk_app.command("fit")
 def fit_command(
     cohort: Annotated[Path, typer.Argument(help="cohort CSV (see `reporting/cohort.py`)")],
     out: Annotated[Path, typer.Option("--out", help="where to write the Model C model file")],
-    json_report: Annotated[
-        Path | None, typer.Option("--json", help="also write the full report as JSON")
-    ] = None,
+    json_report: Annotated[Path | None, typer.Option("--json", help="also write the full report as JSON")] = None,
     seed: Annotated[int, typer.Option("--seed", help="seed of the 70/30 split")] = 2022,
     name: Annotated[str, typer.Option("--name", help="model name stored in the file")] = "model_c_local",
     exclude: Annotated[
@@ -149,9 +141,7 @@ def fit_command(
 
 @risk_app.command("show")
 def show_command(
-    model_path: Annotated[
-        Path | None, typer.Argument(help="model file; default: the shipped Model C")
-    ] = None,
+    model_path: Annotated[Path | None, typer.Argument(help="model file; default: the shipped Model C")] = None,
 ) -> None:
     """Print a model file's coefficients, cutoff and provenance."""
     try:
@@ -188,11 +178,7 @@ def clinical_import_summary(records: list[ClinicalRecord]) -> str:
     """One line for the import's output: counts only, no identifiers (no PHI)."""
     by_accession = sum(1 for r in records if r.accession_number)
     known = {c: sum(1 for r in records if getattr(r, c) is not None) for c in COMORBIDITIES}
-    onset = sum(
-        1
-        for r in records
-        if r.days_since_onset is not None or r.symptom_onset_date or r.asymptomatic
-    )
+    onset = sum(1 for r in records if r.days_since_onset is not None or r.symptom_onset_date or r.asymptomatic)
     return (
         f"{len(records)} record(s) ({by_accession} by accession number, "
         f"{len(records) - by_accession} by patient ID + study date); known: "

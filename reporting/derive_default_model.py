@@ -37,13 +37,6 @@ import sys
 
 import numpy as np
 
-from reporting.risk import (
-    CALIBRATION_NOT_LOCAL,
-    DEFAULT_MODEL_PATH,
-    RiskModel,
-    covariate_specs_for,
-    risk_model_from_dict,
-)
 from reporting.cohort_simulation import (
     ASSUMED_EXTENT_MEAN_PCT,
     ASSUMED_EXTENT_SD_PCT,
@@ -54,6 +47,13 @@ from reporting.cohort_simulation import (
     intercept_for_event_rate,
     linear_predictor,
     simulate_covariates,
+)
+from reporting.risk import (
+    CALIBRATION_NOT_LOCAL,
+    DEFAULT_MODEL_PATH,
+    RiskModel,
+    covariate_specs_for,
+    risk_model_from_dict,
 )
 
 DERIVATION_N = 200_000

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+
 @dataclass(frozen=True)
 class CStatistic:
     """Area under the ROC curve with a DeLong 95% confidence interval."""

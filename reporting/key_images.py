@@ -15,15 +15,16 @@ the lung's cranio-caudal extent below the apex, close to the bifurcation in adul
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import highdicom as hd
 import numpy as np
 import structlog
-from scipy import ndimage
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
+from scipy import ndimage
 
 from inference.quantify import CONSOLIDATION, GGO, NORMAL_LUNG, Quantification
 from inference.volume import slice_normal, slice_position
@@ -79,8 +80,12 @@ def approximate_carina(labels: np.ndarray, heights: np.ndarray) -> int:
 
 
 def _trachea_start(
-    air: np.ndarray, components: np.ndarray, areas: np.ndarray, lung: np.ndarray,
-    min_area: float, max_area: float,
+    air: np.ndarray,
+    components: np.ndarray,
+    areas: np.ndarray,
+    lung: np.ndarray,
+    min_area: float,
+    max_area: float,
 ) -> np.ndarray | None:
     """The single trachea-sized air component between the lungs of a slice, if exactly one."""
     columns = np.nonzero(lung.any(axis=0))[0]
@@ -100,9 +105,7 @@ def _trachea_start(
     return candidates[0] if len(candidates) == 1 else None
 
 
-def detect_carina(
-    volume_hu: np.ndarray, labels: np.ndarray, heights: np.ndarray, pixel_area_mm2: float
-) -> int | None:
+def detect_carina(volume_hu: np.ndarray, labels: np.ndarray, heights: np.ndarray, pixel_area_mm2: float) -> int | None:
     """Slice where the trachea splits into the main bronchi, or None when not found.
 
     The trachea is an air column (< -900 HU) not labelled lung, 0.5-8 cm2 in cross section,
@@ -261,9 +264,7 @@ def _risk_line(risk: RiskAssessment | None) -> str:
     return f"Severe-course risk: {100 * risk.probability:.1f}%{category}{cutoff}; {model}"
 
 
-def render_key_image(
-    hu_slice: np.ndarray, label_slice: np.ndarray, header_lines: Sequence[str]
-) -> np.ndarray:
+def render_key_image(hu_slice: np.ndarray, label_slice: np.ndarray, header_lines: Sequence[str]) -> np.ndarray:
     """Overlay image (scaled to >= 512 px wide) above a text band; uint8 (rows, cols, 3)."""
     image = Image.fromarray(overlay_rgb(hu_slice, label_slice), mode="RGB")
     scale = max(1, math.ceil(MIN_RENDER_WIDTH / image.width))
@@ -332,9 +333,7 @@ def build_key_images(
     if volume_hu.ndim != 3 or volume_hu.shape != labels.shape:
         raise KeyImageInputError(f"HU volume {volume_hu.shape} and labels {labels.shape} differ in shape")
     if volume_hu.shape[0] != len(source_datasets):
-        raise KeyImageInputError(
-            f"{volume_hu.shape[0]} slices but {len(source_datasets)} source images"
-        )
+        raise KeyImageInputError(f"{volume_hu.shape[0]} slices but {len(source_datasets)} source images")
     heights = _superior_order(source_datasets)
     try:
         row_mm, column_mm = (float(v) for v in source_datasets[0].PixelSpacing)

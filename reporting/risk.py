@@ -193,9 +193,7 @@ class RiskModel:
             "intercept": self.intercept,
             "standardisation": {k: dict(v) for k, v in self.standardisation.items()},
             "cutoff": self.cutoff,
-            "covariates": [
-                {"name": c.name, "meaning": c.meaning, "units": c.units} for c in self.covariates
-            ],
+            "covariates": [{"name": c.name, "meaning": c.meaning, "units": c.units} for c in self.covariates],
             "provenance": dict(self.provenance),
         }
 
@@ -265,8 +263,7 @@ def risk_model_from_dict(data: dict[str, Any], source: str = "<dict>") -> RiskMo
     unknown = [k for k in coefficients if k not in KNOWN_FEATURES]
     if unknown:
         raise RiskModelError(
-            f"{source}: unknown coefficient(s) {', '.join(unknown)} "
-            f"(known: {', '.join(KNOWN_FEATURES)})"
+            f"{source}: unknown coefficient(s) {', '.join(unknown)} (known: {', '.join(KNOWN_FEATURES)})"
         )
     try:
         coefficients = {k: float(v) for k, v in coefficients.items()}
@@ -287,9 +284,7 @@ def risk_model_from_dict(data: dict[str, Any], source: str = "<dict>") -> RiskMo
             raise RiskModelError(f"{source}: standardisation.{score} needs 'mean' and 'sd'")
         if not float(stats["sd"]) > 0:
             raise RiskModelError(f"{source}: standardisation.{score}.sd must be > 0")
-    standardisation = {
-        k: {"mean": float(v["mean"]), "sd": float(v["sd"])} for k, v in standardisation.items()
-    }
+    standardisation = {k: {"mean": float(v["mean"]), "sd": float(v["sd"])} for k, v in standardisation.items()}
     provenance = data["provenance"]
     if not isinstance(provenance, dict):
         raise RiskModelError(f"{source}: 'provenance' must be an object")
@@ -297,14 +292,9 @@ def risk_model_from_dict(data: dict[str, Any], source: str = "<dict>") -> RiskMo
         if key not in provenance:
             raise RiskModelError(f"{source}: missing key provenance.{key}")
     try:
-        covariates = [
-            CovariateSpec(str(c["name"]), str(c["meaning"]), str(c["units"]))
-            for c in data["covariates"]
-        ]
+        covariates = [CovariateSpec(str(c["name"]), str(c["meaning"]), str(c["units"])) for c in data["covariates"]]
     except (TypeError, KeyError) as exc:
-        raise RiskModelError(
-            f"{source}: each entry of 'covariates' needs name, meaning and units"
-        ) from exc
+        raise RiskModelError(f"{source}: each entry of 'covariates' needs name, meaning and units") from exc
     calibration_status = data.get("calibration_status") or (
         "locally calibrated" if provenance["calibrated_locally"] else CALIBRATION_NOT_LOCAL
     )
@@ -386,10 +376,7 @@ def assess_risk(
             if age is None:
                 missing.append(name)
             elif age < MIN_ADULT_AGE_YEARS:
-                problems.append(
-                    f"age {age:g} years is below {MIN_ADULT_AGE_YEARS}: the model was "
-                    "derived in adults"
-                )
+                problems.append(f"age {age:g} years is below {MIN_ADULT_AGE_YEARS}: the model was derived in adults")
             else:
                 used[name] = float(age)
                 features.update(age_band_features(age))
@@ -415,9 +402,7 @@ def assess_risk(
             flag = onset_over_7_days(covariates)
             if flag is not None:
                 used[name] = (
-                    float(covariates.days_since_onset)
-                    if covariates.days_since_onset is not None
-                    else "asymptomatic"
+                    float(covariates.days_since_onset) if covariates.days_since_onset is not None else "asymptomatic"
                 )
                 features["onset_over_7_days"] = flag
             elif missing_policy == "assume-absent":

@@ -20,7 +20,7 @@ import hashlib
 import math
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -138,9 +138,7 @@ def _fit_logit(label: str, y: pd.Series, x: pd.DataFrame):
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", HessianInversionWarning)
         try:
-            result = sm.Logit(y, sm.add_constant(x, has_constant="add")).fit(
-                method="newton", maxiter=100, disp=0
-            )
+            result = sm.Logit(y, sm.add_constant(x, has_constant="add")).fit(method="newton", maxiter=100, disp=0)
         except (PerfectSeparationError, PerfectSeparationWarning) as exc:
             raise FitError(
                 f"Model {label}: perfect separation in the training part (some covariate "
@@ -204,9 +202,7 @@ def fit_cohort(
     """
     unknown = [e for e in exclude if e not in CLINICAL_FEATURES]
     if unknown:
-        raise FitError(
-            f"cannot exclude {', '.join(unknown)}; excludable: {', '.join(CLINICAL_FEATURES)}"
-        )
+        raise FitError(f"cannot exclude {', '.join(unknown)}; excludable: {', '.join(CLINICAL_FEATURES)}")
     features = design_matrix(frame)
     outcome = frame["outcome"].astype(int)
     train_idx, valid_idx = split_indices(len(frame), seed)
@@ -278,20 +274,16 @@ def fit_cohort(
                 "p_value": float(stats.chi2.sf(statistic, dof)),
             }
 
-    interaction_tests = (
-        _interaction_tests(models, features, y_train, train_idx) if interactions else {}
-    )
+    interaction_tests = _interaction_tests(models, features, y_train, train_idx) if interactions else {}
 
     model_c = models["C"]
     cutoff = youden_cutoff(y_train.to_numpy(), model_c.training_probability)
     valid_sens, valid_spec = sensitivity_specificity(
         y_valid.to_numpy(), model_c.validation_probability, cutoff.threshold
     )
-    extent_cutoff = youden_cutoff(
-        y_train.to_numpy(), frame["lesion_extent_pct"].iloc[train_idx].to_numpy()
-    )
+    extent_cutoff = youden_cutoff(y_train.to_numpy(), frame["lesion_extent_pct"].iloc[train_idx].to_numpy())
 
-    fitted_at = datetime.now(timezone.utc)
+    fitted_at = datetime.now(UTC)
     cohort_info = {
         "source": source,
         "sha256": source_sha256,
@@ -306,8 +298,7 @@ def fit_cohort(
     }
     coefficients = {k: v for k, v in model_c.params.items() if k != "const"}
     calibration_status = (
-        f"fitted locally on {len(frame)} patients ({fitted_at.date().isoformat()}); "
-        "not externally validated"
+        f"fitted locally on {len(frame)} patients ({fitted_at.date().isoformat()}); not externally validated"
     )
     model = RiskModel(
         format_version=1,

@@ -9,9 +9,8 @@ that handle them.
 
 from __future__ import annotations
 
-
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
@@ -66,9 +65,7 @@ def _rgb_to_cielab(rgb: tuple[int, int, int]) -> hd.color.CIELabColor:
 
 def algorithm_identification(name: str, version: str) -> hd.AlgorithmIdentificationSequence:
     """Algorithm Identification Sequence of the segmentation model (family: AI)."""
-    return hd.AlgorithmIdentificationSequence(
-        name=name, family=codes.ARTIFICIAL_INTELLIGENCE, version=version
-    )
+    return hd.AlgorithmIdentificationSequence(name=name, family=codes.ARTIFICIAL_INTELLIGENCE, version=version)
 
 
 def segment_descriptions(algorithm_name: str, algorithm_version: str) -> list[hd.seg.SegmentDescription]:
@@ -76,10 +73,14 @@ def segment_descriptions(algorithm_name: str, algorithm_version: str) -> list[hd
     algorithm = algorithm_identification(algorithm_name, algorithm_version)
     spec = [
         (NORMAL_LUNG, "Normal lung", codes.ANATOMICAL_STRUCTURE, codes.LUNG, "normal-lung"),
-        (GGO, "Ground glass opacity", codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-         codes.GROUND_GLASS_OPACITY, "ggo"),
-        (CONSOLIDATION, "Consolidation", codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-         codes.LUNG_CONSOLIDATION, "consolidation"),
+        (GGO, "Ground glass opacity", codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, codes.GROUND_GLASS_OPACITY, "ggo"),
+        (
+            CONSOLIDATION,
+            "Consolidation",
+            codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+            codes.LUNG_CONSOLIDATION,
+            "consolidation",
+        ),
     ]
     descriptions = []
     for number, label, category, property_type, tracking_id in spec:
@@ -130,9 +131,7 @@ def _check_inputs(source_datasets: Sequence[Dataset], labels: np.ndarray) -> Non
         raise SegmentationInputError(f"source image geometry: {exc}") from exc
     steps = np.diff(positions)
     if steps.size and not (np.all(steps > 0) or np.all(steps < 0)):
-        raise SegmentationInputError(
-            "source images are not sorted by slice position (sort them as the label map is)"
-        )
+        raise SegmentationInputError("source images are not sorted by slice position (sort them as the label map is)")
 
 
 def build_segmentation(

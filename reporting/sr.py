@@ -43,7 +43,8 @@ Private concepts use the 99LDCT scheme declared in the Coding Scheme Identificat
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import highdicom as hd
 import structlog
@@ -75,9 +76,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-INTENDED_USE_TEXT = (
-    "Automatic research measurements, NOT FOR DIAGNOSTIC USE; not reviewed by a radiologist."
-)
+INTENDED_USE_TEXT = "Automatic research measurements, NOT FOR DIAGNOSTIC USE; not reviewed by a radiologist."
 SR_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 
 
@@ -99,8 +98,7 @@ def _volume(value_cm3: float) -> Measurement:
 
 
 def _extent(value_pct: float) -> Measurement:
-    return Measurement(name=codes.EXTENT, value=round(float(value_pct), PERCENT_DECIMALS),
-                       unit=codes.UNIT_PERCENT)
+    return Measurement(name=codes.EXTENT, value=round(float(value_pct), PERCENT_DECIMALS), unit=codes.UNIT_PERCENT)
 
 
 def _seg_source(seg: Dataset, numbers: Sequence[int]) -> SourceImageForMeasurementGroup:
@@ -179,20 +177,20 @@ def _probability_pct(value: float, what: str) -> float:
 def _risk_group(risk: RiskAssessment) -> MeasurementsAndQualitativeEvaluations:
     """TID 1501 group holding the prognostic model's result (or why there is none)."""
     measurements: list[Measurement] = []
-    evaluations = [
-        QualitativeEvaluation(name=codes.RISK_COMPUTED, value=codes.YES if risk.computed else codes.NO)
-    ]
+    evaluations = [QualitativeEvaluation(name=codes.RISK_COMPUTED, value=codes.YES if risk.computed else codes.NO)]
     if risk.computed:
         if risk.probability is None:
             raise ReportInputError("risk marked computed but has no probability")
         measurements.append(
-            Measurement(name=codes.PROBABILITY, value=_probability_pct(risk.probability, "probability"),
-                        unit=codes.UNIT_PERCENT)
+            Measurement(
+                name=codes.PROBABILITY, value=_probability_pct(risk.probability, "probability"), unit=codes.UNIT_PERCENT
+            )
         )
         if risk.cutoff is not None:
             measurements.append(
-                Measurement(name=codes.RISK_CUTOFF, value=_probability_pct(risk.cutoff, "cut-off"),
-                            unit=codes.UNIT_PERCENT)
+                Measurement(
+                    name=codes.RISK_CUTOFF, value=_probability_pct(risk.cutoff, "cut-off"), unit=codes.UNIT_PERCENT
+                )
             )
         if risk.category is not None:
             category = {"high": codes.HIGH_RISK, "low": codes.LOW_RISK}.get(str(risk.category).lower())
@@ -208,8 +206,9 @@ def _risk_group(risk: RiskAssessment) -> MeasurementsAndQualitativeEvaluations:
     )
     # TID 1501 allows TEXT qualitative evaluations; highdicom builds only CODE ones.
     texts = [(codes.CALIBRATION_STATUS, risk.calibration_status)]
-    texts += [(codes.COVARIATE_USED, f"{name} = {_format_covariate(value)}")
-              for name, value in risk.covariates_used.items()]
+    texts += [
+        (codes.COVARIATE_USED, f"{name} = {_format_covariate(value)}") for name, value in risk.covariates_used.items()
+    ]
     texts += [(codes.COVARIATE_MISSING, name) for name in risk.covariates_missing]
     texts += [(codes.COVARIATE_ASSUMED_ABSENT, name) for name in risk.covariates_assumed_absent]
     if not risk.computed:
@@ -285,11 +284,20 @@ def build_measurement_report(
         _segment_group(seg, NORMAL_LUNG, quant.normal_lung_cm3, normal_pct, algorithm),
         _segment_group(seg, GGO, quant.ggo_cm3, quant.ggo_pct, algorithm),
         _segment_group(seg, CONSOLIDATION, quant.consolidation_cm3, quant.consolidation_pct, algorithm),
-        _summary_group("Whole lung", codes.LUNG, [_volume(quant.lung_cm3)], algorithm,
-                       _seg_source(seg, [NORMAL_LUNG, GGO, CONSOLIDATION])),
-        _summary_group("Lesions (GGO + consolidation)", codes.LESION,
-                       [_volume(quant.lesion_cm3), _extent(quant.lesion_pct)], algorithm,
-                       _seg_source(seg, [GGO, CONSOLIDATION])),
+        _summary_group(
+            "Whole lung",
+            codes.LUNG,
+            [_volume(quant.lung_cm3)],
+            algorithm,
+            _seg_source(seg, [NORMAL_LUNG, GGO, CONSOLIDATION]),
+        ),
+        _summary_group(
+            "Lesions (GGO + consolidation)",
+            codes.LESION,
+            [_volume(quant.lesion_cm3), _extent(quant.lesion_pct)],
+            algorithm,
+            _seg_source(seg, [GGO, CONSOLIDATION]),
+        ),
     ]
     if risk is not None:
         groups.append(_risk_group(risk))
@@ -312,12 +320,13 @@ def build_measurement_report(
         imaging_measurements=groups,
     )
     evaluations = ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
-    evaluations.ContentSequence = DicomSequence([
-        TextContentItem(name=codes.INTENDED_USE, value=INTENDED_USE_TEXT, relationship_type="CONTAINS")
-    ] + [
-        TextContentItem(name=codes.SUPERSEDES, value=_supersedes_text(*entry), relationship_type="CONTAINS")
-        for entry in supersedes
-    ])
+    evaluations.ContentSequence = DicomSequence(
+        [TextContentItem(name=codes.INTENDED_USE, value=INTENDED_USE_TEXT, relationship_type="CONTAINS")]
+        + [
+            TextContentItem(name=codes.SUPERSEDES, value=_supersedes_text(*entry), relationship_type="CONTAINS")
+            for entry in supersedes
+        ]
+    )
     report[0].ContentSequence.append(evaluations)
 
     study_uid = str(source_datasets[0].StudyInstanceUID)

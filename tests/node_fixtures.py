@@ -15,8 +15,10 @@ from inference.synthetic import generate_phantom, write_series
 
 def node_settings(data_dir: Path, **sections: dict[str, Any]) -> Settings:
     """Settings for a node in `data_dir` with the threshold engine; `sections` add to the defaults."""
-    values: dict[str, Any] = {"node": {"data_dir": str(data_dir), "bind_address": "127.0.0.1", "min_free_disk_mb": 10},
-                              "inference": {"engine": "threshold", "device": "cpu"}}
+    values: dict[str, Any] = {
+        "node": {"data_dir": str(data_dir), "bind_address": "127.0.0.1", "min_free_disk_mb": 10},
+        "inference": {"engine": "threshold", "device": "cpu"},
+    }
     for name, section in sections.items():
         values[name] = {**values.get(name, {}), **section} if isinstance(section, dict) else section
     return Settings.model_validate(values)

@@ -9,13 +9,12 @@ to keep the tests fast.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
-
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 FIXTURE_PATIENT_NAME = "Fixture^Reporting"
 FIXTURE_PATIENT_ID = "FIXTURE-0001"
@@ -132,14 +131,10 @@ def write_series(datasets: Sequence[Dataset], folder: Path) -> list[Path]:
     return paths
 
 
-
-
 def _ellipsoid(shape: tuple[int, int, int], centre: Sequence[float], radii: Sequence[float]) -> np.ndarray:
     z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
     return (
-        ((z - centre[0]) / radii[0]) ** 2
-        + ((y - centre[1]) / radii[1]) ** 2
-        + ((x - centre[2]) / radii[2]) ** 2
+        ((z - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + ((x - centre[2]) / radii[2]) ** 2
     ) <= 1.0
 
 
@@ -168,7 +163,9 @@ def make_hu_volume(n_slices: int = 16, size: int = 64, labels: np.ndarray | None
         labels = make_label_map(n_slices, size)
     shape = labels.shape
     hu = np.full(shape, -1000, dtype=np.int16)
-    body = _ellipsoid(shape, (shape[0] / 2, shape[1] / 2, shape[2] / 2), (shape[0] * 4, shape[1] * 0.45, shape[2] * 0.48))
+    body = _ellipsoid(
+        shape, (shape[0] / 2, shape[1] / 2, shape[2] / 2), (shape[0] * 4, shape[1] * 0.45, shape[2] * 0.48)
+    )
     hu[body] = 40
     hu[labels == 1] = -850
     hu[labels == 2] = -500
@@ -199,8 +196,10 @@ def make_trachea_phantom(
             lumens = [((yy - centre_y) ** 2 + (xx - centre_x) ** 2) <= 9]
         else:
             offset = 3 + (split_index - index)
-            lumens = [((yy - centre_y) ** 2 + (xx - (centre_x - offset)) ** 2) <= 4,
-                      ((yy - centre_y) ** 2 + (xx - (centre_x + offset)) ** 2) <= 4]
+            lumens = [
+                ((yy - centre_y) ** 2 + (xx - (centre_x - offset)) ** 2) <= 4,
+                ((yy - centre_y) ** 2 + (xx - (centre_x + offset)) ** 2) <= 4,
+            ]
         for lumen in lumens:
             hu[index][lumen] = -1000
             if index < split_index and bronchi_labelled_lung:

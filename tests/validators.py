@@ -42,9 +42,7 @@ def dciodvfy_report(path_or_dataset: str | Path | Dataset) -> tuple[list[str], l
     """Run dciodvfy; return (error lines, warning lines)."""
     executable = shutil.which(DCIODVFY)
     if executable is None:
-        raise ValidatorMissingError(
-            "dciodvfy not found on PATH: install dicom3tools (apt-get install dicom3tools)"
-        )
+        raise ValidatorMissingError("dciodvfy not found on PATH: install dicom3tools (apt-get install dicom3tools)")
     with tempfile.TemporaryDirectory(prefix="ldct-dciodvfy-") as tmp:
         if isinstance(path_or_dataset, Dataset):
             path = write_dataset(path_or_dataset, Path(tmp) / "object.dcm")
@@ -54,8 +52,8 @@ def dciodvfy_report(path_or_dataset: str | Path | Dataset) -> tuple[list[str], l
                 raise FileNotFoundError(f"no such DICOM file: {path}")
         # -new: use the current standard's rules (not retired ones); output goes to stderr.
         completed = subprocess.run(
-            [executable, "-new", str(path)], capture_output=True, text=True, errors="replace",
-            timeout=300, check=False)
+            [executable, "-new", str(path)], capture_output=True, text=True, errors="replace", timeout=300, check=False
+        )
     lines = (completed.stdout + completed.stderr).splitlines()
     errors = [line for line in lines if line.startswith("Error")]
     warnings = [line for line in lines if line.startswith("Warning")]
@@ -70,8 +68,11 @@ def dciodvfy_errors(path_or_dataset: str | Path | Dataset) -> list[str]:
 
 PIXELMED_JARS = (Path("/usr/share/java/pixelmed.jar"),)
 JAVA_OPTIONS = (
-    "-Djdk.xml.xpathExprOpLimit=0", "-Djdk.xml.xpathExprGrpLimit=0", "-Djdk.xml.xpathTotalOpLimit=0",
-    "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC",  # halves the start-up spent compiling XSLT
+    "-Djdk.xml.xpathExprOpLimit=0",
+    "-Djdk.xml.xpathExprGrpLimit=0",
+    "-Djdk.xml.xpathTotalOpLimit=0",
+    "-XX:TieredStopAtLevel=1",
+    "-XX:+UseSerialGC",  # halves the start-up spent compiling XSLT
 )
 INSTANCE_VALIDATOR = "com.pixelmed.validate.DicomInstanceValidator"
 SR_VALIDATOR = "com.pixelmed.validate.DicomSRValidator"
@@ -112,7 +113,11 @@ def pixelmed(path: Path, validator: str = INSTANCE_VALIDATOR) -> Report:
         raise RuntimeError("PixelMed not installed: apt-get install pixelmed-apps (and a JRE)")
     completed = subprocess.run(
         ["java", *JAVA_OPTIONS, "-cp", str(jar), validator, str(path)],
-        capture_output=True, text=True, errors="replace", timeout=600, check=False,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=600,
+        check=False,
     )
     lines = (completed.stdout + completed.stderr).splitlines()
     name = validator.rsplit(".", 1)[-1]
@@ -144,8 +149,9 @@ def reports(paths: list[Path]) -> list[Report]:
         if sop_class.startswith(SR_CLASS_PREFIX):
             jobs.append((pixelmed, path, SR_VALIDATOR))
     with ThreadPoolExecutor(max_workers=2) as pool:  # the JVMs are CPU-bound
-        futures = [pool.submit(run, path) if extra is None else pool.submit(run, path, extra)
-                   for run, path, extra in jobs]
+        futures = [
+            pool.submit(run, path) if extra is None else pool.submit(run, path, extra) for run, path, extra in jobs
+        ]
         return [future.result() for future in futures]
 
 

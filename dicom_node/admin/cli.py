@@ -10,9 +10,9 @@ import json
 import shutil
 import signal
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -29,8 +29,11 @@ if TYPE_CHECKING:  # the commands import what they need when they run: a fast st
     from dicom_node.results import ResultSummary
     from inference.quantify import Quantification
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="ldct-node: COVID-19 lung lesion quantification on low-dose chest CT, as a DICOM node.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="ldct-node: COVID-19 lung lesion quantification on low-dose chest CT, as a DICOM node.",
+)
 config_app = typer.Typer(no_args_is_help=True, help="Check configuration files.")
 clinical_app = typer.Typer(no_args_is_help=True, help="Clinical covariates for the risk model.")
 app.add_typer(config_app, name="config")
@@ -55,7 +58,7 @@ def failure(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def settings_from(config: Optional[Path]) -> Settings:
+def settings_from(config: Path | None) -> Settings:
     try:
         settings = load_settings(config)
     except ConfigError as exc:
@@ -65,19 +68,25 @@ def settings_from(config: Optional[Path]) -> Settings:
 
 
 def open_store(settings: Settings) -> JobStore:
-    from dicom_node.queue.jobstore import JobStore
     from dicom_node.node import prepare_data_dir
+    from dicom_node.queue.jobstore import JobStore
 
     prepare_data_dir(settings.node.data_dir)
     return JobStore(settings.database_url)
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=err_console, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    )
 
 
-def _when(value: Optional[datetime]) -> str:
+def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
@@ -90,8 +99,10 @@ def _wait_for_signal(stop: threading.Event) -> None:
 
 # ---- running ------------------------------------------------------------------------------
 @app.command()
-def serve(config: Optional[Path] = ConfigOption,
-          no_workers: bool = typer.Option(False, "--no-workers", help="Receive and dispatch only; workers run elsewhere.")) -> None:
+def serve(
+    config: Path | None = ConfigOption,
+    no_workers: bool = typer.Option(False, "--no-workers", help="Receive and dispatch only; workers run elsewhere."),
+) -> None:
     """Run the node: Store SCP, completeness sweeps, workers and dispatch to PACS."""
     from dicom_node.node import Node
 
@@ -109,8 +120,9 @@ def serve(config: Optional[Path] = ConfigOption,
 
 
 @app.command()
-def worker(config: Optional[Path] = ConfigOption,
-           count: int = typer.Option(1, help="Worker threads in this process.")) -> None:
+def worker(
+    config: Path | None = ConfigOption, count: int = typer.Option(1, help="Worker threads in this process.")
+) -> None:
     """Run workers only (a GPU host), against the shared job store and spool."""
     from dicom_node.node import Node
 
@@ -125,8 +137,10 @@ def worker(config: Optional[Path] = ConfigOption,
 
 
 @db_app.command("upgrade")
-def db_upgrade(config: Optional[Path] = ConfigOption,
-               revision: str = typer.Option("head", help="Target revision (default: the newest).")) -> None:
+def db_upgrade(
+    config: Path | None = ConfigOption,
+    revision: str = typer.Option("head", help="Target revision (default: the newest)."),
+) -> None:
     """Bring the job store schema to the newest revision; the queue is kept."""
     from dicom_node.queue.jobstore import JobStore, MigrationError, migrate
 
@@ -145,7 +159,7 @@ def db_upgrade(config: Optional[Path] = ConfigOption,
 
 
 @db_app.command("current")
-def db_current(config: Optional[Path] = ConfigOption) -> None:
+def db_current(config: Path | None = ConfigOption) -> None:
     """Show the schema revision of the job store and the newest one this release ships."""
     from dicom_node.queue.jobstore import JobStore, head_revision
 
@@ -162,7 +176,7 @@ def db_current(config: Optional[Path] = ConfigOption) -> None:
 
 # ---- queue inspection ----------------------------------------------------------------------
 @app.command()
-def status(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
+def status(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
     """Queue counts by state, workers and their heartbeats, recent series, last errors, free disk."""
     from dicom_node.queue.jobstore import DISPATCH_STATES
 
@@ -174,14 +188,31 @@ def status(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) ->
     errors = store.last_errors()
     free = shutil.disk_usage(settings.node.data_dir).free
     if as_json:
-        print(json.dumps({
-            "jobs": counts.jobs, "dispatches": counts.dispatches, "free_disk_bytes": free,
-            "workers": [{"name": w.name, "heartbeat_at": _when(w.heartbeat_at), "current_job": w.current_job_id}
-                        for w in workers],
-            "recent_series": [{"series_uid": s.series_uid, "outcome": s.outcome, "reason": s.reason,
-                               "instances": s.instance_count, "job_id": s.job_id} for s in series],
-            "last_errors": [{"kind": k, "job_id": j, "error": e} for k, j, e in errors],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "jobs": counts.jobs,
+                    "dispatches": counts.dispatches,
+                    "free_disk_bytes": free,
+                    "workers": [
+                        {"name": w.name, "heartbeat_at": _when(w.heartbeat_at), "current_job": w.current_job_id}
+                        for w in workers
+                    ],
+                    "recent_series": [
+                        {
+                            "series_uid": s.series_uid,
+                            "outcome": s.outcome,
+                            "reason": s.reason,
+                            "instances": s.instance_count,
+                            "job_id": s.job_id,
+                        }
+                        for s in series
+                    ],
+                    "last_errors": [{"kind": k, "job_id": j, "error": e} for k, j, e in errors],
+                },
+                indent=2,
+            )
+        )
         return
     table = Table(title="Queue")
     for name in ("what", *counts.jobs.keys()):
@@ -207,15 +238,18 @@ def status(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) ->
 
 
 @app.command()
-def health(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption,
-           stale_seconds: float = typer.Option(120, help="A worker heartbeat older than this is stale."),
-           destinations: bool = typer.Option(False, "--destinations", help="Also C-ECHO every destination.")) -> None:
+def health(
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+    stale_seconds: float = typer.Option(120, help="A worker heartbeat older than this is stale."),
+    destinations: bool = typer.Option(False, "--destinations", help="Also C-ECHO every destination."),
+) -> None:
     """Health check for monitoring: exit 0 when healthy, 1 otherwise (one line per check)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from dicom_node.queue.jobstore import MigrationError, utcnow
     from dicom_node.dispatch.dimse import echo as c_echo
     from dicom_node.dispatch.sender import SendError
+    from dicom_node.queue.jobstore import MigrationError, utcnow
     from dicom_node.tls import destination_tls, self_check_tls
 
     settings = settings_from(config)
@@ -223,21 +257,48 @@ def health(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption,
     try:
         store = open_store(settings)
         counts = store.counts()
-        checks.append(("job store", True, (f"{settings.database_url.split('://')[0]}, {counts.jobs['queued']} queued, "
-                                           f"{counts.jobs['dead']} dead jobs, {counts.dispatches['dead']} dead dispatches")))
-        fresh = [w for w in store.workers()
-                 if (utcnow() - w.heartbeat_at.replace(tzinfo=w.heartbeat_at.tzinfo or timezone.utc)).total_seconds() < stale_seconds]
-        checks.append(("workers", bool(fresh) or counts.jobs["queued"] == 0,
-                       f"{len(fresh)} with a heartbeat in the last {stale_seconds:.0f} s"))
+        checks.append(
+            (
+                "job store",
+                True,
+                (
+                    f"{settings.database_url.split('://')[0]}, {counts.jobs['queued']} queued, "
+                    f"{counts.jobs['dead']} dead jobs, {counts.dispatches['dead']} dead dispatches"
+                ),
+            )
+        )
+        fresh = [
+            w
+            for w in store.workers()
+            if (utcnow() - w.heartbeat_at.replace(tzinfo=w.heartbeat_at.tzinfo or UTC)).total_seconds() < stale_seconds
+        ]
+        checks.append(
+            (
+                "workers",
+                bool(fresh) or counts.jobs["queued"] == 0,
+                f"{len(fresh)} with a heartbeat in the last {stale_seconds:.0f} s",
+            )
+        )
     except (SQLAlchemyError, MigrationError, OSError) as exc:  # the database is down, refuses or is too new
         checks.append(("job store", False, f"{type(exc).__name__}: {exc}"))
     free_mb = shutil.disk_usage(settings.node.data_dir).free / 2**20 if Path(settings.node.data_dir).exists() else 0
-    checks.append(("disk", free_mb >= settings.node.min_free_disk_mb,
-                   f"{free_mb:.0f} MB free, threshold {settings.node.min_free_disk_mb} MB"))
+    checks.append(
+        (
+            "disk",
+            free_mb >= settings.node.min_free_disk_mb,
+            f"{free_mb:.0f} MB free, threshold {settings.node.min_free_disk_mb} MB",
+        )
+    )
     host = "127.0.0.1" if settings.node.bind_address in ("0.0.0.0", "") else settings.node.bind_address
     try:
-        c_echo(host, settings.node.port, settings.node.ae_title, calling_ae=settings.node.ae_title, timeout=5,
-               tls=self_check_tls(settings))
+        c_echo(
+            host,
+            settings.node.port,
+            settings.node.ae_title,
+            calling_ae=settings.node.ae_title,
+            timeout=5,
+            tls=self_check_tls(settings),
+        )
         checks.append(("store scp", True, f"C-ECHO {settings.node.ae_title}@{host}:{settings.node.port} answered"))
     except SendError as exc:
         checks.append(("store scp", False, str(exc)))
@@ -246,14 +307,24 @@ def health(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption,
     if destinations:
         for d in settings.destinations:
             try:
-                c_echo(d.host, d.port, d.ae_title, calling_ae=settings.node.ae_title, timeout=5,
-                       tls=destination_tls(settings, d))
+                c_echo(
+                    d.host,
+                    d.port,
+                    d.ae_title,
+                    calling_ae=settings.node.ae_title,
+                    timeout=5,
+                    tls=destination_tls(settings, d),
+                )
                 checks.append((f"destination {d.name}", True, "C-ECHO answered"))
             except SendError as exc:
                 checks.append((f"destination {d.name}", False, str(exc)))
     healthy = all(ok for _, ok, _ in checks)
     if as_json:
-        print(json.dumps({"healthy": healthy, "checks": [{"check": c, "ok": ok, "detail": d} for c, ok, d in checks]}, indent=2))
+        print(
+            json.dumps(
+                {"healthy": healthy, "checks": [{"check": c, "ok": ok, "detail": d} for c, ok, d in checks]}, indent=2
+            )
+        )
     else:
         for name, ok, detail in checks:
             console.print(f"{'[green]ok[/green]' if ok else '[red]FAIL[/red]'}  {name}: {detail}", highlight=False)
@@ -275,17 +346,23 @@ def _receivers_check(settings: Settings) -> tuple[str, bool, str]:
         text = urllib.request.urlopen(url, timeout=5).read().decode()
     except OSError as exc:
         return "receiving processes", False, f"metrics endpoint {url} not answering: {exc}"
-    values = {sample.name: sample.value for family in text_string_to_metric_families(text)
-              for sample in family.samples}
+    values = {sample.name: sample.value for family in text_string_to_metric_families(text) for sample in family.samples}
     expected = receive_process_count(settings.node.receive_processes)
     up, restarts = int(values.get("ldct_receive_processes", 0)), int(values.get("ldct_receiver_restarts_total", 0))
-    return ("receiving processes", up == expected,
-            f"{up} of {expected} up, {restarts} restarted since the node started")
+    return (
+        "receiving processes",
+        up == expected,
+        f"{up} of {expected} up, {restarts} restarted since the node started",
+    )
 
 
 @app.command()
-def jobs(config: Optional[Path] = ConfigOption, state: Optional[str] = typer.Option(None, help="queued, running, failed, done or dead."),
-         limit: int = 50, as_json: bool = JsonOption) -> None:
+def jobs(
+    config: Path | None = ConfigOption,
+    state: str | None = typer.Option(None, help="queued, running, failed, done or dead."),
+    limit: int = 50,
+    as_json: bool = JsonOption,
+) -> None:
     """List jobs, newest first."""
     from dicom_node.queue.jobstore import JOB_STATES
 
@@ -301,27 +378,51 @@ def jobs(config: Optional[Path] = ConfigOption, state: Optional[str] = typer.Opt
         table.add_column(col)
     for j in rows:
         result = j.result()
-        table.add_row(str(j.id), j.state + (" (superseded)" if j.superseded_by else ""), str(j.attempts),
-                      j.series_uid, str(j.instance_count), _when(j.created_at),
-                      f"{result.quantification.lesion_pct:.1f}" if result else "-", (j.error or "")[:60])
+        table.add_row(
+            str(j.id),
+            j.state + (" (superseded)" if j.superseded_by else ""),
+            str(j.attempts),
+            j.series_uid,
+            str(j.instance_count),
+            _when(j.created_at),
+            f"{result.quantification.lesion_pct:.1f}" if result else "-",
+            (j.error or "")[:60],
+        )
     console.print(table)
 
 
 def _job_dict(store: JobStore, job: Job) -> dict[str, Any]:
     result = job.result()
     return {
-        "id": job.id, "state": job.state, "attempts": job.attempts, "series_uid": job.series_uid,
-        "study_uid": job.study_uid, "instances": job.instance_count, "created_at": _when(job.created_at),
-        "finished_at": _when(job.finished_at), "error": job.error, "superseded_by": job.superseded_by,
-        "lease_owner": job.lease_owner, "result_dir": job.result_dir, "summary": result.as_dict() if result else {},
-        "dispatches": [{"destination": d.destination, "state": d.state, "attempts": d.attempts,
-                        "next_try_at": _when(d.next_try_at), "sent_at": _when(d.sent_at),
-                        "last_error": d.last_error} for d in store.dispatches_for(job.id)],
+        "id": job.id,
+        "state": job.state,
+        "attempts": job.attempts,
+        "series_uid": job.series_uid,
+        "study_uid": job.study_uid,
+        "instances": job.instance_count,
+        "created_at": _when(job.created_at),
+        "finished_at": _when(job.finished_at),
+        "error": job.error,
+        "superseded_by": job.superseded_by,
+        "lease_owner": job.lease_owner,
+        "result_dir": job.result_dir,
+        "summary": result.as_dict() if result else {},
+        "dispatches": [
+            {
+                "destination": d.destination,
+                "state": d.state,
+                "attempts": d.attempts,
+                "next_try_at": _when(d.next_try_at),
+                "sent_at": _when(d.sent_at),
+                "last_error": d.last_error,
+            }
+            for d in store.dispatches_for(job.id)
+        ],
     }
 
 
 @app.command()
-def show(job_id: int, config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
+def show(job_id: int, config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
     """Everything about one job: state, results, dispatches."""
     store = open_store(settings_from(config))
     job = store.get_job(job_id)
@@ -331,27 +432,49 @@ def show(job_id: int, config: Optional[Path] = ConfigOption, as_json: bool = Jso
     if as_json:
         print(json.dumps(info, indent=2))
         return
-    for key in ("id", "state", "attempts", "series_uid", "study_uid", "instances", "created_at",
-                "finished_at", "error", "superseded_by", "result_dir"):
+    for key in (
+        "id",
+        "state",
+        "attempts",
+        "series_uid",
+        "study_uid",
+        "instances",
+        "created_at",
+        "finished_at",
+        "error",
+        "superseded_by",
+        "result_dir",
+    ):
         console.print(f"{key:>14}: {info[key]}", highlight=False)
     summary = job.result()
     if summary is not None:
         q = summary.quantification
         console.print(f"{'lung':>14}: {q.lung_cm3:.1f} cm3")
-        for name, volume, extent in (("ggo", q.ggo_cm3, q.ggo_pct), ("consolidation", q.consolidation_cm3,
-                                      q.consolidation_pct), ("lesion", q.lesion_cm3, q.lesion_pct)):
+        for name, volume, extent in (
+            ("ggo", q.ggo_cm3, q.ggo_pct),
+            ("consolidation", q.consolidation_cm3, q.consolidation_pct),
+            ("lesion", q.lesion_cm3, q.lesion_pct),
+        ):
             console.print(f"{name:>14}: {volume:.1f} cm3, {extent:.2f} % of lung")
         if summary.risk:
             console.print(f"{'risk':>14}: {summary.risk.model_dump()}", highlight=False)
         console.print(f"{'timings':>14}: {summary.timings}", highlight=False)
     for d in info["dispatches"]:
-        console.print(f"{'dispatch':>14}: {d['destination']} {d['state']} attempts={d['attempts']} "
-                      f"next={d['next_try_at']} sent={d['sent_at']} error={d['last_error']}", highlight=False)
+        console.print(
+            f"{'dispatch':>14}: {d['destination']} {d['state']} attempts={d['attempts']} "
+            f"next={d['next_try_at']} sent={d['sent_at']} error={d['last_error']}",
+            highlight=False,
+        )
 
 
 @app.command()
-def report(job_id: int, reissue: bool = typer.Option(False, "--reissue", help="Send an amended SR (risk recomputed with the covariates known now)."),
-           config: Optional[Path] = ConfigOption) -> None:
+def report(
+    job_id: int,
+    reissue: bool = typer.Option(
+        False, "--reissue", help="Send an amended SR (risk recomputed with the covariates known now)."
+    ),
+    config: Path | None = ConfigOption,
+) -> None:
     """Reissue a job's report after clinical covariates arrived (amended SR supersedes the old one)."""
     from dicom_node.admin.reissue import reissue_report
     from dicom_node.queue.jobstore import ReissueRefused
@@ -367,14 +490,20 @@ def report(job_id: int, reissue: bool = typer.Option(False, "--reissue", help="S
         fail(str(exc))
     result = new_job.result()
     risk = result.risk if result else None
-    state = (f"{100 * risk.probability:.1f} % ({risk.category})" if risk and risk.computed and risk.probability is not None
-             else "not computed")
-    console.print(f"amended SR written as job {new_job.id} (supersedes job {job_id}); risk {state}; "
-                  f"queued for {len(settings.destinations)} destination(s): the running node sends it", highlight=False)
+    state = (
+        f"{100 * risk.probability:.1f} % ({risk.category})"
+        if risk and risk.computed and risk.probability is not None
+        else "not computed"
+    )
+    console.print(
+        f"amended SR written as job {new_job.id} (supersedes job {job_id}); risk {state}; "
+        f"queued for {len(settings.destinations)} destination(s): the running node sends it",
+        highlight=False,
+    )
 
 
 @app.command()
-def retry(job_id: int, config: Optional[Path] = ConfigOption) -> None:
+def retry(job_id: int, config: Path | None = ConfigOption) -> None:
     """Re-queue a failed or dead job and revive its dead dispatches."""
     store = open_store(settings_from(config))
     try:
@@ -384,14 +513,31 @@ def retry(job_id: int, config: Optional[Path] = ConfigOption) -> None:
 
 
 @app.command()
-def audit(config: Optional[Path] = ConfigOption, series: Optional[str] = typer.Option(None, help="Only this series UID."),
-          limit: int = 100, as_json: bool = JsonOption) -> None:
+def audit(
+    config: Path | None = ConfigOption,
+    series: str | None = typer.Option(None, help="Only this series UID."),
+    limit: int = 100,
+    as_json: bool = JsonOption,
+) -> None:
     """Audit trail: who sent which series when, which job produced what, where it went."""
     store = open_store(settings_from(config))
     events = store.audit_events(limit, series)
     if as_json:
-        print(json.dumps([{"at": _when(e.at), "kind": e.kind, "series_uid": e.series_uid, "job_id": e.job_id,
-                           "detail": json.loads(e.detail)} for e in events], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "at": _when(e.at),
+                        "kind": e.kind,
+                        "series_uid": e.series_uid,
+                        "job_id": e.job_id,
+                        "detail": json.loads(e.detail),
+                    }
+                    for e in events
+                ],
+                indent=2,
+            )
+        )
         return
     table = Table(title="Audit")
     for col in ("at (UTC)", "event", "series UID", "job", "detail"):
@@ -414,8 +560,10 @@ def _resolve_peer(settings: Settings, target: str) -> tuple[str, int, str]:
 
 
 @app.command()
-def echo(destination: str = typer.Argument(..., help="Destination name or host:port[:AE_TITLE]."),
-         config: Optional[Path] = ConfigOption) -> None:
+def echo(
+    destination: str = typer.Argument(..., help="Destination name or host:port[:AE_TITLE]."),
+    config: Path | None = ConfigOption,
+) -> None:
     """C-ECHO a destination to check connectivity."""
     from dicom_node.dispatch.dimse import echo as c_echo
     from dicom_node.dispatch.sender import SendError
@@ -424,17 +572,20 @@ def echo(destination: str = typer.Argument(..., help="Destination name or host:p
     settings = settings_from(config)
     host, port, ae_title = _resolve_peer(settings, destination)
     try:
-        c_echo(host, port, ae_title, calling_ae=settings.node.ae_title,
-               tls=named_destination_tls(settings, destination))
+        c_echo(
+            host, port, ae_title, calling_ae=settings.node.ae_title, tls=named_destination_tls(settings, destination)
+        )
     except SendError as exc:
         fail(str(exc))
     console.print(f"C-ECHO {ae_title}@{host}:{port}: success")
 
 
 @app.command()
-def send(path: Path = typer.Argument(..., exists=True, help="A DICOM file or a folder (searched recursively)."),
-         to: str = typer.Option(..., "--to", help="Destination name or host:port[:AE_TITLE]."),
-         config: Optional[Path] = ConfigOption) -> None:
+def send(
+    path: Path = typer.Argument(..., exists=True, help="A DICOM file or a folder (searched recursively)."),
+    to: str = typer.Option(..., "--to", help="Destination name or host:port[:AE_TITLE]."),
+    config: Path | None = ConfigOption,
+) -> None:
     """Push DICOM files to a peer by C-STORE (for example a series to the node)."""
     from dicom_node.dispatch.dimse import send_files
     from dicom_node.dispatch.sender import SendError
@@ -442,15 +593,23 @@ def send(path: Path = typer.Argument(..., exists=True, help="A DICOM file or a f
 
     settings = settings_from(config)
     host, port, ae_title = _resolve_peer(settings, to)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = (
+        [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    )
     if not files:
         fail(f"no files in {path}")
     with _progress() as progress:
         task = progress.add_task(f"C-STORE to {ae_title}@{host}:{port}", total=len(files))
         try:
-            result = send_files(files, host, port, ae_title, calling_ae=settings.node.ae_title,
-                                progress=lambda done, total: progress.update(task, completed=done),
-                                tls=named_destination_tls(settings, to))
+            result = send_files(
+                files,
+                host,
+                port,
+                ae_title,
+                calling_ae=settings.node.ae_title,
+                progress=lambda done, total: progress.update(task, completed=done),
+                tls=named_destination_tls(settings, to),
+            )
         except SendError as exc:
             fail(str(exc))
         except Exception as exc:  # an unreadable file, or anything else: one line, no traceback
@@ -464,11 +623,13 @@ def send(path: Path = typer.Argument(..., exists=True, help="A DICOM file or a f
 
 # ---- offline analysis -----------------------------------------------------------------------
 @app.command()
-def segment(path: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of one CT series."),
-            out: Path = typer.Option(..., "--out", help="Folder for SEG, SR, key images and summary.json."),
-            config: Optional[Path] = ConfigOption,
-            engine: Optional[str] = typer.Option(None, help="cnn or threshold (default: from config)."),
-            as_json: bool = JsonOption) -> None:
+def segment(
+    path: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of one CT series."),
+    out: Path = typer.Option(..., "--out", help="Folder for SEG, SR, key images and summary.json."),
+    config: Path | None = ConfigOption,
+    engine: str | None = typer.Option(None, help="cnn or threshold (default: from config)."),
+    as_json: bool = JsonOption,
+) -> None:
     """Analyse a series folder offline: SEG + SR files and a summary, no network."""
     from dicom_node.work.pipeline import ReportOptions, analyse_series
     from inference.engines import UnknownEngineError, get_engine
@@ -483,9 +644,13 @@ def segment(path: Path = typer.Argument(..., exists=True, file_okay=False, help=
     with _progress() as progress:
         task = progress.add_task("segmenting slices", total=None)
         try:
-            summary = analyse_series(files, out, engine=seg_engine, options=ReportOptions.from_settings(settings),
-                                     progress=lambda stage, done, total: progress.update(task, completed=done,
-                                                                                         total=total))
+            summary = analyse_series(
+                files,
+                out,
+                engine=seg_engine,
+                options=ReportOptions.from_settings(settings),
+                progress=lambda stage, done, total: progress.update(task, completed=done, total=total),
+            )
         except SeriesError as exc:
             fail(f"not a usable series: {exc}")
     if as_json:
@@ -499,31 +664,43 @@ def print_summary(summary: ResultSummary, truth: Quantification | None = None) -
     table = Table(title=f"{summary.slices} slices, engine {summary.engine.name} {summary.engine.version}")
     for col in ("", "volume (cm3)", "extent (% of lung)", *(("true volume (cm3)",) if truth else ())):
         table.add_column(col)
-    rows = [("lung", "lung_cm3", None), ("normal lung", "normal_lung_cm3", None),
-            ("ggo", "ggo_cm3", "ggo_pct"), ("consolidation", "consolidation_cm3", "consolidation_pct"),
-            ("lesion", "lesion_cm3", "lesion_pct")]
+    rows = [
+        ("lung", "lung_cm3", None),
+        ("normal lung", "normal_lung_cm3", None),
+        ("ggo", "ggo_cm3", "ggo_pct"),
+        ("consolidation", "consolidation_cm3", "consolidation_pct"),
+        ("lesion", "lesion_cm3", "lesion_pct"),
+    ]
     measured = summary.quantification.as_dict()
     for name, volume_key, pct_key in rows:
-        table.add_row(name, f"{measured[volume_key]:.1f}", f"{measured[pct_key]:.2f}" if pct_key else "-",
-                      *((f"{truth.as_dict()[volume_key]:.1f}",) if truth else ()))
+        table.add_row(
+            name,
+            f"{measured[volume_key]:.1f}",
+            f"{measured[pct_key]:.2f}" if pct_key else "-",
+            *((f"{truth.as_dict()[volume_key]:.1f}",) if truth else ()),
+        )
     console.print(table)
     risk = summary.risk
     if risk:
         if risk.computed and risk.probability is not None:
-            console.print(f"risk of severe course: {100 * risk.probability:.1f} % ({risk.category}), "
-                          f"{risk.model}, {risk.calibration_status}", highlight=False)
+            console.print(
+                f"risk of severe course: {100 * risk.probability:.1f} % ({risk.category}), "
+                f"{risk.model}, {risk.calibration_status}",
+                highlight=False,
+            )
         else:
             console.print(f"risk not computed; missing: {', '.join(risk.missing)}", highlight=False)
     console.print(f"series {summary.series_uid}", highlight=False)
     console.print(f"outputs: {', '.join(summary.outputs)}", highlight=False)
-    console.print("timings (s): " + ", ".join(f"{k[:-2]} {v:.2f}" for k, v in summary.timings.items()),
-                  highlight=False)
+    console.print("timings (s): " + ", ".join(f"{k[:-2]} {v:.2f}" for k, v in summary.timings.items()), highlight=False)
 
 
 @app.command()
-def demo(workdir: Path = typer.Option(Path("ldct-demo"), help="Folder for the demo's data, PACS inbox and config."),
-         port: int = typer.Option(0, help="Node port (0: a free one)."),
-         engine: Optional[str] = typer.Option(None, help="cnn or threshold (default: cnn).")) -> None:
+def demo(
+    workdir: Path = typer.Option(Path("ldct-demo"), help="Folder for the demo's data, PACS inbox and config."),
+    port: int = typer.Option(0, help="Node port (0: a free one)."),
+    engine: str | None = typer.Option(None, help="cnn or threshold (default: cnn)."),
+) -> None:
     """Push a synthetic low-dose chest CT through a node it starts, end to end, and print the result."""
     from dicom_node.admin.demo import run_demo
 
@@ -544,8 +721,14 @@ def config_check(path: Path = typer.Argument(..., help="TOML configuration file.
     except ConfigError as exc:
         fail(str(exc), 2)
     console.print(f"{path}: valid", highlight=False)
-    console.print(f"  node {settings.node.ae_title} on port {settings.node.port}, data in {settings.node.data_dir}", highlight=False)
-    console.print(f"  engine {settings.inference.engine} on {settings.inference.device}; database {settings.database_url.split('://')[0]}", highlight=False)
+    console.print(
+        f"  node {settings.node.ae_title} on port {settings.node.port}, data in {settings.node.data_dir}",
+        highlight=False,
+    )
+    console.print(
+        f"  engine {settings.inference.engine} on {settings.inference.device}; database {settings.database_url.split('://')[0]}",
+        highlight=False,
+    )
     for d in settings.destinations:
         console.print(f"  destination {d.name}: {d.ae_title}@{d.host}:{d.port}", highlight=False)
     if not settings.destinations:
@@ -553,8 +736,10 @@ def config_check(path: Path = typer.Argument(..., help="TOML configuration file.
 
 
 @clinical_app.command("import")
-def clinical_import(path: Path = typer.Argument(..., help="CSV keyed by accession_number or patient_id + study_date."),
-                    config: Optional[Path] = ConfigOption) -> None:
+def clinical_import(
+    path: Path = typer.Argument(..., help="CSV keyed by accession_number or patient_id + study_date."),
+    config: Path | None = ConfigOption,
+) -> None:
     """Import clinical covariates (comorbidities, symptom onset) for the risk model."""
     from reporting.commands import clinical_import_parse, clinical_import_summary
 

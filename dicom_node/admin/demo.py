@@ -51,8 +51,16 @@ def start_inbox_pacs(inbox: Path, port: int) -> ThreadedAssociationServer:
 
 DEMO_ACCESSION = "DEMO0001"
 #: Clinical covariates of the synthetic demo patient, as `ldct-node clinical import` stores them.
-DEMO_CLINICAL = {"accession_number": DEMO_ACCESSION, "hypertension": 1, "diabetes": 0, "cancer": 0,
-                 "respiratory_disease": 0, "cardiac_disease": 0, "obesity": 0, "days_since_onset": 5}
+DEMO_CLINICAL = {
+    "accession_number": DEMO_ACCESSION,
+    "hypertension": 1,
+    "diabetes": 0,
+    "cancer": 0,
+    "respiratory_disease": 0,
+    "cardiac_disease": 0,
+    "obesity": 0,
+    "days_since_onset": 5,
+}
 
 
 def write_demo_series(folder: Path) -> tuple[list[Path], Quantification]:
@@ -64,11 +72,24 @@ def write_demo_series(folder: Path) -> tuple[list[Path], Quantification]:
     from inference.quantify import quantify
     from inference.synthetic import LesionSpec, generate_phantom, write_series
 
-    phantom = generate_phantom(shape=(60, 256, 256), spacing=(5.0, 1.4, 1.4), seed=7, lesions=[
-        LesionSpec("ggo", volume_ml=120.0), LesionSpec("ggo", volume_ml=60.0),
-        LesionSpec("consolidation", volume_ml=40.0)])
-    files = write_series(phantom, folder, series_description="LOW DOSE CHEST (synthetic demo)",
-                         accession_number=DEMO_ACCESSION, patient_age="067Y", patient_sex="M")
+    phantom = generate_phantom(
+        shape=(60, 256, 256),
+        spacing=(5.0, 1.4, 1.4),
+        seed=7,
+        lesions=[
+            LesionSpec("ggo", volume_ml=120.0),
+            LesionSpec("ggo", volume_ml=60.0),
+            LesionSpec("consolidation", volume_ml=40.0),
+        ],
+    )
+    files = write_series(
+        phantom,
+        folder,
+        series_description="LOW DOSE CHEST (synthetic demo)",
+        accession_number=DEMO_ACCESSION,
+        patient_age="067Y",
+        patient_sex="M",
+    )
     return files, quantify(phantom.labels, phantom.voxel_volume_ml)
 
 
@@ -91,8 +112,9 @@ def prepare_workdir(workdir: Path) -> None:
         shutil.rmtree(workdir / folder, ignore_errors=True)
 
 
-def run_demo(workdir: Path, *, port: int = 0, engine: str | None = None, console: Console | None = None,
-             timeout: float = 600) -> tuple[ResultSummary, Quantification]:
+def run_demo(
+    workdir: Path, *, port: int = 0, engine: str | None = None, console: Console | None = None, timeout: float = 600
+) -> tuple[ResultSummary, Quantification]:
     """Run the demo; returns what the node reported and the true volumes of the series."""
     workdir = Path(workdir).resolve()
     prepare_workdir(workdir)
@@ -105,14 +127,21 @@ def run_demo(workdir: Path, *, port: int = 0, engine: str | None = None, console
         truth_file.write_text(json.dumps(truth.as_dict(), indent=2))
     pacs_port = free_port()
     node_port = port or free_port()
-    settings = Settings.model_validate({
-        "node": {"ae_title": "LDCTNODE", "port": node_port, "bind_address": "127.0.0.1",
-                 "data_dir": str(workdir / "data"), "min_free_disk_mb": 50},
-        "series": {"idle_seconds": 2},
-        "destinations": [{"name": "demo-pacs", "ae_title": "DEMOPACS", "host": "127.0.0.1", "port": pacs_port}],
-        "inference": {"engine": engine or "cnn", "device": "auto"},
-        "dispatch": {"first_retry_seconds": 2},
-    })
+    settings = Settings.model_validate(
+        {
+            "node": {
+                "ae_title": "LDCTNODE",
+                "port": node_port,
+                "bind_address": "127.0.0.1",
+                "data_dir": str(workdir / "data"),
+                "min_free_disk_mb": 50,
+            },
+            "series": {"idle_seconds": 2},
+            "destinations": [{"name": "demo-pacs", "ae_title": "DEMOPACS", "host": "127.0.0.1", "port": pacs_port}],
+            "inference": {"engine": engine or "cnn", "device": "auto"},
+            "dispatch": {"first_retry_seconds": 2},
+        }
+    )
     pacs = start_inbox_pacs(workdir / "pacs-inbox", pacs_port)
     node = Node(settings)
     from reporting.clinical_records import ClinicalRecord
@@ -122,7 +151,9 @@ def run_demo(workdir: Path, *, port: int = 0, engine: str | None = None, console
     node.start()
     try:
         files = sorted(series_dir.glob("*.dcm"))
-        _say(console, f"sending {len(files)} instances to the node ({settings.node.ae_title}@127.0.0.1:{node_port}) ...")
+        _say(
+            console, f"sending {len(files)} instances to the node ({settings.node.ae_title}@127.0.0.1:{node_port}) ..."
+        )
         result = send_files(files, "127.0.0.1", node_port, "LDCTNODE", calling_ae="DEMOSCANNER")
         if not result.ok:
             raise RuntimeError(f"the node refused {len(result.failed)} instance(s): {result.failed[0]}")

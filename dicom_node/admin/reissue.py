@@ -48,16 +48,28 @@ def reissue_report(settings: Settings, store: JobStore, job_id: int, options: Re
     try:
         _link_or_copy(seg_path, folder / "seg.dcm")  # what the SR references, for a later reissue
         sr = write_report(headers, seg, summary.quantification, summary.engine, risk, [summary.sr], folder / AMENDED_SR)
-        amended = summary.model_copy(update={
-            "risk": RiskSummary.of(risk), "outputs": [AMENDED_SR], "reissue_of": job.id,
-            "sr": DicomRef.of(sr), "supersedes": [summary.sr]})
-        new_job = store.add_amended_report(job.id, summary=amended, result_dir=str(folder),
-                                           destinations=[d.name for d in settings.destinations])
+        amended = summary.model_copy(
+            update={
+                "risk": RiskSummary.of(risk),
+                "outputs": [AMENDED_SR],
+                "reissue_of": job.id,
+                "sr": DicomRef.of(sr),
+                "supersedes": [summary.sr],
+            }
+        )
+        new_job = store.add_amended_report(
+            job.id, summary=amended, result_dir=str(folder), destinations=[d.name for d in settings.destinations]
+        )
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    store.audit("report_reissued", series_uid=job.series_uid, job_id=new_job.id, reissue_of=job.id,
-                sr=amended.sr.sop_instance_uid)
+    store.audit(
+        "report_reissued",
+        series_uid=job.series_uid,
+        job_id=new_job.id,
+        reissue_of=job.id,
+        sr=amended.sr.sop_instance_uid,
+    )
     return new_job
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import pydicom
 from pynetdicom import AE, VerificationPresentationContexts
@@ -12,7 +12,6 @@ from pynetdicom.association import Association
 
 from dicom_node.dispatch.sender import SendError, SendResult
 from reporting.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-
 
 TLSArgs = tuple[ssl.SSLContext, str]  # (client context, server name to verify)
 
@@ -36,8 +35,9 @@ def _associate(ae: AE, host: str, port: int, called_ae: str, tls: TLSArgs | None
     return assoc
 
 
-def echo(host: str, port: int, called_ae: str, calling_ae: str = "LDCTNODE",
-         timeout: float = 10, tls: TLSArgs | None = None) -> None:
+def echo(
+    host: str, port: int, called_ae: str, calling_ae: str = "LDCTNODE", timeout: float = 10, tls: TLSArgs | None = None
+) -> None:
     """C-ECHO (over TLS when `tls` is given); raises SendError when the peer does not answer success."""
     ae = _ae(calling_ae, timeout)
     ae.requested_contexts = VerificationPresentationContexts
@@ -45,15 +45,23 @@ def echo(host: str, port: int, called_ae: str, calling_ae: str = "LDCTNODE",
     try:
         status = assoc.send_c_echo()
         if not status or status.Status != 0:
-            raise SendError(f"C-ECHO to {called_ae}@{host}:{port} answered {status.get('Status') if status else 'nothing'}")
+            raise SendError(
+                f"C-ECHO to {called_ae}@{host}:{port} answered {status.get('Status') if status else 'nothing'}"
+            )
     finally:
         assoc.release()
 
 
-def send_files(paths: Sequence[Path], host: str, port: int, called_ae: str,
-               calling_ae: str = "LDCTNODE", timeout: float = 30,
-               progress: Callable[[int, int], None] | None = None,
-               tls: TLSArgs | None = None) -> SendResult:
+def send_files(
+    paths: Sequence[Path],
+    host: str,
+    port: int,
+    called_ae: str,
+    calling_ae: str = "LDCTNODE",
+    timeout: float = 30,
+    progress: Callable[[int, int], None] | None = None,
+    tls: TLSArgs | None = None,
+) -> SendResult:
     """C-STORE each file over one association, each in its own transfer syntax.
 
     `tls` = (client SSL context, server name) sends over DICOM TLS (see dicom_node.tls).

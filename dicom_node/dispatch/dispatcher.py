@@ -37,8 +37,15 @@ def sender_for(settings: Settings, destination: Destination) -> Sender:
     tls = destination_tls(settings, destination)
 
     def send(paths: Sequence[Path]) -> SendResult:
-        return send_files(paths, destination.host, destination.port, destination.ae_title,
-                          calling_ae=settings.node.ae_title, timeout=settings.dispatch.timeout_seconds, tls=tls)
+        return send_files(
+            paths,
+            destination.host,
+            destination.port,
+            destination.ae_title,
+            calling_ae=settings.node.ae_title,
+            timeout=settings.dispatch.timeout_seconds,
+            tls=tls,
+        )
 
     return send
 
@@ -111,17 +118,27 @@ class Dispatcher:
             return False
         self.store.dispatch_sent(dispatch.id)
         metrics.DISPATCH_ATTEMPTS.labels("sent").inc()
-        self.store.audit("dispatched", job_id=dispatch.job_id, destination=dispatch.destination,
-                         ae_title=destination.ae_title, instances=sent.sent)
+        self.store.audit(
+            "dispatched",
+            job_id=dispatch.job_id,
+            destination=dispatch.destination,
+            ae_title=destination.ae_title,
+            instances=sent.sent,
+        )
         job_logger.info("results sent", instances=sent.sent)
         return True
 
     def _failed(self, dispatch: Dispatch, exc: Exception, job_logger: FilteringBoundLogger) -> None:
         """Keep the failure on the dispatch row: retried with backoff, or dead past the maximum age."""
         cfg = self.settings.dispatch
-        state = self.store.dispatch_failed(dispatch.id, f"{type(exc).__name__}: {exc}",
-                                           first_retry=cfg.first_retry_seconds, max_retry=cfg.max_retry_seconds,
-                                           max_age_hours=cfg.max_age_hours)
+        state = self.store.dispatch_failed(
+            dispatch.id,
+            f"{type(exc).__name__}: {exc}",
+            first_retry=cfg.first_retry_seconds,
+            max_retry=cfg.max_retry_seconds,
+            max_age_hours=cfg.max_age_hours,
+        )
         metrics.DISPATCH_ATTEMPTS.labels("failed").inc()
         (job_logger.error if state == DEAD else job_logger.warning)(
-            "dispatch failed", error=str(exc), state=state, attempt=dispatch.attempts + 1)
+            "dispatch failed", error=str(exc), state=state, attempt=dispatch.attempts + 1
+        )

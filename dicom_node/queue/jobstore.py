@@ -18,11 +18,12 @@ import json
 import os
 import re
 import socket
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sqlalchemy import (
     Boolean,
@@ -61,17 +62,21 @@ PENDING, SENDING, SENT = "pending", "sending", "sent"
 DISPATCH_STATES = (PENDING, SENDING, SENT, DEAD)
 # Series outcomes
 SERIES_QUEUED, SERIES_INELIGIBLE, SERIES_INCONSISTENT, SERIES_DUPLICATE = (
-    "queued", "ineligible", "inconsistent", "identical re-send")
+    "queued",
+    "ineligible",
+    "inconsistent",
+    "identical re-send",
+)
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _aware(value: datetime) -> datetime:
     """SQLite returns naive datetimes: read them back as UTC."""
     if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
+        return value.replace(tzinfo=UTC)
     return value
 
 
@@ -308,14 +313,31 @@ class JobStore:
         self.engine.dispose()
 
     # ---- series and jobs -------------------------------------------------------------
-    def record_series(self, *, series_uid: str, study_uid: str, calling_ae: str, description: str,
-                      instance_count: int, instance_set_hash: str, outcome: str, reason: str = "",
-                      job_id: int | None = None) -> int:
+    def record_series(
+        self,
+        *,
+        series_uid: str,
+        study_uid: str,
+        calling_ae: str,
+        description: str,
+        instance_count: int,
+        instance_set_hash: str,
+        outcome: str,
+        reason: str = "",
+        job_id: int | None = None,
+    ) -> int:
         with self.session() as s:
-            row = SeriesRecord(series_uid=series_uid, study_uid=study_uid, calling_ae=calling_ae,
-                               description=description[:128], instance_count=instance_count,
-                               instance_set_hash=instance_set_hash, outcome=outcome, reason=reason,
-                               job_id=job_id)
+            row = SeriesRecord(
+                series_uid=series_uid,
+                study_uid=study_uid,
+                calling_ae=calling_ae,
+                description=description[:128],
+                instance_count=instance_count,
+                instance_set_hash=instance_set_hash,
+                outcome=outcome,
+                reason=reason,
+                job_id=job_id,
+            )
             s.add(row)
             s.flush()
             return row.id
@@ -323,25 +345,37 @@ class JobStore:
     def known_instance_set(self, series_uid: str, instance_set_hash: str) -> bool:
         """True when this exact set of instances was already decided on (job or skip)."""
         with self.session() as s:
-            found = s.scalar(select(func.count()).select_from(SeriesRecord).where(
-                SeriesRecord.series_uid == series_uid,
-                SeriesRecord.instance_set_hash == instance_set_hash,
-                SeriesRecord.outcome != SERIES_DUPLICATE))
+            found = s.scalar(
+                select(func.count())
+                .select_from(SeriesRecord)
+                .where(
+                    SeriesRecord.series_uid == series_uid,
+                    SeriesRecord.instance_set_hash == instance_set_hash,
+                    SeriesRecord.outcome != SERIES_DUPLICATE,
+                )
+            )
             return bool(found)
 
-    def enqueue_job(self, *, series_uid: str, study_uid: str, instance_uids: list[str],
-                    instance_set_hash: str, max_attempts: int) -> int | None:
+    def enqueue_job(
+        self, *, series_uid: str, study_uid: str, instance_uids: list[str], instance_set_hash: str, max_attempts: int
+    ) -> int | None:
         """Queue a job for `instance_uids` in slice order (as the completeness decision sorted
         them); None when the same instance set already has one (identical re-send)."""
         with self.session() as s:
-            exists = s.scalar(select(Job.id).where(Job.series_uid == series_uid,
-                                                   Job.instance_set_hash == instance_set_hash))
+            exists = s.scalar(
+                select(Job.id).where(Job.series_uid == series_uid, Job.instance_set_hash == instance_set_hash)
+            )
             if exists is not None:
                 return None
-            job = Job(series_uid=series_uid, study_uid=study_uid,
-                      instance_uids=json.dumps(list(instance_uids)), in_slice_order=True,
-                      instance_count=len(instance_uids), instance_set_hash=instance_set_hash,
-                      state=QUEUED)
+            job = Job(
+                series_uid=series_uid,
+                study_uid=study_uid,
+                instance_uids=json.dumps(list(instance_uids)),
+                in_slice_order=True,
+                instance_count=len(instance_uids),
+                instance_set_hash=instance_set_hash,
+                state=QUEUED,
+            )
             s.add(job)
             s.flush()
             return job.id
@@ -351,20 +385,31 @@ class JobStore:
         now = utcnow()
         for _ in range(5):
             with self.session() as s:
-                query = (select(Job.id)
-                         .where(Job.state.in_((QUEUED, FAILED)), Job.not_before <= now)
-                         .order_by(Job.id).limit(1))
+                query = (
+                    select(Job.id)
+                    .where(Job.state.in_((QUEUED, FAILED)), Job.not_before <= now)
+                    .order_by(Job.id)
+                    .limit(1)
+                )
                 if self.supports_skip_locked:
                     query = query.with_for_update(skip_locked=True)
                 job_id = s.scalar(query)
                 if job_id is None:
                     return None
-                taken = _changed(s.execute(
-                    update(Job).where(Job.id == job_id, Job.state.in_((QUEUED, FAILED)))
-                    .values(state=RUNNING, lease_owner=owner, attempts=Job.attempts + 1,
+                taken = _changed(
+                    s.execute(
+                        update(Job)
+                        .where(Job.id == job_id, Job.state.in_((QUEUED, FAILED)))
+                        .values(
+                            state=RUNNING,
+                            lease_owner=owner,
+                            attempts=Job.attempts + 1,
                             lease_expires_at=now + timedelta(seconds=lease_seconds),
-                            heartbeat_at=now, started_at=now)
-                ))
+                            heartbeat_at=now,
+                            started_at=now,
+                        )
+                    )
+                )
                 if taken:
                     return _row(s, Job, job_id)
         return None
@@ -373,13 +418,19 @@ class JobStore:
         """Extend a lease; False when the job is no longer ours (lease lost)."""
         now = utcnow()
         with self.session() as s:
-            return bool(_changed(s.execute(
-                update(Job).where(Job.id == job_id, Job.state == RUNNING, Job.lease_owner == owner)
-                .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
-            )))
+            return bool(
+                _changed(
+                    s.execute(
+                        update(Job)
+                        .where(Job.id == job_id, Job.state == RUNNING, Job.lease_owner == owner)
+                        .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
+                    )
+                )
+            )
 
-    def complete_job(self, job_id: int, owner: str, *, result_dir: str, summary: ResultSummary,
-                     destinations: list[str]) -> bool:
+    def complete_job(
+        self, job_id: int, owner: str, *, result_dir: str, summary: ResultSummary, destinations: list[str]
+    ) -> bool:
         """Mark done and create one dispatch row per destination, in one transaction.
 
         Returns False (and changes nothing) when the lease was lost meanwhile: another worker
@@ -387,24 +438,38 @@ class JobStore:
         """
         now = utcnow()
         with self.session() as s:
-            done = _changed(s.execute(
-                update(Job).where(Job.id == job_id, Job.state == RUNNING, Job.lease_owner == owner)
-                .values(state=DONE, finished_at=now, result_dir=result_dir, error=None,
-                        summary=summary.to_json(), lease_owner=None, lease_expires_at=None)
-            ))
+            done = _changed(
+                s.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.state == RUNNING, Job.lease_owner == owner)
+                    .values(
+                        state=DONE,
+                        finished_at=now,
+                        result_dir=result_dir,
+                        error=None,
+                        summary=summary.to_json(),
+                        lease_owner=None,
+                        lease_expires_at=None,
+                    )
+                )
+            )
             if not done:
                 return False
             job = _row(s, Job, job_id)
-            older = s.scalars(select(Job).where(Job.series_uid == job.series_uid, Job.id < job_id,
-                                                Job.state == DONE, Job.superseded_by.is_(None)))
+            older = s.scalars(
+                select(Job).where(
+                    Job.series_uid == job.series_uid, Job.id < job_id, Job.state == DONE, Job.superseded_by.is_(None)
+                )
+            )
             for previous in older:
                 previous.superseded_by = job_id
             for name in destinations:
                 s.add(Dispatch(job_id=job_id, destination=name, state=PENDING, next_try_at=now))
             return True
 
-    def fail_job(self, job_id: int, owner: str, error: str, max_attempts: int,
-                 retry_delay_seconds: float = 30.0) -> str | None:
+    def fail_job(
+        self, job_id: int, owner: str, error: str, max_attempts: int, retry_delay_seconds: float = 30.0
+    ) -> str | None:
         """Record a failure: back to the queue after a delay, or dead after max attempts."""
         with self.session() as s:
             job = s.get(Job, job_id)
@@ -429,8 +494,7 @@ class JobStore:
             if self.supports_skip_locked:  # another process may be releasing or heartbeating
                 query = query.with_for_update(skip_locked=True)
             expired = s.scalars(query).all()
-            return [self._release(job, "lease expired (worker stopped or crashed)", max_attempts)
-                    for job in expired]
+            return [self._release(job, "lease expired (worker stopped or crashed)", max_attempts) for job in expired]
 
     def requeue_own_dead_leases(self, max_attempts: int) -> list[int]:
         """At start: jobs leased by a dead process on this host are re-queued at once."""
@@ -464,8 +528,7 @@ class JobStore:
             if job.state in (FAILED, DEAD):
                 job.state, job.attempts, job.not_before = QUEUED, 0, utcnow()
                 actions.append("job re-queued")
-            for d in s.scalars(select(Dispatch).where(Dispatch.job_id == job_id,
-                                                      Dispatch.state.in_((DEAD, PENDING)))):
+            for d in s.scalars(select(Dispatch).where(Dispatch.job_id == job_id, Dispatch.state.in_((DEAD, PENDING)))):
                 d.state, d.next_try_at, d.created_at, d.attempts = PENDING, utcnow(), utcnow(), 0
                 actions.append(f"dispatch to {d.destination} re-queued")
             return "; ".join(actions) or f"nothing to retry (job is {job.state})"
@@ -484,8 +547,9 @@ class JobStore:
     def superseded_objects(self, job: Job) -> list[DicomRef]:
         """The SEGs and SRs of earlier finished jobs of the same series, which `job` replaces."""
         with self.session() as s:
-            rows = s.scalars(select(Job).where(Job.series_uid == job.series_uid, Job.id < job.id,
-                                               Job.state == DONE).order_by(Job.id)).all()
+            rows = s.scalars(
+                select(Job).where(Job.series_uid == job.series_uid, Job.id < job.id, Job.state == DONE).order_by(Job.id)
+            ).all()
             return [ref for row in rows if (result := row.result()) is not None for ref in (result.seg, result.sr)]
 
     # ---- amended reports (`ldct-node report JOB --reissue`) --------------------------------
@@ -494,8 +558,9 @@ class JobStore:
         with self.session() as s:
             return _reissuable(s.get(Job, job_id), job_id)
 
-    def add_amended_report(self, job_id: int, *, summary: ResultSummary, result_dir: str,
-                           destinations: list[str]) -> Job:
+    def add_amended_report(
+        self, job_id: int, *, summary: ResultSummary, result_dir: str, destinations: list[str]
+    ) -> Job:
         """Record an amended report of `job_id` as a finished job of its own that supersedes
         it, with one dispatch per destination: all in one transaction, or nothing (ReissueRefused
         when the job was superseded, purged or changed meanwhile)."""
@@ -503,11 +568,21 @@ class JobStore:
         with self.session() as s:
             original = _reissuable(s.get(Job, job_id, with_for_update=True), job_id)
             amended_set = f"{original.instance_set_hash}:amended:{summary.sr.sop_instance_uid}"
-            job = Job(series_uid=original.series_uid, study_uid=original.study_uid,
-                      instance_set_hash=hashlib.sha256(amended_set.encode()).hexdigest(),
-                      instance_uids=original.instance_uids, instance_count=original.instance_count,
-                      in_slice_order=original.in_slice_order, state=DONE, attempts=0, created_at=now,
-                      started_at=now, finished_at=now, result_dir=result_dir, summary=summary.to_json())
+            job = Job(
+                series_uid=original.series_uid,
+                study_uid=original.study_uid,
+                instance_set_hash=hashlib.sha256(amended_set.encode()).hexdigest(),
+                instance_uids=original.instance_uids,
+                instance_count=original.instance_count,
+                in_slice_order=original.in_slice_order,
+                state=DONE,
+                attempts=0,
+                created_at=now,
+                started_at=now,
+                finished_at=now,
+                result_dir=result_dir,
+                summary=summary.to_json(),
+            )
             s.add(job)
             s.flush()
             original.superseded_by = job.id
@@ -521,19 +596,33 @@ class JobStore:
         now = utcnow()
         claimed = []
         with self.session() as s:
-            query = (select(Dispatch.id).where(or_(
-                (Dispatch.state == PENDING) & (Dispatch.next_try_at <= now),
-                (Dispatch.state == SENDING) & (Dispatch.lease_expires_at < now)))
-                .order_by(Dispatch.id).limit(limit))
+            query = (
+                select(Dispatch.id)
+                .where(
+                    or_(
+                        (Dispatch.state == PENDING) & (Dispatch.next_try_at <= now),
+                        (Dispatch.state == SENDING) & (Dispatch.lease_expires_at < now),
+                    )
+                )
+                .order_by(Dispatch.id)
+                .limit(limit)
+            )
             if self.supports_skip_locked:
                 query = query.with_for_update(skip_locked=True)
             for dispatch_id in s.scalars(query).all():
-                taken = _changed(s.execute(
-                    update(Dispatch).where(Dispatch.id == dispatch_id, or_(
-                        Dispatch.state == PENDING,
-                        (Dispatch.state == SENDING) & (Dispatch.lease_expires_at < now)))
-                    .values(state=SENDING, lease_expires_at=now + timedelta(seconds=lease_seconds))
-                ))
+                taken = _changed(
+                    s.execute(
+                        update(Dispatch)
+                        .where(
+                            Dispatch.id == dispatch_id,
+                            or_(
+                                Dispatch.state == PENDING,
+                                (Dispatch.state == SENDING) & (Dispatch.lease_expires_at < now),
+                            ),
+                        )
+                        .values(state=SENDING, lease_expires_at=now + timedelta(seconds=lease_seconds))
+                    )
+                )
                 if taken:
                     claimed.append(_row(s, Dispatch, dispatch_id))
         return claimed
@@ -543,8 +632,9 @@ class JobStore:
             d = _row(s, Dispatch, dispatch_id)
             d.state, d.sent_at, d.last_error, d.attempts = SENT, utcnow(), None, d.attempts + 1
 
-    def dispatch_failed(self, dispatch_id: int, error: str, *, first_retry: float,
-                        max_retry: float, max_age_hours: float) -> str:
+    def dispatch_failed(
+        self, dispatch_id: int, error: str, *, first_retry: float, max_retry: float, max_age_hours: float
+    ) -> str:
         """Exponential backoff; dead once the dispatch is older than the maximum age."""
         now = utcnow()
         with self.session() as s:
@@ -580,8 +670,9 @@ class JobStore:
         with self.session() as s:
             jobs = dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
             disp = dict(s.execute(select(Dispatch.state, func.count()).group_by(Dispatch.state)).all())
-        return QueueCounts(jobs={k: jobs.get(k, 0) for k in JOB_STATES},
-                           dispatches={k: disp.get(k, 0) for k in DISPATCH_STATES})
+        return QueueCounts(
+            jobs={k: jobs.get(k, 0) for k in JOB_STATES}, dispatches={k: disp.get(k, 0) for k in DISPATCH_STATES}
+        )
 
     def recent_series(self, limit: int = 20) -> list[SeriesRecord]:
         with self.session() as s:
@@ -589,18 +680,20 @@ class JobStore:
 
     def last_errors(self, limit: int = 5) -> list[tuple[str, int, str]]:
         with self.session() as s:
-            jobs = s.execute(select(Job.id, Job.error).where(Job.error.is_not(None))
-                             .order_by(Job.id.desc()).limit(limit)).all()
-            disp = s.execute(select(Dispatch.job_id, Dispatch.last_error)
-                             .where(Dispatch.last_error.is_not(None))
-                             .order_by(Dispatch.id.desc()).limit(limit)).all()
+            jobs = s.execute(
+                select(Job.id, Job.error).where(Job.error.is_not(None)).order_by(Job.id.desc()).limit(limit)
+            ).all()
+            disp = s.execute(
+                select(Dispatch.job_id, Dispatch.last_error)
+                .where(Dispatch.last_error.is_not(None))
+                .order_by(Dispatch.id.desc())
+                .limit(limit)
+            ).all()
         return [("job", j, e or "") for j, e in jobs] + [("dispatch", j, e or "") for j, e in disp]
 
-    def audit(self, kind: str, *, series_uid: str | None = None, job_id: int | None = None,
-              **detail: Any) -> None:
+    def audit(self, kind: str, *, series_uid: str | None = None, job_id: int | None = None, **detail: Any) -> None:
         with self.session() as s:
-            s.add(AuditEvent(kind=kind, series_uid=series_uid, job_id=job_id,
-                             detail=json.dumps(detail, default=str)))
+            s.add(AuditEvent(kind=kind, series_uid=series_uid, job_id=job_id, detail=json.dumps(detail, default=str)))
 
     def audit_events(self, limit: int = 100, series_uid: str | None = None) -> list[AuditEvent]:
         with self.session() as s:
@@ -626,12 +719,16 @@ class JobStore:
     def purge_finished_before(self, cutoff: datetime) -> list[Job]:
         """Finished jobs older than the retention cutoff whose dispatches are all settled."""
         with self.session() as s:
-            jobs = s.scalars(select(Job).where(Job.state.in_((DONE, DEAD)), Job.finished_at < cutoff,
-                                               Job.result_dir.is_not(None))).all()
+            jobs = s.scalars(
+                select(Job).where(Job.state.in_((DONE, DEAD)), Job.finished_at < cutoff, Job.result_dir.is_not(None))
+            ).all()
             settled = []
             for job in jobs:
-                open_dispatch = s.scalar(select(func.count()).select_from(Dispatch).where(
-                    Dispatch.job_id == job.id, Dispatch.state.in_((PENDING, SENDING))))
+                open_dispatch = s.scalar(
+                    select(func.count())
+                    .select_from(Dispatch)
+                    .where(Dispatch.job_id == job.id, Dispatch.state.in_((PENDING, SENDING)))
+                )
                 if not open_dispatch:
                     settled.append(job)
             return settled
@@ -644,16 +741,27 @@ class JobStore:
         """Whether another job that is not purged keeps its results in `result_dir` (amended
         reports of earlier releases wrote into the original job's folder)."""
         with self.session() as s:
-            return bool(s.scalar(select(func.count()).select_from(Job).where(
-                Job.result_dir == result_dir, Job.id != other_than)))
+            return bool(
+                s.scalar(
+                    select(func.count()).select_from(Job).where(Job.result_dir == result_dir, Job.id != other_than)
+                )
+            )
 
     def series_in_use(self, series_uid: str, *, other_than: int) -> bool:
         """Whether another job of the series still needs its spooled images: one that is not
         finished yet, or finished with results not purged (a reissue reads the images)."""
         with self.session() as s:
-            return bool(s.scalar(select(func.count()).select_from(Job).where(
-                Job.series_uid == series_uid, Job.id != other_than,
-                or_(Job.state.in_((QUEUED, RUNNING, FAILED)), Job.result_dir.is_not(None)))))
+            return bool(
+                s.scalar(
+                    select(func.count())
+                    .select_from(Job)
+                    .where(
+                        Job.series_uid == series_uid,
+                        Job.id != other_than,
+                        or_(Job.state.in_((QUEUED, RUNNING, FAILED)), Job.result_dir.is_not(None)),
+                    )
+                )
+            )
 
 
 class ReissueRefused(RuntimeError):
@@ -665,8 +773,10 @@ def _reissuable(job: Job | None, job_id: int) -> Job:
     if job is None:
         raise ReissueRefused(f"no job {job_id}")
     if job.state != DONE or not job.result_dir:
-        raise ReissueRefused(f"job {job_id} is {job.state}{' (results purged)' if not job.result_dir else ''}:"
-                             " only a finished job with its results can be reissued")
+        raise ReissueRefused(
+            f"job {job_id} is {job.state}{' (results purged)' if not job.result_dir else ''}:"
+            " only a finished job with its results can be reissued"
+        )
     if job.superseded_by:
         raise ReissueRefused(f"job {job_id} was superseded by job {job.superseded_by}: reissue that one")
     return job

@@ -111,8 +111,9 @@ def evaluate_series(files: list[Path], settings: SeriesSettings) -> SeriesDecisi
 
     def decide(outcome: str, reason: str, keep: Sequence[Dataset] = ()) -> SeriesDecision:
         description = str(headers[0].get("SeriesDescription", "")) if headers else ""
-        return SeriesDecision(outcome == "queued", outcome, reason, [str(d.SOPInstanceUID) for d in keep],
-                              digest, description)
+        return SeriesDecision(
+            outcome == "queued", outcome, reason, [str(d.SOPInstanceUID) for d in keep], digest, description
+        )
 
     if unreadable:
         return decide("inconsistent", f"{len(unreadable)} unreadable file(s): {unreadable[0]}")
@@ -126,7 +127,8 @@ def evaluate_series(files: list[Path], settings: SeriesSettings) -> SeriesDecisi
         return decide("ineligible", "not CT Image Storage (single-frame) instances")
     description = str(headers[0].get("SeriesDescription", ""))
     if settings.include_descriptions and not any(
-            re.search(p, description, re.IGNORECASE) for p in settings.include_descriptions):
+        re.search(p, description, re.IGNORECASE) for p in settings.include_descriptions
+    ):
         return decide("ineligible", f"series description {description!r} matches no include pattern")
     for pattern in settings.exclude_descriptions:
         if re.search(pattern, description, re.IGNORECASE):
@@ -151,15 +153,22 @@ def evaluate_series(files: list[Path], settings: SeriesSettings) -> SeriesDecisi
         acquisitions.setdefault(str(ds.get("AcquisitionNumber", "")), set()).add(position)
     if len(acquisitions) > 1:
         groups = list(acquisitions.values())
-        if any(a & b for i, a in enumerate(groups) for b in groups[i + 1:]):
+        if any(a & b for i, a in enumerate(groups) for b in groups[i + 1 :]):
             numbers = ", ".join(sorted(acquisitions, key=str))
-            return decide("inconsistent", f"{len(acquisitions)} acquisitions (AcquisitionNumber {numbers}) "
-                                          "cover the same positions in one series; send each as its own series")
+            return decide(
+                "inconsistent",
+                f"{len(acquisitions)} acquisitions (AcquisitionNumber {numbers}) "
+                "cover the same positions in one series; send each as its own series",
+            )
     unique: list[tuple[float, Dataset]] = []
     for position, ds in keyed:
         if unique and position == unique[-1][0]:
-            log.info("duplicate slice position dropped", series_uid=str(ds.SeriesInstanceUID),
-                     sop_instance_uid=str(ds.SOPInstanceUID), position_mm=position)
+            log.info(
+                "duplicate slice position dropped",
+                series_uid=str(ds.SeriesInstanceUID),
+                sop_instance_uid=str(ds.SOPInstanceUID),
+                position_mm=position,
+            )
             continue
         unique.append((position, ds))
     if len(unique) < settings.min_slices:
@@ -175,8 +184,9 @@ class Completeness:
     """Decides the series that went quiet, in the receiving process: the one series tracker,
     fed by every instance stored there or in a receiver process, lives here."""
 
-    def __init__(self, settings: Settings, store: JobStore, spool: Spool,
-                 on_queued: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: JobStore, spool: Spool, on_queued: Callable[[], None] | None = None
+    ) -> None:
         """`on_queued()`: told when a job was queued (the node wakes its workers)."""
         self.settings, self.store, self.spool = settings, store, spool
         self.on_queued = on_queued
@@ -226,10 +236,17 @@ class Completeness:
         decision = evaluate_series(files, self.settings.series)
 
         def record(outcome: str, reason: str = "", job_id: int | None = None) -> None:
-            self.store.record_series(series_uid=series_uid, study_uid=study_uid, calling_ae=calling_ae,
-                                     description=decision.description, instance_count=len(files),
-                                     instance_set_hash=decision.instance_set_hash, outcome=outcome, reason=reason,
-                                     job_id=job_id)
+            self.store.record_series(
+                series_uid=series_uid,
+                study_uid=study_uid,
+                calling_ae=calling_ae,
+                description=decision.description,
+                instance_count=len(files),
+                instance_set_hash=decision.instance_set_hash,
+                outcome=outcome,
+                reason=reason,
+                job_id=job_id,
+            )
 
         bound = log.bind(series_uid=series_uid, instances=len(files), calling_ae=calling_ae)
         if self.store.known_instance_set(series_uid, decision.instance_set_hash):
@@ -242,13 +259,21 @@ class Completeness:
             record(decision.outcome, decision.reason)
             bound.warning("series not processed", outcome=decision.outcome, reason=decision.reason)
             return
-        job_id = self.store.enqueue_job(series_uid=series_uid, study_uid=study_uid,
-                                        instance_uids=decision.instance_uids,
-                                        instance_set_hash=decision.instance_set_hash,
-                                        max_attempts=self.settings.jobs.max_attempts)
+        job_id = self.store.enqueue_job(
+            series_uid=series_uid,
+            study_uid=study_uid,
+            instance_uids=decision.instance_uids,
+            instance_set_hash=decision.instance_set_hash,
+            max_attempts=self.settings.jobs.max_attempts,
+        )
         record(SERIES_QUEUED, job_id=job_id)
-        self.store.audit("series_complete", series_uid=series_uid, job_id=job_id, calling_ae=calling_ae,
-                         instances=len(decision.instance_uids))
+        self.store.audit(
+            "series_complete",
+            series_uid=series_uid,
+            job_id=job_id,
+            calling_ae=calling_ae,
+            instances=len(decision.instance_uids),
+        )
         bound.info("series complete: job queued", job_id=job_id)
         if self.on_queued is not None:
             self.on_queued()

@@ -21,8 +21,9 @@ import socket
 import ssl
 import struct
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable, ParamSpec, Protocol, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 import structlog
 from pydicom.uid import UID
@@ -148,15 +149,23 @@ class Acceptor:
     `on_closed()` is told whenever a connection served here has ended.
     """
 
-    def __init__(self, *, contexts: Iterable[PresentationContext], on_store: StoreHandler,
-                 calling_ae_allowed: Callable[[str, str], bool] = lambda title, address: True,
-                 on_accepted: Callable[[Peer], None] | None = None,
-                 on_rejected: Callable[[Peer], None] | None = None,
-                 hand_off: Callable[[socket.socket], bool] | None = None,
-                 on_closed: Callable[[], None] | None = None,
-                 max_pdu_size: int = 0, max_associations: int = 16, network_timeout: float = 60,
-                 acse_timeout: float = 30, max_dataset_bytes: int = 4 << 30,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        contexts: Iterable[PresentationContext],
+        on_store: StoreHandler,
+        calling_ae_allowed: Callable[[str, str], bool] = lambda title, address: True,
+        on_accepted: Callable[[Peer], None] | None = None,
+        on_rejected: Callable[[Peer], None] | None = None,
+        hand_off: Callable[[socket.socket], bool] | None = None,
+        on_closed: Callable[[], None] | None = None,
+        max_pdu_size: int = 0,
+        max_associations: int = 16,
+        network_timeout: float = 60,
+        acse_timeout: float = 30,
+        max_dataset_bytes: int = 4 << 30,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.supported = _supported_syntaxes(contexts)
         self.on_store = on_store
         self.calling_ae_allowed = calling_ae_allowed
@@ -230,8 +239,9 @@ class Acceptor:
 
     def serve(self, conn: socket.socket, address: tuple[str, int]) -> None:
         """Serve one accepted connection in its own thread (also one handed over by another process)."""
-        thread = threading.Thread(target=self._serve, args=(conn, address),
-                                  name=f"dicom-assoc-{address[0]}:{address[1]}", daemon=True)
+        thread = threading.Thread(
+            target=self._serve, args=(conn, address), name=f"dicom-assoc-{address[0]}:{address[1]}", daemon=True
+        )
         with self._lock:
             self._active[id(conn)] = (conn, thread)
         thread.start()
@@ -295,28 +305,31 @@ class _Stream:
                 self.read_into(memoryview(whole))
                 return bytes(whole)
             if self.start:
-                self.buffer[:self.end - self.start] = self.buffer[self.start:self.end]
+                self.buffer[: self.end - self.start] = self.buffer[self.start : self.end]
                 self.end -= self.start
                 self.start = 0
             while self.end < size:
-                count = self._call(self.conn.recv_into, self.view[self.end:])
+                count = self._call(self.conn.recv_into, self.view[self.end :])
                 if not count:
                     raise PeerClosed()
                 self.end += count
-        data = bytes(self.view[self.start:self.start + size])
+        data = bytes(self.view[self.start : self.start + size])
         self.start += size
         return data
 
     def read_into(self, view: memoryview) -> None:
         """Fill `view` exactly: what is buffered first, then straight from the socket."""
         buffered = min(self.end - self.start, len(view))
-        view[:buffered] = self.view[self.start:self.start + buffered]
+        view[:buffered] = self.view[self.start : self.start + buffered]
         self.start += buffered
         filled = buffered
         while filled < len(view):
             rest = view[filled:]
-            count = (self._call(self.conn.recv_into, rest, len(rest), socket.MSG_WAITALL) if self.plain
-                     else self._call(self.conn.recv_into, rest))
+            count = (
+                self._call(self.conn.recv_into, rest, len(rest), socket.MSG_WAITALL)
+                if self.plain
+                else self._call(self.conn.recv_into, rest)
+            )
             if not count:
                 raise PeerClosed()
             filled += count
@@ -378,8 +391,7 @@ class _Association:
         peer's maximum PDU length, so the peer's announced maximum is not consulted."""
         command = encode_command(elements)
         pdv_length = len(command) + 2
-        self.send(struct.pack(">BBIIBB", P_DATA_TF_TYPE, 0, pdv_length + 4, pdv_length, context_id, 0x03)
-                  + command)
+        self.send(struct.pack(">BBIIBB", P_DATA_TF_TYPE, 0, pdv_length + 4, pdv_length, context_id, 0x03) + command)
 
     # ---- phases --------------------------------------------------------------------------
     def run(self) -> None:
@@ -389,20 +401,28 @@ class _Association:
             self.stream.set_timeout(self.acceptor.network_timeout)
             self.data_phase()
         except ProtocolError as exc:
-            log.warning("association aborted: protocol error", peer=self.peer.address,
-                        calling_ae=self.peer.ae_title, error=str(exc))
+            log.warning(
+                "association aborted: protocol error",
+                peer=self.peer.address,
+                calling_ae=self.peer.ae_title,
+                error=str(exc),
+            )
             self.abort(exc.reason)
         except PeerClosed:
-            log.info("association closed by peer without release", peer=self.peer.address,
-                     calling_ae=self.peer.ae_title)
-        except (TimeoutError, socket.timeout):
-            log.warning("association aborted: network timeout", peer=self.peer.address,
-                        calling_ae=self.peer.ae_title)
+            log.info(
+                "association closed by peer without release", peer=self.peer.address, calling_ae=self.peer.ae_title
+            )
+        except TimeoutError:
+            log.warning("association aborted: network timeout", peer=self.peer.address, calling_ae=self.peer.ae_title)
             self.abort(ABORT_NOT_SPECIFIED)
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             if not self.acceptor._stopping.is_set():
-                log.info("association connection lost", peer=self.peer.address,
-                         calling_ae=self.peer.ae_title, error=str(exc)[:200])
+                log.info(
+                    "association connection lost",
+                    peer=self.peer.address,
+                    calling_ae=self.peer.ae_title,
+                    error=str(exc)[:200],
+                )
 
     def negotiate(self) -> bool:
         """Answer the A-ASSOCIATE-RQ; True when the association is established."""
@@ -440,12 +460,20 @@ class _Association:
             return False
 
         results = negotiate(request.contexts, self.acceptor.supported)
-        self.contexts = {cx.context_id: (cx.abstract_syntax, cx.transfer_syntax)
-                         for cx in results if cx.result == ACCEPTANCE}
+        self.contexts = {
+            cx.context_id: (cx.abstract_syntax, cx.transfer_syntax) for cx in results if cx.result == ACCEPTANCE
+        }
         self.log_refused_contexts(request, results)
-        self.send(encode_associate_ac(
-            request, results, application_context=APPLICATION_CONTEXT_NAME, max_pdu_size=self.acceptor.max_pdu_size,
-            implementation_class_uid=IMPLEMENTATION_CLASS_UID, implementation_version=IMPLEMENTATION_VERSION_NAME))
+        self.send(
+            encode_associate_ac(
+                request,
+                results,
+                application_context=APPLICATION_CONTEXT_NAME,
+                max_pdu_size=self.acceptor.max_pdu_size,
+                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                implementation_version=IMPLEMENTATION_VERSION_NAME,
+            )
+        )
         if self.acceptor.on_accepted is not None:
             self.acceptor.on_accepted(self.peer)
         return True
@@ -458,8 +486,13 @@ class _Association:
             return
         nothing_to_store = all(abstract == VERIFICATION for abstract, _ in self.contexts.values())
         (log.warning if nothing_to_store else log.debug)(
-            "presentation contexts refused", peer=self.peer.address, calling_ae=self.peer.ae_title,
-            accepted=len(self.contexts), refused=refused[:20], refused_count=len(refused))
+            "presentation contexts refused",
+            peer=self.peer.address,
+            calling_ae=self.peer.ae_title,
+            accepted=len(self.contexts),
+            refused=refused[:20],
+            refused_count=len(refused),
+        )
 
     def await_close(self) -> None:
         """After a rejection, give the peer a moment to read it and close (PS3.8 Sta13)."""
@@ -477,7 +510,7 @@ class _Association:
         finally:
             messages.drop_unfinished()
 
-    def serve_messages(self, messages: "_MessageAssembler") -> None:
+    def serve_messages(self, messages: _MessageAssembler) -> None:
         while True:
             pdu_type, length = self.read_pdu_header()
             if pdu_type == P_DATA_TF_TYPE:
@@ -485,8 +518,11 @@ class _Association:
             elif pdu_type == A_RELEASE_RQ_TYPE:
                 self.read_exact(length)
                 if messages.pending:
-                    log.warning("release requested with an unfinished message: discarded",
-                                peer=self.peer.address, calling_ae=self.peer.ae_title)
+                    log.warning(
+                        "release requested with an unfinished message: discarded",
+                        peer=self.peer.address,
+                        calling_ae=self.peer.ae_title,
+                    )
                 self.send(struct.pack(">BBII", A_RELEASE_RP_TYPE, 0, 4, 0))
                 self.await_close()
                 return
@@ -499,7 +535,7 @@ class _Association:
             else:
                 raise ProtocolError(f"unrecognised PDU type 0x{pdu_type:02X}", ABORT_UNRECOGNISED_PDU)
 
-    def read_p_data(self, length: int, messages: "_MessageAssembler") -> None:
+    def read_p_data(self, length: int, messages: _MessageAssembler) -> None:
         """Read one P-DATA-TF PDU item by item, never buffering more than a PDV at a time."""
         limit = self.acceptor.max_pdu_size
         if limit and length > limit:
@@ -589,8 +625,7 @@ class _MessageAssembler:
             return
         peer = self.association.peer
         sop_class, sop_instance = _ui(request, TAG_AFFECTED_SOP_CLASS), _ui(request, TAG_AFFECTED_SOP_INSTANCE)
-        store_request = StoreRequest(peer, sop_class, sop_instance, transfer_syntax,
-                                     _us(request, TAG_MESSAGE_ID, 0))
+        store_request = StoreRequest(peer, sop_class, sop_instance, transfer_syntax, _us(request, TAG_MESSAGE_ID, 0))
         try:
             opened = self.association.acceptor.on_store(store_request)
         except Exception as exc:  # the peer gets a failure status, the server goes on
@@ -631,9 +666,11 @@ class _MessageAssembler:
 
     def dispatch(self, request: dict[int, bytes], context_id: int, *, has_dataset: bool) -> None:
         command_field = _us(request, TAG_COMMAND_FIELD, 0)
-        reply = {TAG_COMMAND_FIELD: _pack_us(command_field | 0x8000),
-                 TAG_MESSAGE_ID_RESPONDED: _pack_us(_us(request, TAG_MESSAGE_ID, 0)),
-                 TAG_DATASET_TYPE: _pack_us(NO_DATASET)}
+        reply = {
+            TAG_COMMAND_FIELD: _pack_us(command_field | 0x8000),
+            TAG_MESSAGE_ID_RESPONDED: _pack_us(_us(request, TAG_MESSAGE_ID, 0)),
+            TAG_DATASET_TYPE: _pack_us(NO_DATASET),
+        }
         for tag in (TAG_AFFECTED_SOP_CLASS, TAG_AFFECTED_SOP_INSTANCE):
             if tag in request:
                 reply[tag] = request[tag]
@@ -692,7 +729,7 @@ def decode_command(data: bytes) -> dict[int, bytes]:
         offset += 8
         if group != 0x0000 or offset + length > end:
             raise ProtocolError(f"malformed command set element ({group:04X},{element:04X})")
-        elements[element] = data[offset:offset + length]
+        elements[element] = data[offset : offset + length]
         offset += length
     if TAG_COMMAND_FIELD not in elements:
         raise ProtocolError("command set without CommandField")
@@ -701,8 +738,9 @@ def decode_command(data: bytes) -> dict[int, bytes]:
 
 def encode_command(elements: dict[int, bytes]) -> bytes:
     """An Implicit VR Little Endian command set with its group length first."""
-    body = b"".join(struct.pack("<HHI", 0, tag, len(value)) + value
-                    for tag, value in sorted(elements.items()) if tag != 0)
+    body = b"".join(
+        struct.pack("<HHI", 0, tag, len(value)) + value for tag, value in sorted(elements.items()) if tag != 0
+    )
     return struct.pack("<HHII", 0, 0, 4, len(body)) + body
 
 
@@ -723,9 +761,11 @@ def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, source_ae
     if source_ae:
         elements.append((0x0016, b"AE", _pad(source_ae.encode("ascii", "replace"), b" ")))
     body = b"".join(
-        struct.pack("<HH2sHI", 2, element, vr, 0, len(value)) + value if vr == b"OB"
+        struct.pack("<HH2sHI", 2, element, vr, 0, len(value)) + value
+        if vr == b"OB"
         else struct.pack("<HH2sH", 2, element, vr, len(value)) + value
-        for element, vr, value in elements)
+        for element, vr, value in elements
+    )
     return b"\x00" * 128 + b"DICM" + struct.pack("<HH2sHI", 2, 0, b"UL", 4, len(body)) + body
 
 

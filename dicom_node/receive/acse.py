@@ -89,12 +89,12 @@ def decode_associate_rq(body: bytes) -> AssociateRequest:
     if application_context is None:
         raise MalformedPDU("A-ASSOCIATE-RQ without an Application Context item")
     problems = tuple(p for p in (calling_problem, called_problem) if p)
-    return AssociateRequest(version, called, calling, calling_title, application_context, tuple(contexts),
-                            window_requested, problems)
+    return AssociateRequest(
+        version, called, calling, calling_title, application_context, tuple(contexts), window_requested, problems
+    )
 
 
-def negotiate(proposed: tuple[ProposedContext, ...],
-              supported: dict[str, tuple[str, ...]]) -> list[ContextResult]:
+def negotiate(proposed: tuple[ProposedContext, ...], supported: dict[str, tuple[str, ...]]) -> list[ContextResult]:
     """One result per proposed context, in context ID order.
 
     `supported` maps each abstract syntax the acceptor serves to its transfer syntaxes in order
@@ -109,13 +109,22 @@ def negotiate(proposed: tuple[ProposedContext, ...],
             chosen = next((ts for ts in offered if ts in context.transfer_syntaxes), None)
             result = ACCEPTANCE if chosen is not None else TRANSFER_SYNTAXES_NOT_SUPPORTED
             syntax = chosen or context.transfer_syntaxes[0]
-        results.setdefault((context.context_id, context.abstract_syntax),
-                           ContextResult(context.context_id, result, context.abstract_syntax, syntax))
+        results.setdefault(
+            (context.context_id, context.abstract_syntax),
+            ContextResult(context.context_id, result, context.abstract_syntax, syntax),
+        )
     return sorted(results.values(), key=lambda r: r.context_id)
 
 
-def encode_associate_ac(request: AssociateRequest, results: list[ContextResult], *, application_context: str,
-                        max_pdu_size: int, implementation_class_uid: str, implementation_version: str) -> bytes:
+def encode_associate_ac(
+    request: AssociateRequest,
+    results: list[ContextResult],
+    *,
+    application_context: str,
+    max_pdu_size: int,
+    implementation_class_uid: str,
+    implementation_version: str,
+) -> bytes:
     """The A-ASSOCIATE-AC answering `request` with `results` (PS3.8 9.3.3).
 
     An Asynchronous Operations Window request is answered with 1/1: this acceptor performs and
@@ -125,10 +134,13 @@ def encode_associate_ac(request: AssociateRequest, results: list[ContextResult],
     items = [_item(APPLICATION_CONTEXT_ITEM, application_context.encode("ascii"))]
     for result in results:
         syntax = _item(TRANSFER_SYNTAX_ITEM, result.transfer_syntax.encode("ascii", "replace"))
-        items.append(_item(PRESENTATION_CONTEXT_AC_ITEM,
-                           struct.pack(">BBBB", result.context_id, 0, result.result, 0) + syntax))
-    user = [_item(MAXIMUM_LENGTH_ITEM, struct.pack(">I", max_pdu_size)),
-            _item(IMPLEMENTATION_CLASS_ITEM, implementation_class_uid.encode("ascii"))]
+        items.append(
+            _item(PRESENTATION_CONTEXT_AC_ITEM, struct.pack(">BBBB", result.context_id, 0, result.result, 0) + syntax)
+        )
+    user = [
+        _item(MAXIMUM_LENGTH_ITEM, struct.pack(">I", max_pdu_size)),
+        _item(IMPLEMENTATION_CLASS_ITEM, implementation_class_uid.encode("ascii")),
+    ]
     user.append(_item(IMPLEMENTATION_VERSION_ITEM, implementation_version.encode("ascii")))
     if request.asynchronous_window_requested:
         user.append(_item(ASYNCHRONOUS_WINDOW_ITEM, struct.pack(">HH", 1, 1)))
@@ -147,7 +159,7 @@ def _items(data: bytes, offset: int) -> Iterator[tuple[int, bytes]]:
         offset += 4
         if offset + length > end:
             raise MalformedPDU(f"item 0x{item_type:02X} of {length} bytes runs past its container")
-        yield item_type, data[offset:offset + length]
+        yield item_type, data[offset : offset + length]
         offset += length
 
 

@@ -22,17 +22,44 @@ IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 UNDEFINED = 0xFFFFFFFF
 PIXEL_DATA = 0x7FE00010
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-LONG_LENGTH_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
-                             b"UR", b"UT", b"UV"})
-KNOWN_VRS = LONG_LENGTH_VRS | frozenset({  # PS3.5 table 6.2-1
-    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH",
-    b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})
+LONG_LENGTH_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+KNOWN_VRS = LONG_LENGTH_VRS | frozenset(
+    {  # PS3.5 table 6.2-1
+        b"AE",
+        b"AS",
+        b"AT",
+        b"CS",
+        b"DA",
+        b"DS",
+        b"DT",
+        b"FL",
+        b"FD",
+        b"IS",
+        b"LO",
+        b"LT",
+        b"PN",
+        b"SH",
+        b"SL",
+        b"SS",
+        b"ST",
+        b"TM",
+        b"UI",
+        b"UL",
+        b"US",
+    }
+)
 SPECIFIC_CHARACTER_SET = 0x00080005
 WANTED = {  # tag -> (name, its VR in the data dictionary)
-    SPECIFIC_CHARACTER_SET: ("specific_character_set", b"CS"), 0x00080016: ("sop_class_uid", b"UI"),
-    0x00080018: ("sop_instance_uid", b"UI"), 0x0020000D: ("study_uid", b"UI"), 0x0020000E: ("series_uid", b"UI"),
-    0x00280002: ("samples_per_pixel", b"US"), 0x00280008: ("number_of_frames", b"IS"),
-    0x00280010: ("rows", b"US"), 0x00280011: ("columns", b"US"), 0x00280100: ("bits_allocated", b"US"),
+    SPECIFIC_CHARACTER_SET: ("specific_character_set", b"CS"),
+    0x00080016: ("sop_class_uid", b"UI"),
+    0x00080018: ("sop_instance_uid", b"UI"),
+    0x0020000D: ("study_uid", b"UI"),
+    0x0020000E: ("series_uid", b"UI"),
+    0x00280002: ("samples_per_pixel", b"US"),
+    0x00280008: ("number_of_frames", b"IS"),
+    0x00280010: ("rows", b"US"),
+    0x00280011: ("columns", b"US"),
+    0x00280100: ("bits_allocated", b"US"),
 }
 MAX_DEPTH = 8
 
@@ -90,7 +117,7 @@ def _scan(data: bytes, complete: bool) -> ScannedHeader:
         if tag >> 16 != 0x0002:
             raise _Unsupported("File Meta element outside group 0002")
         if tag == 0x00020010:
-            transfer_syntax = data[value_start:value_start + length].decode("ascii").strip("\x00 ")
+            transfer_syntax = data[value_start : value_start + length].decode("ascii").strip("\x00 ")
         offset = value_start + length
     if offset != end_of_meta or transfer_syntax not in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):
         raise _Unsupported("transfer syntax left to pydicom")
@@ -98,8 +125,7 @@ def _scan(data: bytes, complete: bool) -> ScannedHeader:
     values: dict[str, bytes] = {}
     size = len(data)
     while offset + 8 <= size:
-        tag, vr, length, value_start = (_explicit_element(data, offset) if explicit
-                                        else _implicit_element(data, offset))
+        tag, vr, length, value_start = _explicit_element(data, offset) if explicit else _implicit_element(data, offset)
         if tag == PIXEL_DATA:
             _check_values(values)
             return ScannedHeader(transfer_syntax, values, length, value_start)
@@ -118,7 +144,7 @@ def _scan(data: bytes, complete: bool) -> ScannedHeader:
             name, dictionary_vr = wanted
             if explicit and vr != dictionary_vr:
                 raise _Unsupported(f"{name} with VR {vr!r}")  # pydicom reads it as that VR, or refuses
-            values[name] = data[value_start:value_start + length]
+            values[name] = data[value_start : value_start + length]
             if tag == SPECIFIC_CHARACTER_SET and not _character_set_readable(values[name]):
                 raise _Unsupported("character set left to pydicom")
         offset = value_start + length
@@ -197,8 +223,9 @@ def _skip_undefined_sequence(data: bytes, offset: int, explicit: bool, depth: in
             offset += length
             continue
         while True:  # an item of undefined length: its elements up to the Item Delimitation Item
-            tag, vr, length, value_start = (_explicit_element(data, offset) if explicit
-                                            else _implicit_element(data, offset))
+            tag, vr, length, value_start = (
+                _explicit_element(data, offset) if explicit else _implicit_element(data, offset)
+            )
             if tag == ITEM_END:
                 offset = value_start
                 break

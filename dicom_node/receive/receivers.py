@@ -21,12 +21,13 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import astuple
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.reduction import recv_handle, send_handle
 from types import FrameType
-from typing import Any, Callable, cast
+from typing import Any, cast
 
 import structlog
 
@@ -49,8 +50,9 @@ class ReceiverStartError(OSError):
 
 def receive_process_count(configured: int) -> int:
     """`node.receive_processes`, with 0 meaning one per CPU core, at most 4."""
-    return configured or max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                    else os.cpu_count() or 1))
+    return configured or max(
+        1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    )
 
 
 StoredCallback = Callable[[Peer, InstanceHeader], None]
@@ -74,9 +76,17 @@ class ReceiverPool:
     connection to the least busy process.
     """
 
-    def __init__(self, settings: Settings, count: int, *, spool: Spool, local_associations: Callable[[], int],
-                 on_stored: StoredCallback, on_rejected: RejectedCallback,
-                 on_lost: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        count: int,
+        *,
+        spool: Spool,
+        local_associations: Callable[[], int],
+        on_stored: StoredCallback,
+        on_rejected: RejectedCallback,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
         """`on_lost()`: called (in the reports thread) after a receiver died and its partial
         files were removed: it may have stored instances it never reported."""
         self.settings, self.count, self.spool = settings, count, spool
@@ -99,8 +109,10 @@ class ReceiverPool:
             report: Report = receiver.reports.recv() if ready else ("timeout",)
             if report[0] != "ready":
                 self.stop()
-                raise ReceiverStartError(f"receiver process {receiver.process.pid} did not start: "
-                                         f"{report[1] if len(report) > 1 else report[0]}")
+                raise ReceiverStartError(
+                    f"receiver process {receiver.process.pid} did not start: "
+                    f"{report[1] if len(report) > 1 else report[0]}"
+                )
         self._thread = threading.Thread(target=self._listen, name="receiver-reports", daemon=True)
         self._thread.start()
         log.info("receiver processes started", count=self.count, pids=self.pids)
@@ -147,8 +159,7 @@ class ReceiverPool:
             try:
                 send_handle(receiver.sockets, conn.fileno(), receiver.process.pid)
             except OSError as exc:
-                log.warning("hand-off to a receiver failed: served here", pid=receiver.process.pid,
-                            error=str(exc))
+                log.warning("hand-off to a receiver failed: served here", pid=receiver.process.pid, error=str(exc))
                 return False
             receiver.associations += 1
             return True
@@ -156,8 +167,12 @@ class ReceiverPool:
     def _spawn(self) -> None:
         reports, their_reports = self._context.Pipe(duplex=True)
         sockets, their_sockets = self._context.Pipe(duplex=True)  # a UNIX socket pair: it carries file descriptors
-        process = self._context.Process(target=run_receiver, args=(self.settings, their_reports, their_sockets),
-                                        name="ldct-node-receiver", daemon=True)
+        process = self._context.Process(
+            target=run_receiver,
+            args=(self.settings, their_reports, their_sockets),
+            name="ldct-node-receiver",
+            daemon=True,
+        )
         process.start()
         their_reports.close()
         their_sockets.close()
@@ -206,8 +221,12 @@ class ReceiverPool:
         receiver.process.join(1)
         if self._stopping.is_set():
             return
-        log.error("receiver process died: restarting", pid=receiver.process.pid,
-                  exitcode=receiver.process.exitcode, associations_lost=receiver.associations)
+        log.error(
+            "receiver process died: restarting",
+            pid=receiver.process.pid,
+            exitcode=receiver.process.exitcode,
+            associations_lost=receiver.associations,
+        )
         metrics.RECEIVER_RESTARTS.inc()
         removed = self.spool.clean_temporary()  # its partial files were never acknowledged
         if removed:
@@ -235,9 +254,13 @@ def run_receiver(settings: Settings, connection: Connection, sockets: Connection
     def stored(peer: Peer, header: InstanceHeader) -> None:
         report("stored", peer.ae_title, peer.address, peer.port, *astuple(header))
 
-    scp = StoreSCP.from_settings(settings, Spool.from_settings(settings), on_stored=stored,
-                                 on_rejected=lambda ae_title, address: report("rejected", ae_title, address),
-                                 on_closed=lambda: report("closed"))
+    scp = StoreSCP.from_settings(
+        settings,
+        Spool.from_settings(settings),
+        on_stored=stored,
+        on_rejected=lambda ae_title, address: report("rejected", ae_title, address),
+        on_closed=lambda: report("closed"),
+    )
     threading.Thread(target=_serve_handed_sockets, args=(scp, sockets), name="receiver-sockets", daemon=True).start()
     report("ready")
     log.info("receiver ready", pid=os.getpid())

@@ -64,16 +64,21 @@ class Spool:
     @classmethod
     def from_settings(cls, settings: Settings) -> Spool:
         """The spool under `node.data_dir`, as the node and its receiver processes share it."""
-        return cls(Path(settings.node.data_dir) / "spool", settings.node.min_free_disk_mb * 1024 * 1024,
-                   durable=settings.node.acknowledge_after == "disk")
+        return cls(
+            Path(settings.node.data_dir) / "spool",
+            settings.node.min_free_disk_mb * 1024 * 1024,
+            durable=settings.node.acknowledge_after == "disk",
+        )
 
     def series_dir(self, study_uid: str, series_uid: str) -> Path:
         return self.root / study_uid / series_uid
 
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """Where an instance is kept; raises InvalidUID for anything but UIDs (they become paths)."""
-        return self.series_dir(check_uid(study_uid, "StudyInstanceUID"),
-                               check_uid(series_uid, "SeriesInstanceUID")) / f"{check_uid(sop_uid, 'SOPInstanceUID')}.dcm"
+        return (
+            self.series_dir(check_uid(study_uid, "StudyInstanceUID"), check_uid(series_uid, "SeriesInstanceUID"))
+            / f"{check_uid(sop_uid, 'SOPInstanceUID')}.dcm"
+        )
 
     def instances_of(self, study_uid: str, series_uid: str, sop_uids: list[str]) -> list[Path]:
         """The spooled files of these instances, in the order given; FileNotFoundError names
@@ -90,7 +95,7 @@ class Spool:
     def has_room(self) -> bool:
         return self.free_bytes() >= self.min_free_bytes
 
-    def receive(self) -> "IncomingFile":
+    def receive(self) -> IncomingFile:
         """A temporary file for an instance whose bytes are still arriving."""
         return IncomingFile(self, *self.prepared.take())
 
@@ -169,10 +174,10 @@ class IncomingFile:
         fd = self._open_fd()
         view = memoryview(data)
         if len(self.head) < HEAD_BYTES:
-            self.head += view[:HEAD_BYTES - len(self.head)]
+            self.head += view[: HEAD_BYTES - len(self.head)]
         self.size += len(view)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
 
     def _open_fd(self) -> int:
         if self.fd is None:

@@ -20,10 +20,10 @@ import socket
 import ssl
 import struct
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Callable, Mapping, Sequence
 
 import pydicom
 import structlog
@@ -68,8 +68,14 @@ class InstanceHeader:
     series_uid: str
 
 
-def check_received(head: bytes | bytearray, size: int, read_all: Callable[[], bytes], sop_class_uid: str,
-                   sop_instance_uid: str, scanned: ScannedHeader | None = None) -> InstanceHeader:
+def check_received(
+    head: bytes | bytearray,
+    size: int,
+    read_all: Callable[[], bytes],
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    scanned: ScannedHeader | None = None,
+) -> InstanceHeader:
     """Parse a received instance of `size` bytes (meta included) of which `head` are the first,
     and refuse what cannot be a whole image.
 
@@ -87,14 +93,22 @@ def check_received(head: bytes | bytearray, size: int, read_all: Callable[[], by
         data = read_all()
         scanned = scan_header(data)
     if scanned is not None:
-        header = InstanceHeader(scanned.text("sop_class_uid"), scanned.text("sop_instance_uid"),
-                                scanned.text("study_uid"), scanned.text("series_uid"))
+        header = InstanceHeader(
+            scanned.text("sop_class_uid"),
+            scanned.text("sop_instance_uid"),
+            scanned.text("study_uid"),
+            scanned.text("series_uid"),
+        )
 
         def pixel_module() -> tuple[int, int, int, int, int]:
             frames = scanned.text("number_of_frames")
-            return (_present(scanned.us("rows")), _present(scanned.us("columns")),
-                    _present(scanned.us("samples_per_pixel", 1)), _present(scanned.us("bits_allocated")),
-                    int(frames) if frames else 1)
+            return (
+                _present(scanned.us("rows")),
+                _present(scanned.us("columns")),
+                _present(scanned.us("samples_per_pixel", 1)),
+                _present(scanned.us("bits_allocated")),
+                int(frames) if frames else 1,
+            )
 
         encapsulated = False
         pixel_length: int | None = scanned.pixel_length
@@ -103,8 +117,13 @@ def check_received(head: bytes | bytearray, size: int, read_all: Callable[[], by
         ds, header, pixel_length, available = _read_with_pydicom(data)  # data is whole here
 
         def pixel_module() -> tuple[int, int, int, int, int]:
-            return (int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1)), int(ds.BitsAllocated),
-                    int(ds.get("NumberOfFrames", 1) or 1))
+            return (
+                int(ds.Rows),
+                int(ds.Columns),
+                int(ds.get("SamplesPerPixel", 1)),
+                int(ds.BitsAllocated),
+                int(ds.get("NumberOfFrames", 1) or 1),
+            )
 
         encapsulated = ds.file_meta.TransferSyntaxUID.is_encapsulated
     if header.sop_class_uid != sop_class_uid or header.sop_instance_uid != sop_instance_uid:
@@ -114,8 +133,7 @@ def check_received(head: bytes | bytearray, size: int, read_all: Callable[[], by
     try:
         rows, columns, samples, bits, frames = pixel_module()
     except Exception as exc:  # missing/garbled image pixel attributes
-        raise InstanceRejected(STATUS_DATASET_MISMATCH,
-                               f"Image pixel module incomplete: {type(exc).__name__}") from exc
+        raise InstanceRejected(STATUS_DATASET_MISMATCH, f"Image pixel module incomplete: {type(exc).__name__}") from exc
     if min(rows, columns, samples, bits, frames) <= 0:
         raise InstanceRejected(STATUS_DATASET_MISMATCH, "Rows/Columns/BitsAllocated not positive")
     if pixel_length == UNDEFINED:  # encapsulated: at least one item after the offset table
@@ -145,8 +163,12 @@ def _read_with_pydicom(data: bytes | bytearray) -> tuple[Dataset, InstanceHeader
         warnings.simplefilter("ignore")  # pydicom warns on truncation; the caller decides
         try:
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
-            header = InstanceHeader(*(str(ds.get(keyword, "")) for keyword in (
-                "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")))
+            header = InstanceHeader(
+                *(
+                    str(ds.get(keyword, ""))
+                    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+                )
+            )
             transfer_syntax = ds.file_meta.TransferSyntaxUID
             if transfer_syntax.is_deflated:  # positions refer to the inflated stream: read it whole
                 full = pydicom.dcmread(BytesIO(data))
@@ -166,7 +188,7 @@ def _pixel_data_extent(data: bytes | bytearray, offset: int, transfer_syntax: UI
         return None, 0
     if transfer_syntax.is_implicit_VR:
         length, start = struct.unpack_from(order + "I", data, offset + 4)[0], offset + 8
-    elif bytes(data[offset + 4:offset + 6]) in LONG_LENGTH_VRS:
+    elif bytes(data[offset + 4 : offset + 6]) in LONG_LENGTH_VRS:
         if offset + 12 > len(data):
             return None, 0
         length, start = struct.unpack_from(order + "I", data, offset + 8)[0], offset + 12
@@ -189,8 +211,7 @@ class CallerPolicy:
         self.any_address = {title.strip() for title in any_address}
         self.bound: dict[str, list[IPv4Network | IPv6Network]] = {}
         for title, addresses in (bound or {}).items():
-            self.bound.setdefault(title.strip(), []).extend(
-                ipaddress.ip_network(a, strict=False) for a in addresses)
+            self.bound.setdefault(title.strip(), []).extend(ipaddress.ip_network(a, strict=False) for a in addresses)
 
     @property
     def is_open(self) -> bool:
@@ -213,8 +234,11 @@ class CallerPolicy:
             return []
         ip = self._ip(address)
         titles = set(self.any_address)
-        titles.update(title for title, networks in self.bound.items()
-                      if ip is not None and any(ip.version == n.version and ip in n for n in networks))
+        titles.update(
+            title
+            for title, networks in self.bound.items()
+            if ip is not None and any(ip.version == n.version and ip in n for n in networks)
+        )
         return sorted(titles) or [_REFUSE_EVERY_TITLE]
 
 
@@ -229,14 +253,20 @@ def allowed_peers(settings: Settings) -> dict[str, list[str]]:
 class StoreSCP:
     """Receives instances into the spool and tells `on_stored` about each one."""
 
-    def __init__(self, *, ae_title: str, spool: Spool,
-                 allowed_calling_ae_titles: list[str] | None = None, max_pdu_size: int = 0,
-                 on_stored: Callable[[Peer, InstanceHeader], None] | None = None,
-                 allowed_peers: Mapping[str, Sequence[str]] | None = None,
-                 ssl_context: ssl.SSLContext | None = None,
-                 on_rejected: Callable[[str, str], None] | None = None,
-                 hand_off: Callable[[socket.socket], bool] | None = None,
-                 on_closed: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        ae_title: str,
+        spool: Spool,
+        allowed_calling_ae_titles: list[str] | None = None,
+        max_pdu_size: int = 0,
+        on_stored: Callable[[Peer, InstanceHeader], None] | None = None,
+        allowed_peers: Mapping[str, Sequence[str]] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        on_rejected: Callable[[str, str], None] | None = None,
+        hand_off: Callable[[socket.socket], bool] | None = None,
+        on_closed: Callable[[], None] | None = None,
+    ) -> None:
         """`on_stored(peer, header)`: told about every instance stored (the node's completeness
         stage, or a receiver process's report to the node).
         `allowed_peers`: calling AE title -> source addresses/networks it may call from.
@@ -250,35 +280,62 @@ class StoreSCP:
         self.ssl_context = ssl_context
         self.ae_title = ae_title
         contexts = list(VerificationPresentationContexts)
-        contexts += [build_context(sop_class, ALL_TRANSFER_SYNTAXES)
-                     for sop_class in (CTImageStorage, EnhancedCTImageStorage)]
-        self.acceptor = Acceptor(contexts=contexts, on_store=self._handle_store,
-                                 calling_ae_allowed=self.policy.allows, on_accepted=self._handle_accepted,
-                                 on_rejected=self._handle_rejected, hand_off=hand_off, on_closed=on_closed,
-                                 max_pdu_size=max_pdu_size,
-                                 max_associations=16, network_timeout=60, acse_timeout=30,
-                                 ssl_context=ssl_context)
+        contexts += [
+            build_context(sop_class, ALL_TRANSFER_SYNTAXES) for sop_class in (CTImageStorage, EnhancedCTImageStorage)
+        ]
+        self.acceptor = Acceptor(
+            contexts=contexts,
+            on_store=self._handle_store,
+            calling_ae_allowed=self.policy.allows,
+            on_accepted=self._handle_accepted,
+            on_rejected=self._handle_rejected,
+            hand_off=hand_off,
+            on_closed=on_closed,
+            max_pdu_size=max_pdu_size,
+            max_associations=16,
+            network_timeout=60,
+            acse_timeout=30,
+            ssl_context=ssl_context,
+        )
         self.port: int | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, spool: Spool, *,
-                      on_stored: Callable[[Peer, InstanceHeader], None],
-                      on_rejected: Callable[[str, str], None],
-                      hand_off: Callable[[socket.socket], bool] | None = None,
-                      on_closed: Callable[[], None] | None = None) -> StoreSCP:
+    def from_settings(
+        cls,
+        settings: Settings,
+        spool: Spool,
+        *,
+        on_stored: Callable[[Peer, InstanceHeader], None],
+        on_rejected: Callable[[str, str], None],
+        hand_off: Callable[[socket.socket], bool] | None = None,
+        on_closed: Callable[[], None] | None = None,
+    ) -> StoreSCP:
         """The Store SCP as `[node]` and `[tls]` configure it: the node process and every
         receiver process build theirs here."""
         node = settings.node
-        return cls(ae_title=node.ae_title, spool=spool, allowed_calling_ae_titles=node.allowed_calling_ae_titles,
-                   max_pdu_size=node.max_pdu_size, on_stored=on_stored, allowed_peers=allowed_peers(settings),
-                   ssl_context=scp_context(settings), on_rejected=on_rejected, hand_off=hand_off,
-                   on_closed=on_closed)
+        return cls(
+            ae_title=node.ae_title,
+            spool=spool,
+            allowed_calling_ae_titles=node.allowed_calling_ae_titles,
+            max_pdu_size=node.max_pdu_size,
+            on_stored=on_stored,
+            allowed_peers=allowed_peers(settings),
+            ssl_context=scp_context(settings),
+            on_rejected=on_rejected,
+            hand_off=hand_off,
+            on_closed=on_closed,
+        )
 
     def start(self, address: str, port: int) -> None:
         self.port = self.acceptor.start(address, port)
-        log.info("store scp listening", ae_title=self.ae_title, address=address, port=self.port,
-                 tls=self.ssl_context is not None,
-                 client_certificates=_client_cert_mode(self.ssl_context))
+        log.info(
+            "store scp listening",
+            ae_title=self.ae_title,
+            address=address,
+            port=self.port,
+            tls=self.ssl_context is not None,
+            client_certificates=_client_cert_mode(self.ssl_context),
+        )
 
     def stop(self) -> None:
         """Stop listening (if it was) and close every association served here."""
@@ -298,12 +355,16 @@ class StoreSCP:
     def _handle_store(self, request: StoreRequest) -> StoreSink | Response:
         """Refuse at once what needs no bytes to refuse; otherwise spool the incoming instance."""
         if request.sop_class_uid == EnhancedCTImageStorage:
-            log.warning("enhanced ct refused", sop_instance_uid=request.sop_instance_uid[:64],
-                        calling_ae=request.peer.ae_title)
+            log.warning(
+                "enhanced ct refused", sop_instance_uid=request.sop_instance_uid[:64], calling_ae=request.peer.ae_title
+            )
             return STATUS_CANNOT_UNDERSTAND, "Enhanced CT (multi-frame) unsupported; send CT Image"
         if not self.spool.has_room():
-            log.error("disk space below threshold: refusing instance",
-                      sop_instance_uid=request.sop_instance_uid[:64], free_bytes=self.spool.free_bytes())
+            log.error(
+                "disk space below threshold: refusing instance",
+                sop_instance_uid=request.sop_instance_uid[:64],
+                free_bytes=self.spool.free_bytes(),
+            )
             return STATUS_OUT_OF_RESOURCES, "Out of resources: disk space low"
         try:
             return _InstanceWriter(self, request, self.spool.receive())
@@ -351,18 +412,28 @@ class _InstanceWriter:
         try:
             if self.write_error is not None:
                 raise self.write_error
-            header = check_received(incoming.head, incoming.size, incoming.read_all,
-                                    request.sop_class_uid, sop_uid, self.scanned)
+            header = check_received(
+                incoming.head, incoming.size, incoming.read_all, request.sop_class_uid, sop_uid, self.scanned
+            )
             final = self.scp.spool.instance_path(header.study_uid, header.series_uid, sop_uid)
             replaced = incoming.replaces_different(final)
             incoming.commit(final)
             if replaced:
-                log.warning("instance re-sent with different content: replaced", sop_instance_uid=sop_uid,
-                            series_uid=header.series_uid, calling_ae=calling_ae)
+                log.warning(
+                    "instance re-sent with different content: replaced",
+                    sop_instance_uid=sop_uid,
+                    series_uid=header.series_uid,
+                    calling_ae=calling_ae,
+                )
         except InstanceRejected as exc:
             incoming.discard()
-            log.warning("instance refused", sop_instance_uid=sop_uid[:64], calling_ae=calling_ae,
-                        status=f"0x{exc.status:04X}", reason=str(exc))
+            log.warning(
+                "instance refused",
+                sop_instance_uid=sop_uid[:64],
+                calling_ae=calling_ae,
+                status=f"0x{exc.status:04X}",
+                reason=str(exc),
+            )
             return exc.status, str(exc)
         except InvalidUID as exc:
             incoming.discard()
@@ -384,5 +455,6 @@ class _InstanceWriter:
 def _client_cert_mode(context: ssl.SSLContext | None) -> str:
     if context is None:
         return "-"
-    return {ssl.CERT_NONE: "not asked", ssl.CERT_OPTIONAL: "optional",
-            ssl.CERT_REQUIRED: "required"}[context.verify_mode]
+    return {ssl.CERT_NONE: "not asked", ssl.CERT_OPTIONAL: "optional", ssl.CERT_REQUIRED: "required"}[
+        context.verify_mode
+    ]

@@ -37,14 +37,25 @@ class ReportOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ReportOptions:
-        return cls(key_images=settings.report.key_images, omit_empty_seg_frames=settings.report.omit_empty_seg_frames,
-                   risk_model_path=settings.risk.model, risk_missing_policy=settings.risk.missing)
+        return cls(
+            key_images=settings.report.key_images,
+            omit_empty_seg_frames=settings.report.omit_empty_seg_frames,
+            risk_model_path=settings.risk.model,
+            risk_missing_policy=settings.risk.missing,
+        )
 
 
-def analyse_series(files: Sequence[Path], out_dir: Path, *, engine: Engine,
-                   options: ReportOptions | None = None, in_slice_order: bool = False,
-                   clinical: ClinicalLookup | None = None, supersedes: Sequence[DicomRef] = (),
-                   progress: Progress | None = None) -> ResultSummary:
+def analyse_series(
+    files: Sequence[Path],
+    out_dir: Path,
+    *,
+    engine: Engine,
+    options: ReportOptions | None = None,
+    in_slice_order: bool = False,
+    clinical: ClinicalLookup | None = None,
+    supersedes: Sequence[DicomRef] = (),
+    progress: Progress | None = None,
+) -> ResultSummary:
     """Segment one series and write SEG, SR, key images and `summary.json` into `out_dir`.
 
     `in_slice_order`: `files` are in slice order already (the completeness decision sorted
@@ -52,8 +63,8 @@ def analyse_series(files: Sequence[Path], out_dir: Path, *, engine: Engine,
     for the risk model from the study's header (None: header only). `supersedes` are the
     SEGs and SRs of earlier results for the same series that this one replaces.
     """
-    from reporting.seg import build_segmentation
     from reporting.dicom_file import write_dataset
+    from reporting.seg import build_segmentation
 
     options = options or ReportOptions()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -62,8 +73,12 @@ def analyse_series(files: Sequence[Path], out_dir: Path, *, engine: Engine,
     volume = load_series(list(files), in_slice_order=in_slice_order)
     timings["load_s"] = time.perf_counter() - t0
     series_uid = volume.series_instance_uid
-    log.info("series loaded", series_uid=series_uid, slices=volume.hu.shape[0],
-             spacing_mm=[round(s, 3) for s in volume.spacing])
+    log.info(
+        "series loaded",
+        series_uid=series_uid,
+        slices=volume.hu.shape[0],
+        spacing_mm=[round(s, 3) for s in volume.spacing],
+    )
 
     t0 = time.perf_counter()
     labels = engine.segment(volume, progress=(lambda d, t: progress("segment", d, t)) if progress else None)
@@ -88,9 +103,13 @@ def analyse_series(files: Sequence[Path], out_dir: Path, *, engine: Engine,
     del volume
 
     t0 = time.perf_counter()
-    seg = build_segmentation(headers, labels, algorithm_name=f"ldct-node {engine.name}",
-                             algorithm_version=engine.version,
-                             omit_empty_frames=options.omit_empty_seg_frames)
+    seg = build_segmentation(
+        headers,
+        labels,
+        algorithm_name=f"ldct-node {engine.name}",
+        algorithm_version=engine.version,
+        omit_empty_frames=options.omit_empty_seg_frames,
+    )
     del labels
     seg_path = out_dir / "seg.dcm"
     write_dataset(seg, seg_path)
@@ -112,28 +131,56 @@ def analyse_series(files: Sequence[Path], out_dir: Path, *, engine: Engine,
         timings["key_images_s"] = key_images_s + time.perf_counter() - t0
 
     summary = ResultSummary(
-        series_uid=series_uid, study_uid=str(headers[0].StudyInstanceUID), slices=slices, engine=engine_info,
-        quantification=rounded(quant), risk=RiskSummary.of(risk), seg=DicomRef.of(seg), sr=DicomRef.of(sr),
-        supersedes=list(supersedes), outputs=[p.name for p in outputs],
-        timings={k: round(v, 3) for k, v in timings.items()})
+        series_uid=series_uid,
+        study_uid=str(headers[0].StudyInstanceUID),
+        slices=slices,
+        engine=engine_info,
+        quantification=rounded(quant),
+        risk=RiskSummary.of(risk),
+        seg=DicomRef.of(seg),
+        sr=DicomRef.of(sr),
+        supersedes=list(supersedes),
+        outputs=[p.name for p in outputs],
+        timings={k: round(v, 3) for k, v in timings.items()},
+    )
     (out_dir / "summary.json").write_text(summary.to_json(indent=2))
     return summary
 
 
-def write_report(source_datasets: Sequence[Dataset], seg: Dataset, quant: Quantification, engine: EngineInfo,
-                 risk: RiskAssessment, supersedes: Sequence[DicomRef], path: Path) -> Dataset:
+def write_report(
+    source_datasets: Sequence[Dataset],
+    seg: Dataset,
+    quant: Quantification,
+    engine: EngineInfo,
+    risk: RiskAssessment,
+    supersedes: Sequence[DicomRef],
+    path: Path,
+) -> Dataset:
     """Build the TID 1500 SR for one analysis and write it to `path`."""
-    from reporting.sr import build_measurement_report
     from reporting.dicom_file import write_dataset
+    from reporting.sr import build_measurement_report
 
-    sr = build_measurement_report(source_datasets, seg, quant, algorithm_name=f"ldct-node {engine.name}",
-                                  algorithm_version=engine.version, risk=risk, supersedes=supersedes)
+    sr = build_measurement_report(
+        source_datasets,
+        seg,
+        quant,
+        algorithm_name=f"ldct-node {engine.name}",
+        algorithm_version=engine.version,
+        risk=risk,
+        supersedes=supersedes,
+    )
     write_dataset(sr, path)
     return sr
 
 
-def assess_risk_for(header: Dataset, quant: Quantification, clinical: dict[str, Any] | None,
-                    options: ReportOptions) -> RiskAssessment:
+def assess_risk_for(
+    header: Dataset, quant: Quantification, clinical: dict[str, Any] | None, options: ReportOptions
+) -> RiskAssessment:
     """The prognostic risk for this patient (computed, or not computed with the reason)."""
-    return assess_for_series(header, quant.lesion_pct, clinical, model_path=options.risk_model_path,
-                             missing_policy=options.risk_missing_policy)
+    return assess_for_series(
+        header,
+        quant.lesion_pct,
+        clinical,
+        model_path=options.risk_model_path,
+        missing_policy=options.risk_missing_policy,
+    )

@@ -28,9 +28,17 @@ log = structlog.get_logger(__name__)
 class Worker:
     """Processes queued jobs one at a time until stopped."""
 
-    def __init__(self, settings: Settings, store: JobStore, *, spool: Spool | None = None,
-                 engine: Engine | None = None, name: str | None = None, poll_seconds: float = 1.0,
-                 on_done: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        *,
+        spool: Spool | None = None,
+        engine: Engine | None = None,
+        name: str | None = None,
+        poll_seconds: float = 1.0,
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
         """`on_done()`: told after each job is done (the node wakes its dispatcher)."""
         self.settings = settings
         self.store = store
@@ -83,8 +91,9 @@ class Worker:
         try:
             _ = self.engine
         except Exception as exc:  # each job retries the load and records the error
-            log.error("inference engine failed to load", worker=self.name, error=f"{type(exc).__name__}: {exc}",
-                      exc_info=True)
+            log.error(
+                "inference engine failed to load", worker=self.name, error=f"{type(exc).__name__}: {exc}", exc_info=True
+            )
 
     def run_once(self) -> bool:
         """Claim and process one job; False when the queue was empty."""
@@ -114,10 +123,15 @@ class Worker:
         try:
             files = self.spool.instances_of(job.study_uid, job.series_uid, job.instance_uid_list())
             out_dir = self.results.for_job(job.id)
-            summary = analyse_series(files, out_dir, engine=self.engine,
-                                     options=ReportOptions.from_settings(self.settings),
-                                     in_slice_order=job.in_slice_order, clinical=partial(lookup_clinical, self.store),
-                                     supersedes=self.store.superseded_objects(job))
+            summary = analyse_series(
+                files,
+                out_dir,
+                engine=self.engine,
+                options=ReportOptions.from_settings(self.settings),
+                in_slice_order=job.in_slice_order,
+                clinical=partial(lookup_clinical, self.store),
+                supersedes=self.store.superseded_objects(job),
+            )
         except Exception as exc:  # every failure is recorded on the job
             stop_beat.set()
             error = f"{type(exc).__name__}: {exc}"
@@ -132,12 +146,18 @@ class Worker:
             job_logger.warning("lease lost during processing: result discarded")
             return
         destinations = [d.name for d in self.settings.destinations]
-        if self.store.complete_job(job.id, self.name, result_dir=str(out_dir), summary=summary,
-                                   destinations=destinations):
+        if self.store.complete_job(
+            job.id, self.name, result_dir=str(out_dir), summary=summary, destinations=destinations
+        ):
             metrics.JOBS_FINISHED.labels("done").inc()
             metrics.observe_job(summary.timings)
-            self.store.audit("job_done", series_uid=job.series_uid, job_id=job.id,
-                             seg=summary.seg.sop_instance_uid, sr=summary.sr.sop_instance_uid)
+            self.store.audit(
+                "job_done",
+                series_uid=job.series_uid,
+                job_id=job.id,
+                seg=summary.seg.sop_instance_uid,
+                sr=summary.sr.sop_instance_uid,
+            )
             job_logger.info("job done", lesion_pct=round(summary.quantification.lesion_pct, 2), timings=summary.timings)
             if self.on_done is not None:
                 self.on_done()

@@ -7,8 +7,9 @@ returning uint8 labels shaped like `volume.hu`. `get_engine` builds one by its c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 

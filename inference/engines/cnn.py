@@ -152,8 +152,9 @@ class CNNEngine:
         if self.device.type == "cpu":
             torch.set_num_threads(num_threads or max(1, min(os.cpu_count() or 1, 8)))
         self.model = self.model.to(self.device, memory_format=torch.channels_last)
-        log.info("cnn.loaded", weights=path.name, version=self.version, device=str(self.device),
-                 sha256=self.checksum[:16])
+        log.info(
+            "cnn.loaded", weights=path.name, version=self.version, device=str(self.device), sha256=self.checksum[:16]
+        )
 
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits (float32) for a normalised (N, 1, H, W) batch on the engine's device."""
@@ -183,18 +184,24 @@ class CNNEngine:
         labels = np.empty((n, rows, cols), np.uint8)
         with torch.inference_mode():
             for start in range(0, n, self.batch_size):
-                chunk = torch.from_numpy(np.ascontiguousarray(hu[start:start + self.batch_size],
-                                                              dtype=np.float32))[:, None]
+                chunk = torch.from_numpy(np.ascontiguousarray(hu[start : start + self.batch_size], dtype=np.float32))[
+                    :, None
+                ]
                 if (work_rows, work_cols) != (rows, cols):
-                    chunk = F.interpolate(chunk, size=(work_rows, work_cols), mode="area"
-                                          if work_rows <= rows else "bilinear")
+                    chunk = F.interpolate(
+                        chunk, size=(work_rows, work_cols), mode="area" if work_rows <= rows else "bilinear"
+                    )
                 chunk = F.pad(chunk, (0, pad_cols, 0, pad_rows), value=-1024.0)
                 logits = self._logits(normalise_hu(chunk))[..., :work_rows, :work_cols]
                 # channels-last: argmax over 4 adjacent values per pixel. Over the channels of
                 # an NCHW tensor it took 0.19 s per 4 slices of 512 x 512 on our CPU, vs 0.008 s.
-                logits = F.interpolate(logits.float().cpu().contiguous(memory_format=torch.channels_last),
-                                       size=(rows, cols), mode="bilinear", align_corners=False)
-                labels[start:start + len(chunk)] = logits.argmax(1).to(torch.uint8).numpy()
+                logits = F.interpolate(
+                    logits.float().cpu().contiguous(memory_format=torch.channels_last),
+                    size=(rows, cols),
+                    mode="bilinear",
+                    align_corners=False,
+                )
+                labels[start : start + len(chunk)] = logits.argmax(1).to(torch.uint8).numpy()
                 if progress:
                     progress(min(start + self.batch_size, n), n)
         return labels
@@ -209,8 +216,7 @@ class CNNEngine:
         """
         _, row_mm, col_mm = volume.spacing
         rows, cols = volume.hu.shape[1:]
-        work = (max(16, round(rows * row_mm / TRAINING_PIXEL_MM)),
-                max(16, round(cols * col_mm / TRAINING_PIXEL_MM)))
+        work = (max(16, round(rows * row_mm / TRAINING_PIXEL_MM)), max(16, round(cols * col_mm / TRAINING_PIXEL_MM)))
         labels = self.predict_slices(volume.hu, work, progress)
         if not self.postprocess:
             return labels

@@ -240,9 +240,7 @@ class ThresholdEngine:
             body[k] = upsample_slice(coarse[k], factor, hu.shape[1:])
         return body
 
-    def airway_mask(
-        self, hu: np.ndarray, body: np.ndarray, spacing: tuple[float, float, float]
-    ) -> np.ndarray | None:
+    def airway_mask(self, hu: np.ndarray, body: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray | None:
         """Trachea and main bronchi (dilated), or None when no trachea is found on top slices."""
         p = self.parameters
         nz, _ny, nx = hu.shape
@@ -299,9 +297,7 @@ class ThresholdEngine:
                     airway[k, :, x_lo:x_hi] = ndimage.binary_dilation(grown[k], structure=disk)
                 log.info("airway grown", threshold_hu=threshold, volume_ml=round(volume_ml, 1))
                 return airway
-            log.info(
-                "airway leaked, lowering threshold", threshold_hu=threshold, volume_ml=round(volume_ml, 1)
-            )
+            log.info("airway leaked, lowering threshold", threshold_hu=threshold, volume_ml=round(volume_ml, 1))
         log.warning("airway region growing leaked at every threshold; airways are not removed")
         return None
 
@@ -386,9 +382,7 @@ class ThresholdEngine:
             step()
         return out
 
-    def classify(
-        self, hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float], step
-    ) -> np.ndarray:
+    def classify(self, hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float], step) -> np.ndarray:
         """Normal lung / GGO / consolidation inside `lung` by HU bands and an opening."""
         p = self.parameters
         # At least a 3x3 square: on coarse pixels a smaller disk keeps 2-pixel-wide vessels.
@@ -512,9 +506,7 @@ def _convex_hull_2d(mask: np.ndarray) -> np.ndarray:
     return np.asarray(image, dtype=bool) | mask
 
 
-def _split_at_neck(
-    region: np.ndarray, hu: np.ndarray, midline: float, max_erosion: int
-) -> np.ndarray | None:
+def _split_at_neck(region: np.ndarray, hu: np.ndarray, midline: float, max_erosion: int) -> np.ndarray | None:
     """Side map (1 left of `midline`, 2 right) of a 2D lung piece spanning both lungs, or None.
 
     The piece (and, if that fails, its parts below -600, -700, -800 HU: the junction line
@@ -545,9 +537,7 @@ def _split_at_neck(
     return None
 
 
-def _separate_merged_lungs(
-    lungs: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
-) -> np.ndarray:
+def _separate_merged_lungs(lungs: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing) -> np.ndarray:
     """Give each 2D lung piece of one merged 3D component a side: 1 (image left) or 2.
 
     The lungs often touch at the anterior (or posterior) junction line, where the pleura

@@ -82,10 +82,10 @@ def augment_slice(
     crop_offset = rng.uniform(0, size - out, size=2)  # which out x out part of the frame
     shift = rng.normal(0, 6, size=2)
     offset = centre + shift - matrix @ (frame_centre - crop_offset)
-    hu_out = ndimage.affine_transform(hu.astype(np.float32), matrix, offset, (out, out), order=1,
-                                      mode="constant", cval=-1024.0)
-    lab_out = ndimage.affine_transform(labels, matrix, offset, (out, out), order=0,
-                                       mode="constant", cval=0)
+    hu_out = ndimage.affine_transform(
+        hu.astype(np.float32), matrix, offset, (out, out), order=1, mode="constant", cval=-1024.0
+    )
+    lab_out = ndimage.affine_transform(labels, matrix, offset, (out, out), order=0, mode="constant", cval=0)
     turns = int(rng.integers(4))
     hu_out, lab_out = np.rot90(hu_out, turns), np.rot90(lab_out, turns)
 
@@ -99,9 +99,8 @@ def augment_slice(
         if rng.random() < 0.8:
             pixels = jpeg_roundtrip(pixels, rng.integers(*config.jpeg_quality, endpoint=True))
         err = config.window_error_hu
-        hu_out = eight_bit_to_hu(pixels, center + rng.uniform(-err, err),
-                                 width * rng.uniform(0.85, 1.15))
+        hu_out = eight_bit_to_hu(pixels, center + rng.uniform(-err, err), width * rng.uniform(0.85, 1.15))
     return np.ascontiguousarray(hu_out, np.float32), np.ascontiguousarray(lab_out, np.uint8)
 
 
-__all__ = ["AugmentConfig", "augment_slice", "hu_to_8bit", "eight_bit_to_hu", "IGNORE_LABEL"]
+__all__ = ["IGNORE_LABEL", "AugmentConfig", "augment_slice", "eight_bit_to_hu", "hu_to_8bit"]

@@ -54,9 +54,7 @@ class SiteStudy:
 def check_allowed(path: Path) -> None:
     """Refuse validation-only data as a training source."""
     if any(token in str(path).lower() for token in FORBIDDEN_SOURCES):
-        raise TrainingDataError(
-            f"{path} is validation-only data (covid-semiseg-val): it must never be used to train"
-        )
+        raise TrainingDataError(f"{path} is validation-only data (covid-semiseg-val): it must never be used to train")
 
 
 def resample_slices(hu: np.ndarray, size: int = CACHE_SIZE) -> np.ndarray:
@@ -106,8 +104,13 @@ def lesion_variants(
             small_hu, lung, small_spacing, rng, target_extent_pct=extent
         )
         entries.append(CacheEntry(f"{name}-v{k:02d}", lesioned[keep], labels[keep], small_spacing))
-        log.info("cache.variant", source=name, variant=k, extent_pct=round(params.target_extent_pct, 2),
-                 consolidation_share=round(params.consolidation_fraction, 2))
+        log.info(
+            "cache.variant",
+            source=name,
+            variant=k,
+            extent_pct=round(params.target_extent_pct, 2),
+            consolidation_share=round(params.consolidation_fraction, 2),
+        )
     return entries
 
 
@@ -123,8 +126,7 @@ def load_cache(folder: Path) -> list[CacheEntry]:
     entries = []
     for path in sorted(Path(folder).glob("*.npz")):
         with np.load(path) as data:
-            entries.append(CacheEntry(path.stem, data["hu"], data["labels"],
-                                      tuple(float(v) for v in data["spacing"])))
+            entries.append(CacheEntry(path.stem, data["hu"], data["labels"], tuple(float(v) for v in data["spacing"])))
     if not entries:
         raise TrainingDataError(f"no cached training data in {folder}")
     return entries
@@ -145,7 +147,9 @@ def build_cache(
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
     wanted = {
-        "lidc": [str(p) for p in lidc_series], "variants": variants, "seed": seed,
+        "lidc": [str(p) for p in lidc_series],
+        "variants": variants,
+        "seed": seed,
         "synthetic_count": synthetic_count,
         "site": [[str(s.image), str(s.label), s.kind, s.label_values] for s in site_studies or []],
         "size": CACHE_SIZE,
@@ -159,8 +163,7 @@ def build_cache(
     for i, series in enumerate(lidc_series):
         check_allowed(Path(series))
         volume = load_series(Path(series))
-        for entry in lesion_variants(Path(series).name, volume.hu, volume.spacing, variants,
-                                     seed + 1000 * i):
+        for entry in lesion_variants(Path(series).name, volume.hu, volume.spacing, variants, seed + 1000 * i):
             paths.append(save_entry(entry, folder))
     if synthetic_count:
         from inference.training.sources import synthetic_entries

@@ -56,10 +56,14 @@ def load_config(path: Path | None) -> tuple[DataConfig, TrainConfig]:
     sites = []
     for site in data_raw.pop("site", []):
         try:
-            sites.append(SiteStudy(image=Path(site["image"]), label=Path(site["label"]),
-                                   kind=site.get("kind", "dicom-seg"),
-                                   label_values=dict(site.get("label_values",
-                                                              {"ggo": 1, "consolidation": 2}))))
+            sites.append(
+                SiteStudy(
+                    image=Path(site["image"]),
+                    label=Path(site["label"]),
+                    kind=site.get("kind", "dicom-seg"),
+                    label_values=dict(site.get("label_values", {"ggo": 1, "consolidation": 2})),
+                )
+            )
         except KeyError as exc:
             raise TrainingDataError(f"[[data.site]] entry needs {exc.args[0]!r}") from exc
     known = {f.name for f in fields(DataConfig)} - {"site"}
@@ -67,7 +71,8 @@ def load_config(path: Path | None) -> tuple[DataConfig, TrainConfig]:
     if unknown:
         raise TrainingDataError(f"unknown [data] keys in {path}: {sorted(unknown)}")
     data = DataConfig(
-        lidc=[Path(p) for p in data_raw.get("lidc", [])] if "lidc" in data_raw
+        lidc=[Path(p) for p in data_raw.get("lidc", [])]
+        if "lidc" in data_raw
         else [Path("../shared/data/lidc-idri/LIDC-IDRI-0002")],
         lesion_variants=int(data_raw.get("lesion_variants", 16)),
         synthetic=int(data_raw.get("synthetic", 0)),

@@ -33,8 +33,7 @@ def write_proxy(series: Path, out: Path, count: int, seed: int, window: tuple[fl
     (out / "labels").mkdir(parents=True, exist_ok=True)
     written = 0
     for _ in range(4):  # several lesion draws, slices picked from each
-        hu, labels = insert_lesions(volume.hu, lung, volume.spacing, rng,
-                                    target_extent_pct=float(rng.uniform(5, 45)))
+        hu, labels = insert_lesions(volume.hu, lung, volume.spacing, rng, target_extent_pct=float(rng.uniform(5, 45)))
         lesion_slices = np.nonzero(((labels >= GGO).reshape(len(labels), -1).sum(1)) > 200)[0]
         for z in rng.choice(lesion_slices, size=min(len(lesion_slices), count // 4), replace=False):
             rows, cols = np.nonzero(hu[z] > -500)
@@ -47,9 +46,11 @@ def write_proxy(series: Path, out: Path, count: int, seed: int, window: tuple[fl
             scale = rng.uniform(270, 460) / max(image.shape)
             size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
             Image.fromarray(np.ascontiguousarray(image)).resize(size, Image.BILINEAR).save(
-                out / "images" / f"{written}.jpg", quality=int(rng.integers(75, 96)))
+                out / "images" / f"{written}.jpg", quality=int(rng.integers(75, 96))
+            )
             Image.fromarray(np.ascontiguousarray(label)).resize(size, Image.NEAREST).save(
-                out / "labels" / f"{written}.png")
+                out / "labels" / f"{written}.png"
+            )
             written += 1
     return written
 

@@ -7,18 +7,18 @@ state is stored in each checkpoint, so a resumed run continues the same sample s
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import structlog
 import torch
 from torch.nn import functional as F
 
+from inference.engines.cnn import sha256_of
 from inference.training.augment import AugmentConfig, augment_slice
 from inference.training.cache import IGNORE_LABEL, CacheEntry
-from inference.engines.cnn import sha256_of
 from inference.unet import NUM_CLASSES, UNet2D, count_parameters, normalise_hu
 
 log = structlog.get_logger(__name__)
@@ -111,12 +111,22 @@ def _lr_at(step: int, config: TrainConfig, time_fraction: float = 0.0) -> float:
     return 1e-5 + 0.5 * (config.learning_rate - 1e-5) * (1 + np.cos(np.pi * min(1.0, progress)))
 
 
-def save_checkpoint(path: Path, model, optimizer, step: int, rng: np.random.Generator,
-                    config: TrainConfig, losses: list[float]) -> None:
+def save_checkpoint(
+    path: Path, model, optimizer, step: int, rng: np.random.Generator, config: TrainConfig, losses: list[float]
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "rng": rng.bit_generator.state, "config": asdict(config), "losses": losses}, tmp)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "rng": rng.bit_generator.state,
+            "config": asdict(config),
+            "losses": losses,
+        },
+        tmp,
+    )
     tmp.replace(path)
 
 
@@ -137,8 +147,16 @@ def save_weights(model: UNet2D, path: Path, version: str, metadata: dict) -> Non
     """Write shipped weights (fp32 state dict + architecture + metadata) and their checksum."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save({"format": WEIGHTS_FORMAT, "version": version, "architecture": model.config,
-                "metadata": metadata, "state_dict": state}, path)
+    torch.save(
+        {
+            "format": WEIGHTS_FORMAT,
+            "version": version,
+            "architecture": model.config,
+            "metadata": metadata,
+            "state_dict": state,
+        },
+        path,
+    )
     write_checksum(path)
 
 
@@ -177,8 +195,13 @@ def train(
         log.info("train.resume", step=start)
     config.augment = config.augment if isinstance(config.augment, AugmentConfig) else AugmentConfig(**config.augment)
     sampler = SliceSampler(entries, config, rng)
-    log.info("train.start", parameters=count_parameters(model), slices=len(sampler.index),
-             device=str(dev), steps=config.steps)
+    log.info(
+        "train.start",
+        parameters=count_parameters(model),
+        slices=len(sampler.index),
+        device=str(dev),
+        steps=config.steps,
+    )
     model.train()
     t0 = time.time()
     stopped_early = False
@@ -204,9 +227,8 @@ def train(
             on_step(step + 1, losses[-1])
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
             save_checkpoint(checkpoint_path, model, optimizer, step + 1, rng, config, losses)
-            recent = float(np.mean(losses[-config.checkpoint_every:]))
-            log.info("train.checkpoint", step=step + 1, loss=round(recent, 4),
-                     seconds=round(time.time() - t0, 1))
+            recent = float(np.mean(losses[-config.checkpoint_every :]))
+            log.info("train.checkpoint", step=step + 1, loss=round(recent, 4), seconds=round(time.time() - t0, 1))
     if not stopped_early:
         log.info("train.done", step=config.steps)
     model.eval()

@@ -28,9 +28,7 @@ def quick_lung_mask(hu: np.ndarray, air_hu: float = -320.0) -> np.ndarray:
         labelled, n = ndimage.label(air[z])
         if n == 0:
             continue
-        border = np.unique(
-            np.concatenate([labelled[0], labelled[-1], labelled[:, 0], labelled[:, -1]])
-        )
+        border = np.unique(np.concatenate([labelled[0], labelled[-1], labelled[:, 0], labelled[:, -1]]))
         inside[z] = air[z] & ~np.isin(labelled, border)
     labelled, n = ndimage.label(inside)
     if n == 0:

@@ -62,10 +62,14 @@ def labels_from_seg(seg_path: Path, source_datasets: list) -> tuple[np.ndarray, 
     if not found:
         raise TrainingDataError(f"{seg_path}: no lung, GGO or consolidation segment recognised")
     for _, cls, number in sorted(found):
-        mask = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=uids, segment_numbers=[number],
-            assert_missing_frames_are_empty=True,
-        )[..., 0] > 0
+        mask = (
+            seg.get_pixels_by_source_instance(
+                source_sop_instance_uids=uids,
+                segment_numbers=[number],
+                assert_missing_frames_are_empty=True,
+            )[..., 0]
+            > 0
+        )
         labels[mask] = cls
         has_lung |= cls == NORMAL_LUNG
     return labels, has_lung
@@ -120,8 +124,9 @@ def site_entry(study: SiteStudy, size: int = CACHE_SIZE) -> CacheEntry:
         body = hu > -500
         labels = np.where((labels == 0) & body, IGNORE_LABEL, labels).astype(np.uint8)
     small_spacing = (spacing[0], spacing[1] * hu.shape[1] / size, spacing[2] * hu.shape[2] / size)
-    return CacheEntry(f"site-{Path(study.image).name}", resample_slices(hu, size),
-                      resample_labels(labels, size), small_spacing)
+    return CacheEntry(
+        f"site-{Path(study.image).name}", resample_slices(hu, size), resample_labels(labels, size), small_spacing
+    )
 
 
 def synthetic_entries(count: int, seed: int, size: int = CACHE_SIZE) -> list[CacheEntry]:
@@ -132,8 +137,9 @@ def synthetic_entries(count: int, seed: int, size: int = CACHE_SIZE) -> list[Cac
     rng = np.random.default_rng(seed + 7919)
     entries = []
     for i in range(count):
-        phantom = generate_phantom(shape=(48, size, size), spacing=(6.0, 1.37, 1.37),
-                                   seed=seed + i, noise_sd_hu=float(rng.uniform(10, 40)))
+        phantom = generate_phantom(
+            shape=(48, size, size), spacing=(6.0, 1.37, 1.37), seed=seed + i, noise_sd_hu=float(rng.uniform(10, 40))
+        )
         lung = phantom.labels > 0
         hu, labels = insert_lesions(phantom.hu, lung, phantom.spacing, rng, noise_sd_hu=0)
         entries.append(CacheEntry(f"synthetic-{i:03d}", hu, labels, phantom.spacing))

@@ -13,7 +13,11 @@ REQUIRED_TOOLS = ("storescu", "echoscu", "dciodvfy", "Orthanc")
 
 
 def pytest_collection_modifyitems(config, items):
-    missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None and not (t == "Orthanc" and shutil.which("/usr/sbin/Orthanc"))]
+    missing = [
+        t
+        for t in REQUIRED_TOOLS
+        if shutil.which(t) is None and not (t == "Orthanc" and shutil.which("/usr/sbin/Orthanc"))
+    ]
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
@@ -51,8 +55,11 @@ def make_node(tmp_path):
     started = []
 
     def make(pacs: Orthanc | None, **kwargs) -> NodeProcess:
-        destinations = [] if pacs is None else [
-            {"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}]
+        destinations = (
+            []
+            if pacs is None
+            else [{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}]
+        )
         node = NodeProcess(tmp_path / f"node{len(started)}", destinations, **kwargs)
         started.append(node)
         return node

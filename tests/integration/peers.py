@@ -57,20 +57,31 @@ class Orthanc:
     def config(self) -> dict:
         """Orthanc's JSON configuration; subclasses add plugins and their settings."""
         return {
-            "Name": "test-pacs", "StorageDirectory": str(self.workdir / "db"),
-            "IndexDirectory": str(self.workdir / "db"), "DicomAet": self.aet,
-            "DicomPort": self.dicom_port, "HttpPort": self.http_port, "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [],
-            "HttpServerEnabled": True, "StableAge": 1, "ConcurrentJobs": 1,
+            "Name": "test-pacs",
+            "StorageDirectory": str(self.workdir / "db"),
+            "IndexDirectory": str(self.workdir / "db"),
+            "DicomAet": self.aet,
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False,
+            "Plugins": [],
+            "HttpServerEnabled": True,
+            "StableAge": 1,
+            "ConcurrentJobs": 1,
             "DicomModalities": self.modalities,
         }
 
-    def start(self) -> "Orthanc":
+    def start(self) -> Orthanc:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "orthanc.json").write_text(json.dumps(self.config()))
         with open(self.workdir / "orthanc.log", "ab") as log:  # the process keeps its own descriptor
-            self.process = subprocess.Popen([shutil.which("Orthanc") or "/usr/sbin/Orthanc",
-                                             str(self.workdir / "orthanc.json")], stdout=log, stderr=log)
+            self.process = subprocess.Popen(
+                [shutil.which("Orthanc") or "/usr/sbin/Orthanc", str(self.workdir / "orthanc.json")],
+                stdout=log,
+                stderr=log,
+            )
         wait_until(self._alive, 30, what="Orthanc to answer on its REST port")
         return self
 
@@ -88,8 +99,9 @@ class Orthanc:
             return json.loads(resp.read())
 
     def post(self, path: str, body: bytes, content_type: str = "application/json"):
-        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=body, method="POST",
-                                         headers={"Content-Type": content_type})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}", data=body, method="POST", headers={"Content-Type": content_type}
+        )
         with urllib.request.urlopen(request, timeout=120) as resp:
             return json.loads(resp.read())
 
@@ -128,9 +140,17 @@ class Orthanc:
 class NodeProcess:
     """`ldct-node serve` as a real subprocess with its own config, data dir and log file."""
 
-    def __init__(self, workdir: Path, destinations: list[dict], *, engine: str = "threshold",
-                 idle_seconds: float = 2, extra: str = "", workers: int = 1,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        destinations: list[dict],
+        *,
+        engine: str = "threshold",
+        idle_seconds: float = 2,
+        extra: str = "",
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+    ) -> None:
         """`env`: extra environment, e.g. LDCT_<SECTION>__<KEY> settings."""
         self.workdir = Path(workdir)
         self.env = env or {}
@@ -139,29 +159,51 @@ class NodeProcess:
         self.config = self.workdir / "node.toml"
         self.log_path = self.workdir / "node.log"
         lines = [
-            "[node]", 'ae_title = "LDCTNODE"', f"port = {self.port}", 'bind_address = "127.0.0.1"',
-            f'data_dir = "{self.data_dir}"', "min_free_disk_mb = 10", f"workers = {workers}",
-            "[series]", f"idle_seconds = {idle_seconds}",
-            "[inference]", f'engine = "{engine}"', 'device = "cpu"',
-            "[dispatch]", "first_retry_seconds = 1", "max_retry_seconds = 2",
-            "[logging]", 'format = "json"', 'level = "info"',
+            "[node]",
+            'ae_title = "LDCTNODE"',
+            f"port = {self.port}",
+            'bind_address = "127.0.0.1"',
+            f'data_dir = "{self.data_dir}"',
+            "min_free_disk_mb = 10",
+            f"workers = {workers}",
+            "[series]",
+            f"idle_seconds = {idle_seconds}",
+            "[inference]",
+            f'engine = "{engine}"',
+            'device = "cpu"',
+            "[dispatch]",
+            "first_retry_seconds = 1",
+            "max_retry_seconds = 2",
+            "[logging]",
+            'format = "json"',
+            'level = "info"',
         ]
         for d in destinations:
-            lines += ["[[destinations]]", *(f'{k} = {json.dumps(v)}' for k, v in d.items())]
+            lines += ["[[destinations]]", *(f"{k} = {json.dumps(v)}" for k, v in d.items())]
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config.write_text("\n".join(lines) + "\n" + extra)
         self.process: subprocess.Popen | None = None
 
     def cli(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "dicom_node", *args, "--config", str(self.config)],
-                              capture_output=True, text=True, timeout=timeout, check=check, cwd=REPO,
-                              env={**os.environ, **self.env})  # the admin's environment is the node's
+        return subprocess.run(
+            [sys.executable, "-m", "dicom_node", *args, "--config", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+            cwd=REPO,
+            env={**os.environ, **self.env},
+        )  # the admin's environment is the node's
 
-    def start(self) -> "NodeProcess":
+    def start(self) -> NodeProcess:
         with open(self.log_path, "ab") as log:  # the process keeps its own descriptor
-            self.process = subprocess.Popen([sys.executable, "-m", "dicom_node", "serve", "--config",
-                                             str(self.config)], stdout=log, stderr=log, cwd=REPO,
-                                            env={**os.environ, "OMP_NUM_THREADS": "2", **self.env})
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "dicom_node", "serve", "--config", str(self.config)],
+                stdout=log,
+                stderr=log,
+                cwd=REPO,
+                env={**os.environ, "OMP_NUM_THREADS": "2", **self.env},
+            )
         wait_until(self._listening, 60, what="the node to listen")
         return self
 
@@ -192,8 +234,9 @@ class NodeProcess:
                 self.process.kill()
 
 
-def storescu(port: int, paths: list[Path] | Path, called_ae: str = "LDCTNODE",
-             calling_ae: str = "SCANNER", check: bool = True) -> subprocess.CompletedProcess:
+def storescu(
+    port: int, paths: list[Path] | Path, called_ae: str = "LDCTNODE", calling_ae: str = "SCANNER", check: bool = True
+) -> subprocess.CompletedProcess:
     args = ["storescu", "-aet", calling_ae, "-aec", called_ae]
     if isinstance(paths, Path) and paths.is_dir():
         args += ["+sd", "+r", "127.0.0.1", str(port), str(paths)]

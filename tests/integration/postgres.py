@@ -67,15 +67,27 @@ class PostgresServer:
             raise RuntimeError(f"{args[0]} failed ({result.returncode}): {result.stderr[-2000:]}\n{log}")
         return result
 
-    def start(self) -> "PostgresServer":
+    def start(self) -> PostgresServer:
         if self.as_user:
             user = pwd.getpwnam(self.as_user)
             os.chown(self.root, user.pw_uid, user.pw_gid)
         os.chmod(self.root, 0o755)  # the socket must be reachable by the (root) clients
-        self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
-                  "--no-sync", "--no-instructions")
-        options = (f"-p {self.port} -k {self.socket_dir} -c listen_addresses='' -c fsync=off "
-                   f"-c max_connections=200 -c shared_buffers=32MB")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--no-instructions",
+        )
+        options = (
+            f"-p {self.port} -k {self.socket_dir} -c listen_addresses='' -c fsync=off "
+            f"-c max_connections=200 -c shared_buffers=32MB"
+        )
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
         self.started = True
         return self
@@ -88,8 +100,9 @@ class PostgresServer:
         import psycopg
 
         name = name or f"ldct_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(host=str(self.socket_dir), port=self.port, user=SUPERUSER, dbname="postgres",
-                             autocommit=True) as connection:
+        with psycopg.connect(
+            host=str(self.socket_dir), port=self.port, user=SUPERUSER, dbname="postgres", autocommit=True
+        ) as connection:
             connection.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
@@ -105,16 +118,22 @@ class PostgresServer:
 # ---- node processes sharing one database and spool ------------------------------------------
 def database_section(url: str, lease_seconds: float = 300, heartbeat_seconds: float = 30) -> str:
     """TOML appended to a NodeProcess config: the shared database and the lease timing."""
-    return (f'\n[database]\nurl = "{url}"\n'
-            f"[jobs]\nlease_seconds = {lease_seconds}\nheartbeat_seconds = {heartbeat_seconds}\n")
+    return (
+        f'\n[database]\nurl = "{url}"\n'
+        f"[jobs]\nlease_seconds = {lease_seconds}\nheartbeat_seconds = {heartbeat_seconds}\n"
+    )
 
 
 def start_cli_process(node, *args: str, log_name: str) -> subprocess.Popen:
     """Another `python -m dicom_node <args>` on `node`'s config and environment (same database and spool)."""
     with open(node.workdir / log_name, "ab") as log:  # the process keeps its own descriptor
-        return subprocess.Popen([sys.executable, "-m", "dicom_node", *args, "--config", str(node.config)],
-                                stdout=log, stderr=log, cwd=REPO,
-                                env={**os.environ, "OMP_NUM_THREADS": "1", **node.env})
+        return subprocess.Popen(
+            [sys.executable, "-m", "dicom_node", *args, "--config", str(node.config)],
+            stdout=log,
+            stderr=log,
+            cwd=REPO,
+            env={**os.environ, "OMP_NUM_THREADS": "1", **node.env},
+        )
 
 
 def start_receiver(node) -> None:
@@ -122,4 +141,3 @@ def start_receiver(node) -> None:
 
     node.process = start_cli_process(node, "serve", "--no-workers", log_name=node.log_path.name)
     wait_until(node._listening, 60, what="the receiving node to listen")
-

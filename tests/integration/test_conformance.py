@@ -17,9 +17,9 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pydicom
@@ -109,8 +109,17 @@ class Sender:
 
 
 def _storescu(*options: str) -> Callable[[int, list[Path]], list[str]]:
-    return lambda port, files: ["storescu", *options, "-aet", "STORESCU", "-aec", NODE_AE, "127.0.0.1", str(port),
-                                *map(str, files)]
+    return lambda port, files: [
+        "storescu",
+        *options,
+        "-aet",
+        "STORESCU",
+        "-aec",
+        NODE_AE,
+        "127.0.0.1",
+        str(port),
+        *map(str, files),
+    ]
 
 
 SENDERS = {
@@ -119,29 +128,87 @@ SENDERS = {
     "storescu implicit VR only": Sender("storescu", _storescu("-xi"), wire_syntax=ImplicitVRLittleEndian),
     "storescu user identity": Sender("storescu", _storescu("--user", "radiographer", "--password", "secret")),
     "storescu JPEG-LS": Sender("storescu", _storescu("-xt"), encode=["dcmcjpls"], wire_syntax=JPEGLSLossless),
-    "storescu JPEG lossless": Sender("storescu", _storescu("-xs"), encode=["dcmcjpeg", "+e1"],
-                                     wire_syntax=JPEGLosslessSV1),
-    "storescu deflated": Sender("storescu", _storescu("-xd"), encode=["dcmconv", "+td"],
-                                wire_syntax=DeflatedExplicitVRLittleEndian),
-    "storescu big-endian file": Sender("storescu", _storescu("-xb"), encode=["dcmconv", "+tb"],
-                                       wire_syntax=ExplicitVRBigEndian),
-    "dcmsend": Sender("dcmsend", lambda port, files: ["dcmsend", "-aet", "DCMSEND", "-aec", NODE_AE, "127.0.0.1",
-                                                      str(port), *map(str, files)]),
-    "pynetdicom": Sender(sys.executable, lambda port, files: [
-        sys.executable, "-m", "pynetdicom", "storescu", "-aet", "PYNETDICOM", "-aec", NODE_AE, "127.0.0.1",
-        str(port), *map(str, files)]),
+    "storescu JPEG lossless": Sender(
+        "storescu", _storescu("-xs"), encode=["dcmcjpeg", "+e1"], wire_syntax=JPEGLosslessSV1
+    ),
+    "storescu deflated": Sender(
+        "storescu", _storescu("-xd"), encode=["dcmconv", "+td"], wire_syntax=DeflatedExplicitVRLittleEndian
+    ),
+    "storescu big-endian file": Sender(
+        "storescu", _storescu("-xb"), encode=["dcmconv", "+tb"], wire_syntax=ExplicitVRBigEndian
+    ),
+    "dcmsend": Sender(
+        "dcmsend",
+        lambda port, files: ["dcmsend", "-aet", "DCMSEND", "-aec", NODE_AE, "127.0.0.1", str(port), *map(str, files)],
+    ),
+    "pynetdicom": Sender(
+        sys.executable,
+        lambda port, files: [
+            sys.executable,
+            "-m",
+            "pynetdicom",
+            "storescu",
+            "-aet",
+            "PYNETDICOM",
+            "-aec",
+            NODE_AE,
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+    ),
     # gdcmscu 3.0.21 throws after its last C-STORE (against dcmtk's storescp too): judged by what
     # the node stored
-    "gdcmscu": Sender("gdcmscu", lambda port, files: [
-        "gdcmscu", "--store", "--aetitle", "GDCMSCU", "--call", NODE_AE, "-i", str(files[0].parent), "-r",
-        "127.0.0.1", str(port)], must_exit_0=False),
-    "CTN send_image": Sender("send_image", lambda port, files: [
-        "send_image", "-q", "-r", "-a", "CTNSEND", "-c", NODE_AE, "127.0.0.1", str(port), *map(str, files)]),
-    "PixelMed StorageSOPClassSCU": Sender("java", lambda port, files: [
-        "java", "-cp", str(PIXELMED_JAR), "com.pixelmed.network.StorageSOPClassSCU", "127.0.0.1", str(port),
-        NODE_AE, "PIXELMED", "-"], stdin_file_list=True),
-    "odil store": Sender("odil", lambda port, files: [
-        "odil", "store", "127.0.0.1", str(port), "ODIL", NODE_AE, *map(str, files)]),
+    "gdcmscu": Sender(
+        "gdcmscu",
+        lambda port, files: [
+            "gdcmscu",
+            "--store",
+            "--aetitle",
+            "GDCMSCU",
+            "--call",
+            NODE_AE,
+            "-i",
+            str(files[0].parent),
+            "-r",
+            "127.0.0.1",
+            str(port),
+        ],
+        must_exit_0=False,
+    ),
+    "CTN send_image": Sender(
+        "send_image",
+        lambda port, files: [
+            "send_image",
+            "-q",
+            "-r",
+            "-a",
+            "CTNSEND",
+            "-c",
+            NODE_AE,
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+    ),
+    "PixelMed StorageSOPClassSCU": Sender(
+        "java",
+        lambda port, files: [
+            "java",
+            "-cp",
+            str(PIXELMED_JAR),
+            "com.pixelmed.network.StorageSOPClassSCU",
+            "127.0.0.1",
+            str(port),
+            NODE_AE,
+            "PIXELMED",
+            "-",
+        ],
+        stdin_file_list=True,
+    ),
+    "odil store": Sender(
+        "odil", lambda port, files: ["odil", "store", "127.0.0.1", str(port), "ODIL", NODE_AE, *map(str, files)]
+    ),
 }
 
 
@@ -155,8 +222,15 @@ def test_sender_delivers_a_series_the_node_stores_as_sent(node, tmp_path, name):
     if sender.encode:
         files = encoded(files, tmp_path / "encoded", sender.encode)
     stdin = "".join(f"{f}\n" for f in files) if sender.stdin_file_list else None
-    sent = subprocess.run(sender.command(node.port, files), input=stdin, capture_output=True, text=True,
-                          env=tool_env(), timeout=300, check=False)
+    sent = subprocess.run(
+        sender.command(node.port, files),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+        timeout=300,
+        check=False,
+    )
     if sender.must_exit_0:
         assert sent.returncode == 0, sent.stdout[-2000:] + sent.stderr[-2000:]
     assert_stored_as_sent(node, files, sender.wire_syntax)
@@ -177,8 +251,14 @@ def test_orthanc_forwarding_a_series_delivers_it_as_sent(node, tmp_path):
 
 def test_dcmtk_sees_the_nodes_implementation_identity(node):
     """storescu -d prints what the node's A-ASSOCIATE-AC announced."""
-    answer = subprocess.run(["echoscu", "-d", "-aec", NODE_AE, "127.0.0.1", str(node.port)], capture_output=True,
-                            text=True, env=tool_env(), timeout=60, check=False)
+    answer = subprocess.run(
+        ["echoscu", "-d", "-aec", NODE_AE, "127.0.0.1", str(node.port)],
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+        timeout=60,
+        check=False,
+    )
     assert answer.returncode == 0, answer.stderr
     assert f"Their Implementation Class UID:    {IMPLEMENTATION_CLASS_UID}" in answer.stderr
     assert f"Their Implementation Version Name: {IMPLEMENTATION_VERSION_NAME}" in answer.stderr
@@ -188,8 +268,14 @@ def test_user_identity_with_positive_response_requested_is_not_confirmed(node, t
     """The node authenticates no one, so it sends no User Identity response (PS3.7 D.3.3.7
     lets an acceptor ignore the item); dcmtk then gives up by its own choice."""
     files = write_series(make_ct_series(1, 32), tmp_path / "one")
-    sent = subprocess.run(_storescu("--user", "radiographer", "--password", "secret", "--pos-response")(
-        node.port, files), capture_output=True, text=True, env=tool_env(), timeout=60, check=False)
+    sent = subprocess.run(
+        _storescu("--user", "radiographer", "--password", "secret", "--pos-response")(node.port, files),
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+        timeout=60,
+        check=False,
+    )
     assert sent.returncode != 0 and "Positive response requested but none received" in sent.stderr
 
 
@@ -217,9 +303,21 @@ def test_only_unstorable_contexts_get_refused_by_name(node):
     assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
     assert not assoc.is_established  # pynetdicom aborts an association without any context
     assert sorted((c.abstract_syntax, c.result) for c in assoc.rejected_contexts) == [
-        (PRIVATE_SOP_CLASS, 0x03), (CTImageStorage, 0x04)]
-    line = wait_until(lambda: next((e for e in node_log(node) if e["event"] == "presentation contexts refused"
-                                    and e.get("calling_ae") == "ODDSENDER"), None), 10, what="refusal log line")
+        (PRIVATE_SOP_CLASS, 0x03),
+        (CTImageStorage, 0x04),
+    ]
+    line = wait_until(
+        lambda: next(
+            (
+                e
+                for e in node_log(node)
+                if e["event"] == "presentation contexts refused" and e.get("calling_ae") == "ODDSENDER"
+            ),
+            None,
+        ),
+        10,
+        what="refusal log line",
+    )
     assert line["level"] == "warning" and line["accepted"] == 0
     assert f"CT Image Storage: transfer syntax not supported ({PRIVATE_TRANSFER_SYNTAX})" in line["refused"]
     assert f"{PRIVATE_SOP_CLASS}: SOP class not supported" in line["refused"]
@@ -239,8 +337,9 @@ def test_refused_c_store_says_why_and_leaves_nothing(node, tmp_path):
     status = assoc.send_c_store(ds)
     assoc.release()
     assert status.Status == 0xC000 and "Enhanced CT" in status.ErrorComment
-    assert any(e["event"] == "enhanced ct refused" and e["sop_instance_uid"] == ds.SOPInstanceUID
-               for e in node_log(node))
+    assert any(
+        e["event"] == "enhanced ct refused" and e["sop_instance_uid"] == ds.SOPInstanceUID for e in node_log(node)
+    )
     assert spool_snapshot(node) == (before, [])
 
 
@@ -249,7 +348,7 @@ def dataset_bytes(part10: bytes) -> bytes:
     """The dataset of a Part 10 file: everything after the File Meta group."""
     assert part10[128:132] == b"DICM"
     group_length = int.from_bytes(part10[140:144], "little")  # (0002,0000) UL, Explicit VR LE
-    return part10[144 + group_length:]
+    return part10[144 + group_length :]
 
 
 class PynetdicomStoreSCP:
@@ -271,8 +370,9 @@ class PynetdicomStoreSCP:
         return 0x0000
 
     def __enter__(self):
-        self.server = self.ae.start_server(("127.0.0.1", self.port), block=False,
-                                           evt_handlers=[(evt.EVT_C_STORE, self.on_store)])
+        self.server = self.ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self.on_store)]
+        )
         return self
 
     def __exit__(self, *exc):
@@ -286,40 +386,65 @@ def test_results_reach_orthanc_storescp_and_pynetdicom_byte_for_byte(tmp_path):
     storescp_dir, storescp_port = tmp_path / "storescp", free_port()
     storescp_dir.mkdir()
     with open(tmp_path / "storescp.log", "w") as storescp_log:  # the process keeps its own descriptor
-        storescp = subprocess.Popen(["storescp", "-d", "+B", "-aet", "STORESCP", "-od", str(storescp_dir),
-                                     str(storescp_port)], stdout=storescp_log, stderr=subprocess.STDOUT,
-                                    env=tool_env())
+        storescp = subprocess.Popen(
+            ["storescp", "-d", "+B", "-aet", "STORESCP", "-od", str(storescp_dir), str(storescp_port)],
+            stdout=storescp_log,
+            stderr=subprocess.STDOUT,
+            env=tool_env(),
+        )
     threading.Event().wait(0.5)
     node = None
     try:
         with PynetdicomStoreSCP() as scp:
-            node = NodeProcess(tmp_path / "node", [
-                {"name": "orthanc", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port},
-                {"name": "storescp", "ae_title": "STORESCP", "host": "127.0.0.1", "port": storescp_port},
-                {"name": "pynetdicom", "ae_title": "PYNETSCP", "host": "127.0.0.1", "port": scp.port},
-            ], engine="threshold").start()
-            phantom = generate_phantom(shape=(24, 96, 96), spacing=(10.0, 3.6, 3.6), seed=7,
-                                       lesions=[LesionSpec("ggo", volume_ml=80.0)])
+            node = NodeProcess(
+                tmp_path / "node",
+                [
+                    {"name": "orthanc", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port},
+                    {"name": "storescp", "ae_title": "STORESCP", "host": "127.0.0.1", "port": storescp_port},
+                    {"name": "pynetdicom", "ae_title": "PYNETSCP", "host": "127.0.0.1", "port": scp.port},
+                ],
+                engine="threshold",
+            ).start()
+            phantom = generate_phantom(
+                shape=(24, 96, 96), spacing=(10.0, 3.6, 3.6), seed=7, lesions=[LesionSpec("ggo", volume_ml=80.0)]
+            )
             assert storescu(node.port, write_phantom(phantom, tmp_path / "series")).returncode == 0
-            job = wait_until(lambda: next((j for j in node.jobs() if j["state"] == "done" and len(j["dispatches"]) == 3
-                                           and all(d["state"] == "sent" for d in j["dispatches"])), None),
-                             240, interval=1, what="the job sent to three destinations")
+            job = wait_until(
+                lambda: next(
+                    (
+                        j
+                        for j in node.jobs()
+                        if j["state"] == "done"
+                        and len(j["dispatches"]) == 3
+                        and all(d["state"] == "sent" for d in j["dispatches"])
+                    ),
+                    None,
+                ),
+                240,
+                interval=1,
+                what="the job sent to three destinations",
+            )
             outputs = [Path(job["result_dir"]) / name for name in job["summary"]["outputs"]]
             assert len(outputs) >= 3  # SEG, SR and key images
-            sent = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): dataset_bytes(p.read_bytes())
-                    for p in outputs}
+            sent = {
+                str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): dataset_bytes(p.read_bytes())
+                for p in outputs
+            }
             assert scp.received == sent
             assert scp.requestor_identity == (IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME)
-        at_storescp = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): dataset_bytes(p.read_bytes())
-                       for p in storescp_dir.iterdir()}
+        at_storescp = {
+            str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): dataset_bytes(p.read_bytes())
+            for p in storescp_dir.iterdir()
+        }
         assert at_storescp == sent
         storescp_saw = (tmp_path / "storescp.log").read_text()
         assert f"Their Implementation Class UID:    {IMPLEMENTATION_CLASS_UID}" in storescp_saw
         in_orthanc = {}
         for instance in pacs.get("/instances"):
             data = pacs.get_bytes(f"/instances/{instance}/file")
-            in_orthanc[str(pydicom.dcmread(pydicom.filebase.DicomBytesIO(data), stop_before_pixels=True)
-                           .SOPInstanceUID)] = dataset_bytes(data)
+            in_orthanc[
+                str(pydicom.dcmread(pydicom.filebase.DicomBytesIO(data), stop_before_pixels=True).SOPInstanceUID)
+            ] = dataset_bytes(data)
         assert in_orthanc == sent
     finally:
         if node is not None:

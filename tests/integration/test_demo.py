@@ -12,8 +12,14 @@ from tests.integration.peers import REPO
 
 
 def demo(workdir, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dicom_node", "demo", "--workdir", str(workdir), *args],
-                          capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "dicom_node", "demo", "--workdir", str(workdir), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        check=False,
+    )
 
 
 @pytest.mark.slow
@@ -25,8 +31,9 @@ def test_each_demo_run_processes_the_series_with_the_engine_asked_for(tmp_path):
     second = demo(workdir, "--engine", "cnn")  # same series re-sent: must not show the first result
     assert second.returncode == 0, second.stderr[-2000:]
     assert "engine cnn" in second.stdout and "engine threshold" not in second.stdout
-    modalities = sorted(pydicom.dcmread(p, stop_before_pixels=True).Modality
-                        for p in (workdir / "pacs-inbox").glob("*.dcm"))
+    modalities = sorted(
+        pydicom.dcmread(p, stop_before_pixels=True).Modality for p in (workdir / "pacs-inbox").glob("*.dcm")
+    )
     assert modalities.count("SEG") == 1 and modalities.count("SR") == 1  # this run's results only
 
 

@@ -60,8 +60,10 @@ def assert_spool_intact(node) -> None:
 def wait_done_and_sent(node, count: int, timeout: float = 180) -> list[dict]:
     def ready():
         jobs = node.jobs()
-        ok = len(jobs) >= count and all(j["state"] == "done" and j["dispatches"]
-                                        and all(d["state"] == "sent" for d in j["dispatches"]) for j in jobs)
+        ok = len(jobs) >= count and all(
+            j["state"] == "done" and j["dispatches"] and all(d["state"] == "sent" for d in j["dispatches"])
+            for j in jobs
+        )
         return jobs if ok else None
 
     return wait_until(ready, timeout, interval=1, what=f"{count} job(s) done and sent")
@@ -158,9 +160,24 @@ def test_disk_nearly_full_answers_a700_and_recovers_when_space_returns(orthanc, 
         except OSError as exc:
             pytest.skip(f"cannot allocate a ballast file here: {exc}")
     try:
-        refused = subprocess.run(["storescu", "-d", "-aet", "SCANNER", "-aec", "LDCTNODE", "127.0.0.1",
-                                  str(node.port), *map(str, files[:3])],
-                                 capture_output=True, text=True, env=tool_env(), timeout=60, check=False)
+        refused = subprocess.run(
+            [
+                "storescu",
+                "-d",
+                "-aet",
+                "SCANNER",
+                "-aec",
+                "LDCTNODE",
+                "127.0.0.1",
+                str(node.port),
+                *map(str, files[:3]),
+            ],
+            capture_output=True,
+            text=True,
+            env=tool_env(),
+            timeout=60,
+            check=False,
+        )
         output = (refused.stdout + refused.stderr).lower()
         assert "0xa700: refused: out of resources" in output, output[-1500:]
         assert spooled_files(node) == []
@@ -178,9 +195,13 @@ def test_disk_nearly_full_answers_a700_and_recovers_when_space_returns(orthanc, 
 def test_node_killed_during_an_association_resend_processed_once(orthanc, make_node, tmp_path):
     files = make_series(tmp_path / "series", shape=(150, 256, 256))
     node = make_node(orthanc, engine="threshold", idle_seconds=8).start()
-    sender = subprocess.Popen(["storescu", "-aet", "SCANNER", "-aec", "LDCTNODE", "127.0.0.1", str(node.port),
-                               *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, env=tool_env())
+    sender = subprocess.Popen(
+        ["storescu", "-aet", "SCANNER", "-aec", "LDCTNODE", "127.0.0.1", str(node.port), *map(str, files)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=tool_env(),
+    )
     try:
         wait_until(lambda: len(spooled_files(node)) >= 30, 60, interval=0.02, what="30 instances stored")
         node.kill()
@@ -214,8 +235,9 @@ def test_load_eight_concurrent_associations_of_100_instances(orthanc, make_node,
     node = make_node(orthanc, engine="threshold", idle_seconds=3, workers=2).start()
     results: list[subprocess.CompletedProcess] = []
     started = time.monotonic()
-    senders = [threading.Thread(target=lambda f=f: results.append(storescu(node.port, f, check=False)))
-               for f in folders]
+    senders = [
+        threading.Thread(target=lambda f=f: results.append(storescu(node.port, f, check=False))) for f in folders
+    ]
     for s in senders:
         s.start()
     for s in senders:
@@ -230,6 +252,8 @@ def test_load_eight_concurrent_associations_of_100_instances(orthanc, make_node,
     assert pacs_counts(orthanc) == (series_count, series_count)
     assert '"level": "error"' not in node.log_path.read_text()
     rate = series_count * slices / receive_seconds
-    print(f"\nLOAD: {series_count}x{slices} instances received in {receive_seconds:.1f} s "
-          f"({rate:.0f} instances/s), all processed and sent in {total_seconds:.1f} s")
+    print(
+        f"\nLOAD: {series_count}x{slices} instances received in {receive_seconds:.1f} s "
+        f"({rate:.0f} instances/s), all processed and sent in {total_seconds:.1f} s"
+    )
     np.testing.assert_equal(sorted(j["instances"] for j in jobs), [slices] * series_count)

@@ -30,9 +30,13 @@ SPACING = (12.0, 5.3, 5.3)
 def peers(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
     orthanc = Orthanc(root / "orthanc").start()
-    node = NodeProcess(root / "node", [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1",
-                                        "port": orthanc.dicom_port}], engine="threshold", idle_seconds=2,
-                       extra="[jobs]\nmax_attempts = 1\n").start()  # a failing job dies at once
+    node = NodeProcess(
+        root / "node",
+        [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
+        engine="threshold",
+        idle_seconds=2,
+        extra="[jobs]\nmax_attempts = 1\n",
+    ).start()  # a failing job dies at once
     store = JobStore(f"sqlite:///{node.data_dir / 'jobs.sqlite3'}", upgrade=False)
     yield orthanc, node, store
     store.close()
@@ -54,6 +58,7 @@ def rewrite(paths: list[Path], change) -> None:
 
 def decision(store: JobStore, series_uid: str, timeout: float = 60):
     """The node's (last) completeness decision on a series."""
+
     def found():
         rows = [s for s in store.recent_series(200) if s.series_uid == series_uid]
         return rows[0] if rows else None
@@ -84,8 +89,25 @@ def series_uid_of(paths: list[Path]) -> str:
 def storescu_verbose(port: int, paths: list[Path], *options: str) -> tuple[int, str]:
     """storescu -d (or the verbosity given) with extra options; (exit code, lower-cased output)."""
     verbosity = [] if "-q" in options else ["-d"]
-    result = subprocess.run(["storescu", *verbosity, *options, "-aet", "SCANNER", "-aec", "LDCTNODE", "127.0.0.1",
-                             str(port), *map(str, paths)], capture_output=True, text=True, env=tool_env(), timeout=120, check=False)
+    result = subprocess.run(
+        [
+            "storescu",
+            *verbosity,
+            *options,
+            "-aet",
+            "SCANNER",
+            "-aec",
+            "LDCTNODE",
+            "127.0.0.1",
+            str(port),
+            *map(str, paths),
+        ],
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+        timeout=120,
+        check=False,
+    )
     return result.returncode, (result.stdout + result.stderr).lower()
 
 
@@ -137,8 +159,10 @@ def test_pixel_data_of_wrong_length_is_refused_with_a900(peers, tmp_path):
 
 
 # ---- stored, then a decision with a reason ----------------------------------------------------
-@pytest.mark.parametrize(("attribute", "reason"), [("ImagePositionPatient", "missing ImagePositionPatient"),
-                                               ("PixelSpacing", "missing PixelSpacing")])
+@pytest.mark.parametrize(
+    ("attribute", "reason"),
+    [("ImagePositionPatient", "missing ImagePositionPatient"), ("PixelSpacing", "missing PixelSpacing")],
+)
 def test_missing_geometry_is_inconsistent_with_the_reason(peers, tmp_path, attribute, reason):
     _, node, store = peers
     paths = series(tmp_path / "s", seed=1)
@@ -171,9 +195,11 @@ def test_two_acquisitions_at_the_same_positions_are_not_mixed(peers, tmp_path):
     if decided.outcome == "queued":
         job = store.get_job(decided.job_id)
         used = set(job.instance_uid_list())
-        acquisitions = {str(pydicom.dcmread(p, stop_before_pixels=True).AcquisitionNumber)
-                        for p in first + second
-                        if str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) in used}
+        acquisitions = {
+            str(pydicom.dcmread(p, stop_before_pixels=True).AcquisitionNumber)
+            for p in first + second
+            if str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) in used
+        }
         assert len(acquisitions) == 1 and len(used) == SLICES, (acquisitions, len(used))
     else:
         assert decided.outcome == "inconsistent" and decided.reason
@@ -221,7 +247,9 @@ def test_same_sop_instance_uid_twice_with_different_content_last_wins(peers, tmp
     assert storescu(node.port, [*paths, changed]).returncode == 0
     job = processed(node, store, series_uid_of(paths))
     assert job["instances"] == SLICES
-    spooled = node.data_dir / "spool" / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
+    spooled = (
+        node.data_dir / "spool" / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
+    )
     assert pydicom.dcmread(spooled).PixelData == ds.PixelData
     assert "instance re-sent with different content: replaced" in node.log_path.read_text()
 
@@ -239,20 +267,29 @@ def test_compressed_transfer_syntaxes_give_the_same_volumes(peers, tmp_path):
         code, output = storescu_verbose(node.port, paths, option)
         assert code == 0, (name, output[-800:])
         first = pydicom.dcmread(paths[0], stop_before_pixels=True)
-        spooled = (node.data_dir / "spool" / str(first.StudyInstanceUID) / str(first.SeriesInstanceUID)
-                   / f"{first.SOPInstanceUID}.dcm")
+        spooled = (
+            node.data_dir
+            / "spool"
+            / str(first.StudyInstanceUID)
+            / str(first.SeriesInstanceUID)
+            / f"{first.SOPInstanceUID}.dcm"
+        )
         assert pydicom.dcmread(spooled, stop_before_pixels=True).file_meta.TransferSyntaxUID == (
-            syntax or first.file_meta.TransferSyntaxUID)  # stored as sent, not transcoded
+            syntax or first.file_meta.TransferSyntaxUID
+        )  # stored as sent, not transcoded
         job = processed(node, store, series_uid_of(paths))
         lungs[name] = job["summary"]["quantification"]["lung_cm3"]
     assert len(set(lungs.values())) == 1 and lungs["uncompressed"] > 0, lungs
 
 
-@pytest.mark.parametrize(("charset", "name"), [
-    ("ISO_IR 192", "Müller^Zoë=山田^太郎"),
-    (["ISO 2022 IR 6", "ISO 2022 IR 100"], "Gérard^Françoise"),
-    ("ISO 2022 IR 100", "Gérard^Françoise"),
-])
+@pytest.mark.parametrize(
+    ("charset", "name"),
+    [
+        ("ISO_IR 192", "Müller^Zoë=山田^太郎"),
+        (["ISO 2022 IR 6", "ISO 2022 IR 100"], "Gérard^Françoise"),
+        ("ISO 2022 IR 100", "Gérard^Françoise"),
+    ],
+)
 def test_patient_names_in_other_character_sets_reach_the_seg(peers, tmp_path, charset, name):
     orthanc, node, store = peers
     paths = series(tmp_path / "s", seed=9)
@@ -293,8 +330,13 @@ def test_2000_slice_series_is_processed_with_bounded_memory(peers, tmp_path):
 def test_node_still_serving_and_no_handler_crashed(peers):
     _, node, _ = peers
     assert node.process.poll() is None
-    echo = subprocess.run(["echoscu", "-aec", "LDCTNODE", "127.0.0.1", str(node.port)],
-                          capture_output=True, text=True, env=tool_env(), check=False)
+    echo = subprocess.run(
+        ["echoscu", "-aec", "LDCTNODE", "127.0.0.1", str(node.port)],
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+        check=False,
+    )
     assert echo.returncode == 0
     log = node.log_path.read_text()
     assert "store handler failed" not in log

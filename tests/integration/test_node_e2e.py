@@ -21,13 +21,16 @@ SECONDARY_CAPTURE_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 
 def results_in_pacs(orthanc, timeout: float = 300):
     """Wait until Orthanc holds a SEG and an SR; return them as pydicom datasets."""
+
     def found():
         segs, srs = orthanc.instances_by_modality("SEG"), orthanc.instances_by_modality("SR")
         return (segs, srs) if segs and srs else None
 
     segs, srs = wait_until(found, timeout, interval=1, what="SEG and SR in Orthanc")
-    return ([pydicom.dcmread(io.BytesIO(orthanc.get_bytes(f"/instances/{i}/file"))) for i in segs],
-            [pydicom.dcmread(io.BytesIO(orthanc.get_bytes(f"/instances/{i}/file"))) for i in srs])
+    return (
+        [pydicom.dcmread(io.BytesIO(orthanc.get_bytes(f"/instances/{i}/file"))) for i in segs],
+        [pydicom.dcmread(io.BytesIO(orthanc.get_bytes(f"/instances/{i}/file"))) for i in srs],
+    )
 
 
 def sr_measurements(sr) -> dict[str, float]:
@@ -50,14 +53,23 @@ def sr_measurements(sr) -> dict[str, float]:
 
 
 def wait_job_state(node, state: str, timeout: float = 300, count: int = 1):
-    return wait_until(lambda: (lambda js: js if sum(j["state"] == state for j in js) >= count else None)(node.jobs()),
-                      timeout, interval=1, what=f"{count} job(s) {state}")
+    return wait_until(
+        lambda: (lambda js: js if sum(j["state"] == state for j in js) >= count else None)(node.jobs()),
+        timeout,
+        interval=1,
+        what=f"{count} job(s) {state}",
+    )
 
 
 def test_echoscu_verifies_the_node(make_node):
     node = make_node(None).start()
-    result = subprocess.run(["echoscu", "-aec", "LDCTNODE", "127.0.0.1", str(node.port)],
-                            capture_output=True, text=True, env=tool_env(), check=False)
+    result = subprocess.run(
+        ["echoscu", "-aec", "LDCTNODE", "127.0.0.1", str(node.port)],
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -77,12 +89,21 @@ def test_lidc_series_to_orthanc_seg_and_sr(orthanc, make_node, tmp_path):
     assert len(segs) == 1 and len(srs) == 1
     seg, sr = segs[0], srs[0]
     source_uids = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in LIDC_0002.iterdir()}
-    referenced = {ref.ReferencedSOPInstanceUID
-                  for series in seg.ReferencedSeriesSequence for ref in series.ReferencedInstanceSequence}
+    referenced = {
+        ref.ReferencedSOPInstanceUID
+        for series in seg.ReferencedSeriesSequence
+        for ref in series.ReferencedInstanceSequence
+    }
     assert referenced == source_uids and len(source_uids) == 261
-    key_images = wait_until(lambda: [i for i in orthanc.get("/instances")
-                                     if orthanc.get(f"/instances/{i}/simplified-tags").get("SOPClassUID")
-                                     == SECONDARY_CAPTURE_CLASS], 60, what="key images in Orthanc")
+    key_images = wait_until(
+        lambda: [
+            i
+            for i in orthanc.get("/instances")
+            if orthanc.get(f"/instances/{i}/simplified-tags").get("SOPClassUID") == SECONDARY_CAPTURE_CLASS
+        ],
+        60,
+        what="key images in Orthanc",
+    )
     stored = [tmp_path / "seg.dcm", tmp_path / "sr.dcm"]
     seg.save_as(stored[0])
     sr.save_as(stored[1])
@@ -110,8 +131,12 @@ def test_synthetic_lesion_volumes_within_tolerance(orthanc, make_node, tmp_path)
     threshold engine measures density bands, so partial-volume borders move voxels between
     GGO and consolidation, which is why the lesion total is the tighter check.
     """
-    phantom = generate_phantom(shape=(48, 192, 192), spacing=(5.0, 1.8, 1.8), seed=3, lesions=[
-        LesionSpec("ggo", volume_ml=150.0), LesionSpec("consolidation", volume_ml=60.0)])
+    phantom = generate_phantom(
+        shape=(48, 192, 192),
+        spacing=(5.0, 1.8, 1.8),
+        seed=3,
+        lesions=[LesionSpec("ggo", volume_ml=150.0), LesionSpec("consolidation", volume_ml=60.0)],
+    )
     write_series(phantom, tmp_path / "series")
     truth = quantify(phantom.labels, phantom.voxel_volume_ml)
     node = make_node(orthanc, engine="threshold").start()
@@ -138,6 +163,7 @@ def test_restart_between_receipt_and_processing_sends_once(orthanc, make_node, t
     node.stop()
     node.start()  # a second restart must not process or send again
     import time
+
     time.sleep(5)
     assert len(node.jobs()) == 1
     assert len(orthanc.instances_by_modality("SEG")) == 1
@@ -194,8 +220,11 @@ def test_identical_resend_ignored_and_late_images_supersede(orthanc, make_node, 
     assert storescu(node.port, files[:-2]).returncode == 0
     wait_job_state(node, "done")
     assert storescu(node.port, files[:-2]).returncode == 0  # identical re-send
-    wait_until(lambda: any(s["outcome"] == "identical re-send" for s in node.status()["recent_series"]),
-               60, what="re-send decision")
+    wait_until(
+        lambda: any(s["outcome"] == "identical re-send" for s in node.status()["recent_series"]),
+        60,
+        what="re-send decision",
+    )
     assert len(node.jobs()) == 1
     assert storescu(node.port, files[-2:]).returncode == 0  # late images
     wait_job_state(node, "done", count=2)

@@ -43,7 +43,12 @@ def test_health_reports_each_check(orthanc, make_node):
     node = make_node(orthanc, engine="threshold").start()
     healthy = node.cli("health", "--json", "--destinations")
     report = json.loads(healthy.stdout)
-    assert report["healthy"] and {c["check"] for c in report["checks"]} >= {"job store", "disk", "store scp", "destination pacs"}
+    assert report["healthy"] and {c["check"] for c in report["checks"]} >= {
+        "job store",
+        "disk",
+        "store scp",
+        "destination pacs",
+    }
     orthanc.stop()
     node.stop()
     sick = node.cli("health", "--json", "--destinations", check=False)

@@ -29,8 +29,9 @@ TWO_RECEIVERS = {"LDCT_NODE__RECEIVE_PROCESSES": "2"}
 
 
 def receiver_pids(node) -> list[int]:
-    out = subprocess.run(["ps", "-ww", "--ppid", str(node.process.pid), "-o", "pid=,args="],
-                         capture_output=True, text=True, check=False).stdout
+    out = subprocess.run(
+        ["ps", "-ww", "--ppid", str(node.process.pid), "-o", "pid=,args="], capture_output=True, text=True, check=False
+    ).stdout
     return [int(line.split()[0]) for line in out.splitlines() if "spawn_main" in line]
 
 
@@ -60,16 +61,30 @@ def test_concurrent_associations_use_both_processes_and_a_killed_receiver_is_rep
     for seed, folder in enumerate(folders):
         make_series(folder, shape=(30, 64, 64), seed=200 + seed)
     metrics_port = free_port()
-    node = make_node(orthanc, engine="threshold", idle_seconds=3, workers=1, env=TWO_RECEIVERS,
-                     extra=f"[metrics]\nport = {metrics_port}\n").start()
+    node = make_node(
+        orthanc,
+        engine="threshold",
+        idle_seconds=3,
+        workers=1,
+        env=TWO_RECEIVERS,
+        extra=f"[metrics]\nport = {metrics_port}\n",
+    ).start()
     [receiver] = receiver_pids(node)
 
-    echoes = [subprocess.run(["echoscu", "-aec", "LDCTNODE", "127.0.0.1", str(node.port)],
-                             env=tool_env(), capture_output=True, check=False) for _ in range(16)]
+    echoes = [
+        subprocess.run(
+            ["echoscu", "-aec", "LDCTNODE", "127.0.0.1", str(node.port)],
+            env=tool_env(),
+            capture_output=True,
+            check=False,
+        )
+        for _ in range(16)
+    ]
     assert [e.returncode for e in echoes] == [0] * 16
     results = []
-    senders = [threading.Thread(target=lambda f=f: results.append(storescu(node.port, f, check=False)))
-               for f in folders[:4]]
+    senders = [
+        threading.Thread(target=lambda f=f: results.append(storescu(node.port, f, check=False))) for f in folders[:4]
+    ]
     for sender in senders:
         sender.start()
     for sender in senders:
@@ -83,8 +98,7 @@ def test_concurrent_associations_use_both_processes_and_a_killed_receiver_is_rep
 
     place_in_spool_unreported(node, folders[5])  # stored by the receiver, which died before reporting
     os.kill(receiver, signal.SIGKILL)
-    wait_until(lambda: log_events(node, "receiver process restarted and ready"), 60,
-               what="the receiver to be replaced")
+    wait_until(lambda: log_events(node, "receiver process restarted and ready"), 60, what="the receiver to be replaced")
     assert [e["series_uid"] for e in log_events(node, "resuming undecided series")] == [series_uid_of(folders[5])]
     wait_done_and_sent(node, 5)
     [replacement] = receiver_pids(node)
@@ -95,8 +109,11 @@ def test_concurrent_associations_use_both_processes_and_a_killed_receiver_is_rep
     assert "ldct_instances_received_total 120.0" in scraped  # counted by the node for both processes
     health = node.cli("health", "--json", check=False)
     [receiving] = [c for c in json.loads(health.stdout)["checks"] if c["check"] == "receiving processes"]
-    assert receiving == {"check": "receiving processes", "ok": True,
-                         "detail": "2 of 2 up, 1 restarted since the node started"}, health.stdout
+    assert receiving == {
+        "check": "receiving processes",
+        "ok": True,
+        "detail": "2 of 2 up, 1 restarted since the node started",
+    }, health.stdout
     assert storescu(node.port, folders[4]).returncode == 0
     jobs = wait_done_and_sent(node, 6)
     assert sorted(j["instances"] for j in jobs) == [30] * 6
@@ -123,9 +140,15 @@ def test_a_second_node_on_a_port_in_use_refuses_to_start(make_node):
     first = make_node(None, env=TWO_RECEIVERS).start()
     second = make_node(None, env=TWO_RECEIVERS)
     second.config.write_text(second.config.read_text().replace(f"port = {second.port}", f"port = {first.port}"))
-    result = subprocess.run([sys.executable, "-m", "dicom_node", "serve", "--config", str(second.config)],
-                            capture_output=True, text=True, timeout=60, cwd=REPO,
-                            env={**os.environ, **TWO_RECEIVERS}, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "dicom_node", "serve", "--config", str(second.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, **TWO_RECEIVERS},
+        check=False,
+    )
     assert result.returncode != 0
     assert f"port {first.port}" in result.stderr and "in use" in result.stderr, result.stderr[-1500:]
     assert "Traceback" not in result.stderr
@@ -134,5 +157,9 @@ def test_a_second_node_on_a_port_in_use_refuses_to_start(make_node):
 
 
 def storescu_echo_ok(port: int) -> bool:
-    return subprocess.run(["echoscu", "-aec", "LDCTNODE", "127.0.0.1", str(port)], env=tool_env(),
-                          capture_output=True, check=False).returncode == 0
+    return (
+        subprocess.run(
+            ["echoscu", "-aec", "LDCTNODE", "127.0.0.1", str(port)], env=tool_env(), capture_output=True, check=False
+        ).returncode
+        == 0
+    )

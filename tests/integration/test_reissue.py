@@ -33,8 +33,10 @@ def test_reissue_sends_an_amended_sr_with_the_risk(orthanc, make_node, tmp_path)
     assert "hypertension" in job["summary"]["risk"]["missing"]
 
     csv = tmp_path / "clinical.csv"
-    csv.write_text("accession_number,hypertension,diabetes,cancer,respiratory_disease,cardiac_disease,obesity,days_since_onset\n"
-                   f"{DEMO_ACCESSION},1,0,0,0,1,0,4\n")
+    csv.write_text(
+        "accession_number,hypertension,diabetes,cancer,respiratory_disease,cardiac_disease,obesity,days_since_onset\n"
+        f"{DEMO_ACCESSION},1,0,0,0,1,0,4\n"
+    )
     imported = node.cli("clinical", "import", str(csv))
     assert "1 record" in imported.stdout and DEMO_ACCESSION not in imported.stdout
     reissued = node.cli("report", str(job["id"]), "--reissue")
@@ -44,11 +46,18 @@ def test_reissue_sends_an_amended_sr_with_the_risk(orthanc, make_node, tmp_path)
     import io
 
     import pydicom
-    srs = [pydicom.dcmread(io.BytesIO(orthanc.get_bytes(f"/instances/{i}/file")))
-           for i in orthanc.instances_by_modality("SR")]
+
+    srs = [
+        pydicom.dcmread(io.BytesIO(orthanc.get_bytes(f"/instances/{i}/file")))
+        for i in orthanc.instances_by_modality("SR")
+    ]
     amended = next(s for s in srs if s.SOPInstanceUID != first_sr.SOPInstanceUID)
-    predecessors = [ref.ReferencedSOPInstanceUID for study in amended.PredecessorDocumentsSequence
-                    for series in study.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence]
+    predecessors = [
+        ref.ReferencedSOPInstanceUID
+        for study in amended.PredecessorDocumentsSequence
+        for series in study.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    ]
     assert predecessors == [first_sr.SOPInstanceUID]
     jobs = sorted(node.jobs(), key=lambda j: j["id"])
     assert jobs[0]["superseded_by"] == jobs[1]["id"]

@@ -13,16 +13,25 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from dicom_node.queue.jobstore import QUEUED, RUNNING, JobStore, head_revision
 from inference.synthetic import generate_phantom, write_series
 from tests.integration.peers import storescu, wait_until
-from tests.jobstore_fixtures import create_legacy_schema, enqueue_legacy_job, result_summary
 from tests.integration.postgres import database_section, start_cli_process, start_receiver
+from tests.jobstore_fixtures import create_legacy_schema, enqueue_legacy_job, result_summary
 
 
 def enqueue(store: JobStore, n: int) -> list[int]:
-    return [store.enqueue_job(series_uid=f"1.2.{i}", study_uid="1.2", instance_uids=[f"1.3.{i}"],
-                              instance_set_hash=f"h{i}", max_attempts=3) for i in range(n)]
+    return [
+        store.enqueue_job(
+            series_uid=f"1.2.{i}",
+            study_uid="1.2",
+            instance_uids=[f"1.3.{i}"],
+            instance_set_hash=f"h{i}",
+            max_attempts=3,
+        )
+        for i in range(n)
+    ]
 
 
 def test_postgres_store_is_migrated_and_uses_skip_locked(postgres_url):
@@ -81,7 +90,9 @@ def test_expired_lease_returns_to_the_queue_on_postgres(postgres_url):
         again = store.claim_job("host-b:2", lease_seconds=60)
         assert again.id == job_id and again.attempts == 2
         assert not store.heartbeat(job_id, "host-a:1", 60)
-        assert not store.complete_job(job_id, "host-a:1", result_dir="/r", summary=result_summary(), destinations=["pacs"])
+        assert not store.complete_job(
+            job_id, "host-a:1", result_dir="/r", summary=result_summary(), destinations=["pacs"]
+        )
         assert store.complete_job(job_id, "host-b:2", result_dir="/r", summary=result_summary(), destinations=["pacs"])
         assert [d.destination for d in store.dispatches_for(job_id)] == ["pacs"]
     finally:
@@ -109,8 +120,9 @@ def test_processes_starting_together_migrate_a_new_postgres_database_once(postgr
     from tests.integration.peers import REPO
 
     code = f"from dicom_node.queue.jobstore import JobStore; JobStore({postgres_url!r}).close()"
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE, text=True)
-             for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE, text=True) for _ in range(4)
+    ]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, errors
     store = JobStore(postgres_url, upgrade=False)
@@ -130,8 +142,13 @@ def _job_done_lines(logs) -> list[dict]:
 @pytest.mark.slow
 def test_receiver_and_three_worker_processes_process_each_series_once(orthanc, make_node, postgres_url, tmp_path):
     series_count, worker_count = 6, 3
-    node = make_node(orthanc, engine="threshold", idle_seconds=2, workers=0,
-                     extra=database_section(postgres_url, lease_seconds=60, heartbeat_seconds=5))
+    node = make_node(
+        orthanc,
+        engine="threshold",
+        idle_seconds=2,
+        workers=0,
+        extra=database_section(postgres_url, lease_seconds=60, heartbeat_seconds=5),
+    )
     node.cli("db", "upgrade")
     start_receiver(node)
     workers = [start_cli_process(node, "worker", log_name=f"worker{i}.log") for i in range(worker_count)]
@@ -142,16 +159,29 @@ def test_receiver_and_three_worker_processes_process_each_series_once(orthanc, m
             write_series(generate_phantom(shape=(24, 96, 96), spacing=(8.0, 3.5, 3.5), seed=seed), folder)
             folders.append(folder)
         results: list = []
-        senders = [threading.Thread(target=lambda f=f: results.append(storescu(node.port, f, check=False)))
-                   for f in folders]
+        senders = [
+            threading.Thread(target=lambda f=f: results.append(storescu(node.port, f, check=False))) for f in folders
+        ]
         for s in senders:
             s.start()
         for s in senders:
             s.join(300)
         assert [r.returncode for r in results] == [0] * series_count, [r.stderr[-500:] for r in results]
-        jobs = wait_until(lambda: (lambda js: js if len(js) == series_count and all(
-            j["state"] == "done" and j["dispatches"] and j["dispatches"][0]["state"] == "sent" for j in js)
-            else None)(node.jobs()), 300, interval=1, what="every job done and sent")
+        jobs = wait_until(
+            lambda: (
+                lambda js: (
+                    js
+                    if len(js) == series_count
+                    and all(
+                        j["state"] == "done" and j["dispatches"] and j["dispatches"][0]["state"] == "sent" for j in js
+                    )
+                    else None
+                )
+            )(node.jobs()),
+            300,
+            interval=1,
+            what="every job done and sent",
+        )
         assert all(j["attempts"] == 1 for j in jobs)  # nobody claimed a job twice
         assert len({j["series_uid"] for j in jobs}) == series_count
         done = _job_done_lines([node.workdir / f"worker{i}.log" for i in range(worker_count)])
@@ -171,17 +201,33 @@ def test_receiver_and_three_worker_processes_process_each_series_once(orthanc, m
 def test_the_dispatch_role_decides_which_process_sends(orthanc, make_node, postgres_url, tmp_path, run_by):
     """`serve --no-workers` and `worker` on one PostgreSQL database: the worker only segments
     unless `[dispatch] run_by` gives it the dispatch role; the results reach the PACS once."""
-    node = make_node(orthanc, engine="threshold", idle_seconds=1, workers=0, env={"LDCT_DISPATCH__RUN_BY": run_by},
-                     extra=database_section(postgres_url))
+    node = make_node(
+        orthanc,
+        engine="threshold",
+        idle_seconds=1,
+        workers=0,
+        env={"LDCT_DISPATCH__RUN_BY": run_by},
+        extra=database_section(postgres_url),
+    )
     node.cli("db", "upgrade")
     start_receiver(node)
     worker = start_cli_process(node, "worker", log_name="worker.log")
     try:
         write_series(generate_phantom(shape=(24, 96, 96), spacing=(8.0, 3.5, 3.5), seed=4), tmp_path / "series")
         assert storescu(node.port, tmp_path / "series").returncode == 0
-        wait_until(lambda: (lambda js: len(js) == 1 and js[0]["state"] == "done" and js[0]["dispatches"]
-                            and js[0]["dispatches"][0]["state"] == "sent")(node.jobs()),
-                   300, interval=1, what="the job done and sent")
+        wait_until(
+            lambda: (
+                lambda js: (
+                    len(js) == 1
+                    and js[0]["state"] == "done"
+                    and js[0]["dispatches"]
+                    and js[0]["dispatches"][0]["state"] == "sent"
+                )
+            )(node.jobs()),
+            300,
+            interval=1,
+            what="the job done and sent",
+        )
         logs = {"serve": node.log_path.read_text(), "worker": (node.workdir / "worker.log").read_text()}
         assert [name for name, text in logs.items() if '"job done"' in text] == ["worker"]
         assert [name for name, text in logs.items() if '"results sent"' in text] == [run_by]

@@ -38,11 +38,38 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def _issue(folder: Path, name: str, ca: str, subject: str, extensions: str) -> None:
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-             "-subj", subject, cwd=folder)
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        subject,
+        cwd=folder,
+    )
     (folder / f"{name}.ext").write_text(extensions)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=folder)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.pem",
+        "-CAkey",
+        f"{ca}.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-extfile",
+        f"{name}.ext",
+        cwd=folder,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -51,12 +78,33 @@ def pki(tmp_path_factory) -> Path:
     client.{pem,key}, rogue-client.{pem,key} (signed by rogue-ca.pem)."""
     folder = tmp_path_factory.mktemp("pki")
     for ca in ("ca", "rogue-ca"):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem",
-                 "-days", "2", "-subj", f"/CN=ldct-node test {ca}",
-                 "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-                 cwd=folder)
-    _issue(folder, "server", "ca", "/CN=localhost",
-           "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")  # the node is both
+        _openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{ca}.key",
+            "-out",
+            f"{ca}.pem",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN=ldct-node test {ca}",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            cwd=folder,
+        )
+    _issue(
+        folder,
+        "server",
+        "ca",
+        "/CN=localhost",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )  # the node is both
     _issue(folder, "client", "ca", "/CN=SCANNER", "extendedKeyUsage=clientAuth\n")
     _issue(folder, "rogue-client", "rogue-ca", "/CN=INTRUDER", "extendedKeyUsage=clientAuth\n")
     return folder
@@ -69,8 +117,7 @@ def ct_files(tmp_path_factory) -> list[Path]:
 
 def tls_scp(tmp_path, pki, require_client_certificate: bool, **kwargs) -> tuple[StoreSCP, int]:
     context = server_context(pki / "server.pem", pki / "server.key", pki / "ca.pem", require_client_certificate)
-    scp = StoreSCP(ae_title="LDCTNODE", spool=Spool(tmp_path / "spool"),
-                   ssl_context=context, **kwargs)
+    scp = StoreSCP(ae_title="LDCTNODE", spool=Spool(tmp_path / "spool"), ssl_context=context, **kwargs)
     port = free_port()
     scp.start("127.0.0.1", port)
     return scp, port
@@ -91,14 +138,34 @@ def test_tls_scp_with_required_client_certificate_against_dcmtk(tmp_path, pki, c
         assert len(list((tmp_path / "spool").rglob("*.dcm"))) == len(ct_files)
         # no client certificate, a certificate from another CA, or plain TCP: refused
         anonymous = dcmtk("echoscu", "+tla", "+cf", str(pki / "ca.pem"), "-aec", "LDCTNODE", "127.0.0.1", str(port))
-        rogue = dcmtk("echoscu", "+tls", str(pki / "rogue-client.key"), str(pki / "rogue-client.pem"),
-                      "+cf", str(pki / "ca.pem"), "-aec", "LDCTNODE", "127.0.0.1", str(port))
+        rogue = dcmtk(
+            "echoscu",
+            "+tls",
+            str(pki / "rogue-client.key"),
+            str(pki / "rogue-client.pem"),
+            "+cf",
+            str(pki / "ca.pem"),
+            "-aec",
+            "LDCTNODE",
+            "127.0.0.1",
+            str(port),
+        )
         plain = dcmtk("echoscu", "-to", "5", "-ta", "5", "-aec", "LDCTNODE", "127.0.0.1", str(port))
         assert (anonymous.returncode, rogue.returncode, plain.returncode) != (0, 0, 0)
         assert anonymous.returncode != 0 and rogue.returncode != 0 and plain.returncode != 0
         # dcmtk refuses a server it cannot verify (its CA bundle lacks our CA)
-        distrust = dcmtk("echoscu", "+tls", str(pki / "client.key"), str(pki / "client.pem"),
-                         "+cf", str(pki / "rogue-ca.pem"), "-aec", "LDCTNODE", "127.0.0.1", str(port))
+        distrust = dcmtk(
+            "echoscu",
+            "+tls",
+            str(pki / "client.key"),
+            str(pki / "client.pem"),
+            "+cf",
+            str(pki / "rogue-ca.pem"),
+            "-aec",
+            "LDCTNODE",
+            "127.0.0.1",
+            str(port),
+        )
         assert distrust.returncode != 0
     finally:
         scp.stop()
@@ -109,8 +176,18 @@ def test_tls_scp_with_optional_client_certificate_accepts_anonymous_tls(tmp_path
     try:
         anonymous = dcmtk("echoscu", "+tla", "+cf", str(pki / "ca.pem"), "-aec", "LDCTNODE", "127.0.0.1", str(port))
         assert anonymous.returncode == 0, anonymous.stderr[-800:]
-        rogue = dcmtk("echoscu", "+tls", str(pki / "rogue-client.key"), str(pki / "rogue-client.pem"),
-                      "+cf", str(pki / "ca.pem"), "-aec", "LDCTNODE", "127.0.0.1", str(port))
+        rogue = dcmtk(
+            "echoscu",
+            "+tls",
+            str(pki / "rogue-client.key"),
+            str(pki / "rogue-client.pem"),
+            "+cf",
+            str(pki / "ca.pem"),
+            "-aec",
+            "LDCTNODE",
+            "127.0.0.1",
+            str(port),
+        )
         assert rogue.returncode != 0  # a certificate that is presented must verify
     finally:
         scp.stop()
@@ -122,9 +199,25 @@ def tls_storescp(tmp_path, pki):
     """dcmtk storescp with TLS, requiring a client certificate from our CA."""
     port, out = free_port(), tmp_path / "received"
     out.mkdir()
-    proc = subprocess.Popen(["storescp", "+tls", str(pki / "server.key"), str(pki / "server.pem"),
-                             "+cf", str(pki / "ca.pem"), "-rc", "-od", str(out), "-aet", "TLSPACS", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=tool_env())
+    proc = subprocess.Popen(
+        [
+            "storescp",
+            "+tls",
+            str(pki / "server.key"),
+            str(pki / "server.pem"),
+            "+cf",
+            str(pki / "ca.pem"),
+            "-rc",
+            "-od",
+            str(out),
+            "-aet",
+            "TLSPACS",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=tool_env(),
+    )
 
     def listening():
         with socket.socket() as sock:
@@ -160,27 +253,41 @@ KNOWN_NAME, KNOWN_ID, KNOWN_BIRTH = "Zwicky^Fritzinella", "PID-7734911", "193702
 @pytest.mark.slow
 def test_node_over_tls_both_ways_no_phi_in_logs_audit_and_permissions(make_node, tls_storescp, pki, tmp_path):
     pacs_port, received = tls_storescp
-    extra = (f'\n[tls]\nenabled = true\ncertificate = "{pki / "server.pem"}"\nprivate_key = "{pki / "server.key"}"\n'
-             f'ca_certificates = "{pki / "ca.pem"}"\nrequire_client_certificate = true\n')
+    extra = (
+        f'\n[tls]\nenabled = true\ncertificate = "{pki / "server.pem"}"\nprivate_key = "{pki / "server.key"}"\n'
+        f'ca_certificates = "{pki / "ca.pem"}"\nrequire_client_certificate = true\n'
+    )
     node = make_node(None, engine="threshold", idle_seconds=2, extra=extra)
     text = node.config.read_text().replace('level = "info"', 'level = "debug"')
-    text = text.replace("[inference]", '[[destinations]]\nname = "pacs"\nae_title = "TLSPACS"\nhost = "127.0.0.1"\n'
-                        f'port = {pacs_port}\ntls = true\nserver_name = "localhost"\n[inference]')
-    text = text.replace("[series]", '[[node.allowed_peers]]\nae_title = "SCANNER"\naddresses = ["127.0.0.1"]\n'
-                        # the node's own AE from loopback only: `ldct-node health` echoes itself
-                        '[[node.allowed_peers]]\nae_title = "LDCTNODE"\naddresses = ["127.0.0.1"]\n[series]')
+    text = text.replace(
+        "[inference]",
+        '[[destinations]]\nname = "pacs"\nae_title = "TLSPACS"\nhost = "127.0.0.1"\n'
+        f'port = {pacs_port}\ntls = true\nserver_name = "localhost"\n[inference]',
+    )
+    text = text.replace(
+        "[series]",
+        '[[node.allowed_peers]]\nae_title = "SCANNER"\naddresses = ["127.0.0.1"]\n'
+        # the node's own AE from loopback only: `ldct-node health` echoes itself
+        '[[node.allowed_peers]]\nae_title = "LDCTNODE"\naddresses = ["127.0.0.1"]\n[series]',
+    )
     node.config.write_text(text)
     node.start()
     series = tmp_path / "phi"
-    paths = write_series(generate_phantom(shape=SHAPE, spacing=SPACING, seed=12), series,
-                         patient_name=KNOWN_NAME, patient_id=KNOWN_ID, accession_number="ACC-99812")
+    paths = write_series(
+        generate_phantom(shape=SHAPE, spacing=SPACING, seed=12),
+        series,
+        patient_name=KNOWN_NAME,
+        patient_id=KNOWN_ID,
+        accession_number="ACC-99812",
+    )
     for path in paths:
         ds = pydicom.dcmread(path)
         ds.PatientBirthDate = KNOWN_BIRTH
         ds.save_as(path)
     mutual = ["+tls", str(pki / "client.key"), str(pki / "client.pem"), "+cf", str(pki / "ca.pem")]
-    sent = dcmtk("storescu", *mutual, "-aet", "SCANNER", "-aec", "LDCTNODE", "127.0.0.1", str(node.port),
-                 *map(str, paths))
+    sent = dcmtk(
+        "storescu", *mutual, "-aet", "SCANNER", "-aec", "LDCTNODE", "127.0.0.1", str(node.port), *map(str, paths)
+    )
     assert sent.returncode == 0, sent.stderr[-1000:]
     # an unknown calling AE over valid TLS is refused at association and audited
     stranger = dcmtk("echoscu", *mutual, "-aet", "STRANGER", "-aec", "LDCTNODE", "127.0.0.1", str(node.port))
@@ -188,8 +295,11 @@ def test_node_over_tls_both_ways_no_phi_in_logs_audit_and_permissions(make_node,
     wait_until(lambda: len(list(received.iterdir())) >= 2, 120, interval=1, what="SEG and SR at the TLS PACS")
     modalities = {pydicom.dcmread(p, stop_before_pixels=True).Modality for p in received.iterdir()}
     assert {"SEG", "SR"} <= modalities
-    job = wait_until(lambda: (lambda js: js[0] if js and js[0]["dispatches"][0]["state"] == "sent" else None)(node.jobs()),
-                     60, what="dispatch recorded as sent")
+    job = wait_until(
+        lambda: (lambda js: js[0] if js and js[0]["dispatches"][0]["state"] == "sent" else None)(node.jobs()),
+        60,
+        what="dispatch recorded as sent",
+    )
     # admin commands speak TLS too: health echoes the TLS listener, echo the TLS destination
     health = node.cli("health", "--destinations", check=False)
     assert health.returncode == 0, health.stdout + health.stderr
@@ -220,9 +330,13 @@ def test_node_over_tls_both_ways_no_phi_in_logs_audit_and_permissions(make_node,
 # ---- allow-list bound to source addresses (in-process, two loopback addresses) ------------------
 def test_allow_list_binds_calling_ae_titles_to_source_addresses(tmp_path, ct_files):
     rejected = []
-    scp = StoreSCP(ae_title="LDCTNODE", spool=Spool(tmp_path / "spool"),
-                   allowed_calling_ae_titles=["ANYWHERE"], allowed_peers={"SCANNER": ["127.0.0.2/32"]},
-                   on_rejected=lambda ae, peer: rejected.append((ae, peer)))
+    scp = StoreSCP(
+        ae_title="LDCTNODE",
+        spool=Spool(tmp_path / "spool"),
+        allowed_calling_ae_titles=["ANYWHERE"],
+        allowed_peers={"SCANNER": ["127.0.0.2/32"]},
+        on_rejected=lambda ae, peer: rejected.append((ae, peer)),
+    )
     port = free_port()
     scp.start("0.0.0.0", port)
 
@@ -230,8 +344,7 @@ def test_allow_list_binds_calling_ae_titles_to_source_addresses(tmp_path, ct_fil
         ae = AE(ae_title=calling)
         ae.add_requested_context(Verification)
         ae.add_requested_context(CTImageStorage)
-        assoc = ae.associate(source, port, ae_title="LDCTNODE",
-                             bind_address=(source, 0))
+        assoc = ae.associate(source, port, ae_title="LDCTNODE", bind_address=(source, 0))
         ok = assoc.is_established
         if ok:
             assoc.release()

@@ -99,18 +99,32 @@ def viewer_study(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("viewer")
     ct_dir, results = workdir / "ct", workdir / "results"
     write_demo_series(ct_dir)
-    subprocess.run([sys.executable, "-m", "dicom_node", "segment", str(ct_dir), "--out", str(results),
-                    "--engine", "threshold"], check=True, capture_output=True, text=True, timeout=300, cwd=REPO)
+    subprocess.run(
+        [sys.executable, "-m", "dicom_node", "segment", str(ct_dir), "--out", str(results), "--engine", "threshold"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
 
     volume = load_series(ct_dir)
     labels = get_engine("threshold", "cpu").segment(volume)  # the node's own engine, recomputed here
     variant_segs = {}
-    variants = {OMITTED_DESCRIPTION: (labels, True),
-                **{description: (misplace(labels), False) for description, misplace in MISPLACED.items()}}
+    variants = {
+        OMITTED_DESCRIPTION: (labels, True),
+        **{description: (misplace(labels), False) for description, misplace in MISPLACED.items()},
+    }
     for number, (description, (variant, omit_empty_frames)) in enumerate(variants.items(), start=990):
-        seg = build_segmentation(volume.datasets, np.ascontiguousarray(variant), algorithm_name="viewer test",
-                                 algorithm_version="0", series_number=number, series_description=description,
-                                 omit_empty_frames=omit_empty_frames)
+        seg = build_segmentation(
+            volume.datasets,
+            np.ascontiguousarray(variant),
+            algorithm_name="viewer test",
+            algorithm_version="0",
+            series_number=number,
+            series_description=description,
+            omit_empty_frames=omit_empty_frames,
+        )
         variant_segs[description] = workdir / f"seg_{number}.dcm"
         seg.save_as(variant_segs[description], enforce_file_format=True)
 
@@ -120,8 +134,17 @@ def viewer_study(tmp_path_factory):
         orthanc.upload(sorted(ct_dir.glob("*.dcm")) + sorted(results.glob("*.dcm")))
         server = OhifServer(ohif_dist(), orthanc.http_port).start()
         browser = OhifBrowser(server.url, workdir)
-        yield ViewerStudy(workdir, list(volume.datasets), labels, lesion_slice(labels), results,
-                          orthanc, server, browser, variant_segs)
+        yield ViewerStudy(
+            workdir,
+            list(volume.datasets),
+            labels,
+            lesion_slice(labels),
+            results,
+            orthanc,
+            server,
+            browser,
+            variant_segs,
+        )
     finally:
         if browser:
             browser.close()
@@ -143,8 +166,9 @@ def overlay_on_target_slice(study: ViewerStudy, seg_description: str, name: str)
     assert [s["label"] for s in loaded["segments"]] == ["Normal lung", "Ground glass opacity", "Consolidation"]
     browser.go_to_instance(target.SOPInstanceUID)  # OHIF jumps to the SEG's first slice on load
     after_placement = ImageOnScreen.from_browser(browser, target)
-    assert np.allclose(after_placement.matrix, placement.matrix) and np.allclose(after_placement.offset, placement.offset), \
-        "OHIF moved or zoomed the CT while loading the SEG; the before/after screenshots no longer align"
+    assert np.allclose(after_placement.matrix, placement.matrix) and np.allclose(
+        after_placement.offset, placement.offset
+    ), "OHIF moved or zoomed the CT while loading the SEG; the before/after screenshots no longer align"
     from reporting.seg import SEGMENT_COLOURS_RGB
 
     expected = study.labels[study.target_slice]
@@ -185,7 +209,9 @@ def test_sr_and_key_image_in_ohif(viewer_study):
     groups = {m["tracking_identifier"]: m for m in reading[0]["measurements"]}
     assert {"Normal lung", "Ground glass opacity", "Consolidation"} <= set(groups), groups
     quantification = json.loads((study.results / "summary.json").read_text())["quantification"]
-    ggo_volume = next(label["value"] for label in groups["Ground glass opacity"]["labels"] if label["label"] == "Volume")
+    ggo_volume = next(
+        label["value"] for label in groups["Ground glass opacity"]["labels"] if label["label"] == "Volume"
+    )
     assert float(ggo_volume.split()[0]) == pytest.approx(quantification["ggo_cm3"], abs=0.05)  # the SR stores 0.1 cm3
     # Volumes are not drawn on any image: OHIF has nothing to hydrate onto the CT.
     assert all(m["coordinates"] == 0 for m in reading[0]["measurements"])
@@ -197,13 +223,15 @@ def test_sr_and_key_image_in_ohif(viewer_study):
     shot = browser.screenshot(study.workdir / "key_image.png")
     assert key_image.SeriesInstanceUID in shown_uid, f"OHIF shows {shown_uid}, not the key image series"
     left, top, width, height = (int(v) for v in browser.canvas_box())
-    canvas = shot[top:top + height, left:left + width].astype(int)
+    canvas = shot[top : top + height, left : left + width].astype(int)
     burnt_in = canvas[(canvas[..., 0] - canvas[..., 2] > 80) & (canvas[..., 1] < 100)]  # red consolidation / legend
     assert burnt_in.shape[0] > 20, "the key image's burnt-in colour overlay is not on screen"
     update_docs_screenshot(study.workdir / "key_image.png", "ohif-key-image.png")
 
 
-@pytest.mark.parametrize("description", [SEG_DESCRIPTION, OMITTED_DESCRIPTION], ids=["node_seg", "empty_frames_omitted"])
+@pytest.mark.parametrize(
+    "description", [SEG_DESCRIPTION, OMITTED_DESCRIPTION], ids=["node_seg", "empty_frames_omitted"]
+)
 def test_seg_overlay_lands_on_the_mask(viewer_study, description):
     """The node's SEG, shown by OHIF on the lesion slice, covers the engine's mask segment by segment.
 
@@ -228,5 +256,6 @@ def test_misplaced_seg_fails_the_check(viewer_study, description):
     agreements, shot = overlay_on_target_slice(viewer_study, description, name)
     problems = overlay_mismatches(agreements)
     (viewer_study.workdir / f"{name}_overlay.json").write_text(
-        json.dumps({"agreements": [vars(a) for a in agreements], "problems": problems}, indent=2))
+        json.dumps({"agreements": [vars(a) for a in agreements], "problems": problems}, indent=2)
+    )
     assert problems, f"a misplaced SEG passed the overlay check (screenshot {shot}): {[vars(a) for a in agreements]}"

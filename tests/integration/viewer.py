@@ -16,10 +16,9 @@ from __future__ import annotations
 import http.client
 import http.server
 import importlib.util
-import json
 import mimetypes
-import string
 import os
+import string
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +33,19 @@ DICOMWEB_PLUGIN_CANDIDATES = (
     Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),
     *sorted(Path("/usr/lib/orthanc").glob("libOrthancDicomWeb.so*")),
 )
-CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+]
 
 
 OHIF_VERSION = os.environ.get("LDCT_OHIF_VERSION", "3.13.2")  # keep in step with scripts/setup-viewer.sh
@@ -76,8 +85,15 @@ class OrthancDicomWeb(Orthanc):
         return {
             **super().config(),
             "Plugins": [str(dicomweb_plugin())],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "WadoRoot": "/wado",
-                         "Ssl": False, "StudiesMetadata": "Full", "SeriesMetadata": "Full"},
+            "DicomWeb": {
+                "Enable": True,
+                "Root": "/dicom-web/",
+                "EnableWado": True,
+                "WadoRoot": "/wado",
+                "Ssl": False,
+                "StudiesMetadata": "Full",
+                "SeriesMetadata": "Full",
+            },
         }
 
 
@@ -178,8 +194,11 @@ class OhifServer:
     """OHIF's dist folder and the DICOMweb proxy on one loopback origin, in a thread."""
 
     def __init__(self, dist: Path, orthanc_port: int) -> None:
-        handler = type("Handler", (_OhifHandler,), {"dist": Path(dist).resolve(), "orthanc_port": orthanc_port,
-                                                    "config_js": app_config_js().encode()})
+        handler = type(
+            "Handler",
+            (_OhifHandler,),
+            {"dist": Path(dist).resolve(), "orthanc_port": orthanc_port, "config_js": app_config_js().encode()},
+        )
         self.port = free_port()
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self.httpd.daemon_threads = True
@@ -189,7 +208,7 @@ class OhifServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "OhifServer":
+    def start(self) -> OhifServer:
         self.thread.start()
         return self
 
@@ -227,11 +246,18 @@ class OhifBrowser:
         self.console: list[str] = []
         self._playwright = sync_playwright().start()
         self._context = self._playwright.chromium.launch_persistent_context(
-            str(self.workdir / "chromium-profile"), executable_path=str(CHROMIUM), headless=True,
-            args=CHROMIUM_FLAGS, viewport={"width": width, "height": height}, device_scale_factor=1)
+            str(self.workdir / "chromium-profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": width, "height": height},
+            device_scale_factor=1,
+        )
         self.page = self._context.pages[0] if self._context.pages else self._context.new_page()
-        self.page.on("console", lambda m: self.console.append(f"{m.type}: {m.text[:300]}")
-                     if m.type in ("error", "warning") else None)
+        self.page.on(
+            "console",
+            lambda m: self.console.append(f"{m.type}: {m.text[:300]}") if m.type in ("error", "warning") else None,
+        )
 
     def close(self) -> None:
         self._context.close()
@@ -239,8 +265,9 @@ class OhifBrowser:
 
     def _viewport_call(self, body: str, arg=None):
         """Evaluate `body` (a JS expression using `vp`, the stack viewport, and `arg`)."""
-        return self.page.evaluate(f"([arg]) => {{ const vp = ({_VIEWPORT_JS})(); if (!vp) return null; return {body}; }}",
-                                  [arg])
+        return self.page.evaluate(
+            f"([arg]) => {{ const vp = ({_VIEWPORT_JS})(); if (!vp) return null; return {body}; }}", [arg]
+        )
 
     def open_study(self, study_uid: str, timeout_s: float = 90) -> None:
         """The basic viewer mode with the study's CT in the viewport, onboarding tour dismissed."""
@@ -249,11 +276,14 @@ class OhifBrowser:
             self.page.wait_for_function(
                 f"() => {{ const vp = ({_VIEWPORT_JS})();"
                 " return vp && vp.getCurrentImageId && !!vp.getCurrentImageId(); }",
-                timeout=timeout_s * 1000, polling=500)
+                timeout=timeout_s * 1000,
+                polling=500,
+            )
         except Exception as error:  # playwright's TimeoutError: say what the page showed
             self.page.screenshot(path=str(self.workdir / "open_study_failed.png"))
-            raise ViewerError(f"OHIF showed no image of study {study_uid} within {timeout_s:.0f} s; "
-                              f"console: {self.console[-5:]}") from error
+            raise ViewerError(
+                f"OHIF showed no image of study {study_uid} within {timeout_s:.0f} s; console: {self.console[-5:]}"
+            ) from error
         skip = self.page.get_by_text("Skip all")
         if skip.count():
             skip.first.click()
@@ -286,7 +316,10 @@ class OhifBrowser:
                    if (!s) return false;
                    const seg = s.getSegmentations().find(x => x.label === label);
                    return seg && s.getViewportIdsWithSegmentation(seg.segmentationId).length > 0; }""",
-                arg=series_description, timeout=timeout_s * 1000, polling=500)
+                arg=series_description,
+                timeout=timeout_s * 1000,
+                polling=500,
+            )
         except Exception as error:
             self.page.screenshot(path=str(self.workdir / "load_seg_failed.png"))
             raise ViewerError(f"OHIF did not show SEG {series_description!r}; console: {self.console[-5:]}") from error
@@ -296,7 +329,8 @@ class OhifBrowser:
                const seg = window.services.segmentationService.getSegmentations().find(x => x.label === label);
                const segments = Object.values(seg.segments).map(s => ({index: s.segmentIndex, label: s.label}));
                return {label: seg.label, segments}; }""",
-            series_description)
+            series_description,
+        )
 
     def go_to_instance(self, sop_instance_uid: str) -> int:
         """Show the CT image with this SOP Instance UID; returns its index in OHIF's stack."""
@@ -306,7 +340,9 @@ class OhifBrowser:
         self._viewport_call("vp.setImageIdIndex(arg)", index)
         self.page.wait_for_function(
             f"(uid) => {{ const vp = ({_VIEWPORT_JS})(); return vp && vp.getCurrentImageId().includes(uid); }}",
-            arg=sop_instance_uid, timeout=30_000)
+            arg=sop_instance_uid,
+            timeout=30_000,
+        )
         self.settle()
         return index
 
@@ -316,7 +352,9 @@ class OhifBrowser:
 
     def canvas_box(self) -> tuple[float, float, float, float]:
         """(left, top, width, height) of the viewport's canvas in page pixels."""
-        box = self._viewport_call("(() => { const r = vp.canvas.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; })()")
+        box = self._viewport_call(
+            "(() => { const r = vp.canvas.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; })()"
+        )
         if box is None:
             raise ViewerError("no cornerstone viewport on the page")
         return tuple(box)
@@ -337,6 +375,7 @@ class OhifBrowser:
 
 # --- reading the screenshot back into image space -----------------------------------------------
 
+
 def pixel_centres_to_world(dataset, rows_cols: np.ndarray) -> np.ndarray:
     """(row, col) pixel indices of one CT image -> patient coordinates (mm) of their centres."""
     origin = np.asarray(dataset.ImagePositionPatient, dtype=float)
@@ -344,7 +383,7 @@ def pixel_centres_to_world(dataset, rows_cols: np.ndarray) -> np.ndarray:
     along_row, along_col = orientation[:3], orientation[3:]  # direction of increasing column, row
     row_spacing, col_spacing = (float(s) for s in dataset.PixelSpacing)
     rows_cols = np.asarray(rows_cols, dtype=float)
-    return (origin + rows_cols[:, 1:2] * col_spacing * along_row + rows_cols[:, 0:1] * row_spacing * along_col)
+    return origin + rows_cols[:, 1:2] * col_spacing * along_row + rows_cols[:, 0:1] * row_spacing * along_col
 
 
 @dataclass(frozen=True)
@@ -355,7 +394,7 @@ class ImageOnScreen:
     offset: np.ndarray
 
     @classmethod
-    def from_browser(cls, browser: OhifBrowser, dataset) -> "ImageOnScreen":
+    def from_browser(cls, browser: OhifBrowser, dataset) -> ImageOnScreen:
         rows, cols = int(dataset.Rows), int(dataset.Columns)
         corners = np.array([[0, 0], [0, cols - 1], [rows - 1, 0]], dtype=float)  # (row, col)
         page = browser.world_to_page(pixel_centres_to_world(dataset, corners).tolist())
@@ -377,9 +416,17 @@ def hue_degrees(rgb: np.ndarray) -> np.ndarray:
     return hue * 60.0
 
 
-def overlay_label_map(screenshot: np.ndarray, placement: ImageOnScreen, shape: tuple[int, int],
-                      segment_colours: dict[int, tuple[int, int, int]], *, baseline: np.ndarray | None = None,
-                      min_chroma: float = 30, max_hue_error: float = 25, min_change: float = 30) -> np.ndarray:
+def overlay_label_map(
+    screenshot: np.ndarray,
+    placement: ImageOnScreen,
+    shape: tuple[int, int],
+    segment_colours: dict[int, tuple[int, int, int]],
+    *,
+    baseline: np.ndarray | None = None,
+    min_chroma: float = 30,
+    max_hue_error: float = 25,
+    min_change: float = 30,
+) -> np.ndarray:
     """Read the segment shown at each CT pixel back from a screenshot.
 
     Samples the screenshot at the page position of each image pixel's centre; a grey pixel is
@@ -388,7 +435,7 @@ def overlay_label_map(screenshot: np.ndarray, placement: ImageOnScreen, shape: t
     `baseline` is the same view before the SEG was loaded: a pixel that did not change by at
     least `min_change` (sum of |dRGB|) is viewer chrome drawn over the image (blue icons), not overlay.
     """
-    rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
     x, y = placement.page_xy(rows.ravel(), cols.ravel())
     xi, yi = np.rint(x).astype(int), np.rint(y).astype(int)
     inside = (xi >= 0) & (yi >= 0) & (xi < screenshot.shape[1]) & (yi < screenshot.shape[0])
@@ -448,10 +495,14 @@ def overlay_mismatches(agreements: list[SegmentAgreement]) -> list[str]:
                 problems.append(f"segment {a.segment}: {a.shown_pixels} px shown where the mask has none")
         elif a.expected_pixels >= MIN_PIXELS_FOR_DICE:
             if a.dice < MIN_DICE or a.centroid_shift_px > MAX_CENTROID_SHIFT_PX:
-                problems.append(f"segment {a.segment}: Dice {a.dice:.2f} (min {MIN_DICE}), centroid shifted "
-                                f"{a.centroid_shift_px:.1f} px (max {MAX_CENTROID_SHIFT_PX})")
+                problems.append(
+                    f"segment {a.segment}: Dice {a.dice:.2f} (min {MIN_DICE}), centroid shifted "
+                    f"{a.centroid_shift_px:.1f} px (max {MAX_CENTROID_SHIFT_PX})"
+                )
         elif a.dice < MIN_DICE_SMALL:
-            problems.append(f"segment {a.segment} (small, {a.expected_pixels} px): Dice {a.dice:.2f} (min {MIN_DICE_SMALL})")
+            problems.append(
+                f"segment {a.segment} (small, {a.expected_pixels} px): Dice {a.dice:.2f} (min {MIN_DICE_SMALL})"
+            )
     return problems
 
 
@@ -462,4 +513,5 @@ def ohif_sr_reading(browser: OhifBrowser) -> list[dict]:
              series_description: d.SeriesDescription, imaging_measurement_report: !!d.isImagingMeasurementReport,
              rehydratable: !!d.isRehydratable, referenced_images: (d.referencedImages || []).length,
              measurements: (d.measurements || []).map(m => ({tracking_identifier: m.TrackingIdentifier,
-                            labels: m.labels || [], coordinates: (m.coords || []).length}))}))""")
+                            labels: m.labels || [], coordinates: (m.coords || []).length}))}))"""
+    )

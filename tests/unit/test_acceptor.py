@@ -10,10 +10,10 @@ import time
 
 import pydicom
 import pytest
-from structlog.testing import capture_logs
 from pynetdicom import AE, build_context, build_role
 from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation, UserIdentityNegotiation
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
+from structlog.testing import capture_logs
 
 from dicom_node.receive.acceptor import Acceptor, decode_command, encode_command, file_meta
 from inference.synthetic import generate_phantom, write_series
@@ -22,8 +22,9 @@ from reporting.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_
 
 @pytest.fixture(scope="module")
 def ct_dataset(tmp_path_factory):
-    files = write_series(generate_phantom(shape=(8, 16, 16), spacing=(5, 20, 20), seed=4),
-                         tmp_path_factory.mktemp("acceptor"))
+    files = write_series(
+        generate_phantom(shape=(8, 16, 16), spacing=(5, 20, 20), seed=4), tmp_path_factory.mktemp("acceptor")
+    )
     return pydicom.dcmread(files[0])
 
 
@@ -155,13 +156,16 @@ def test_role_selection_async_window_and_user_identity_are_answered(server, ct_d
 
 def test_calling_ae_policy_rejects_and_reports(ct_dataset):
     rejected = []
-    acceptor, port = serve(Recorder(), calling_ae_allowed=lambda title, address: title == "CT1",
-                           on_rejected=rejected.append)
+    acceptor, port = serve(
+        Recorder(), calling_ae_allowed=lambda title, address: title == "CT1", on_rejected=rejected.append
+    )
     try:
         started = time.monotonic()
         assoc = requestor(calling="STRANGER").associate("127.0.0.1", port)
-        assert assoc.is_rejected, (f"established {assoc.is_established}, aborted {assoc.is_aborted}, "
-                                   f"{time.monotonic() - started:.1f} s, reported {rejected}")
+        assert assoc.is_rejected, (
+            f"established {assoc.is_established}, aborted {assoc.is_aborted}, "
+            f"{time.monotonic() - started:.1f} s, reported {rejected}"
+        )
         assert rejected[0].ae_title == "STRANGER" and rejected[0].address == "127.0.0.1"
         assert requestor(calling="CT1").associate("127.0.0.1", port).is_established
     finally:
@@ -178,7 +182,6 @@ def test_more_associations_than_allowed_get_a_transient_rejection():
         first.release()
     finally:
         acceptor.stop()
-
 
 
 def test_dataset_over_the_size_limit_is_dropped_and_refused(ct_dataset):
@@ -216,13 +219,18 @@ def test_sink_failing_while_writing_fails_that_instance_only(ct_dataset):
 def associate_rq_pdu(calling=b"SCANNER", contexts=((1, CTImageStorage),), called=b"LDCTNODE") -> bytes:
     """An A-ASSOCIATE-RQ written out by hand (PS3.8 9.3.2), Explicit VR LE proposed; AE titles
     shorter than 16 bytes are padded with spaces."""
+
     def item(item_type, body):
         return struct.pack(">BBH", item_type, 0, len(body)) + body
 
     variable = item(0x10, b"1.2.840.10008.3.1.1.1")
     for context_id, abstract in contexts:
-        variable += item(0x20, struct.pack(">BBBB", context_id, 0, 0, 0) + item(0x30, abstract.encode())
-                         + item(0x40, b"1.2.840.10008.1.2.1"))
+        variable += item(
+            0x20,
+            struct.pack(">BBBB", context_id, 0, 0, 0)
+            + item(0x30, abstract.encode())
+            + item(0x40, b"1.2.840.10008.1.2.1"),
+        )
     variable += item(0x50, item(0x51, struct.pack(">I", 16384)) + item(0x52, b"1.2.3.4"))
     body = struct.pack(">HH16s16s32s", 1, 0, called.ljust(16), calling.ljust(16), b"\0" * 32) + variable
     return struct.pack(">BBI", 1, 0, len(body)) + body
@@ -294,17 +302,22 @@ def test_huge_associate_request_length_is_refused_without_reading_it(server):
 
 def test_command_then_release_answers_echo_then_release(server):
     _, port = server
-    command = encode_command({0x0002: b"1.2.840.10008.1.1\0", 0x0100: struct.pack("<H", 0x0030),
-                              0x0110: struct.pack("<H", 7), 0x0800: struct.pack("<H", 0x0101)})
+    command = encode_command(
+        {
+            0x0002: b"1.2.840.10008.1.1\0",
+            0x0100: struct.pack("<H", 0x0030),
+            0x0110: struct.pack("<H", 7),
+            0x0800: struct.pack("<H", 0x0101),
+        }
+    )
     pdv = struct.pack(">IBB", len(command) + 2, 1, 0x03) + command
     rq = associate_rq_pdu(contexts=((1, Verification),))
-    answer = raw_session(port, rq, struct.pack(">BBI", 4, 0, len(pdv)) + pdv,
-                         struct.pack(">BBII", 5, 0, 4, 0))
+    answer = raw_session(port, rq, struct.pack(">BBI", 4, 0, len(pdv)) + pdv, struct.pack(">BBII", 5, 0, 4, 0))
     assert pdu_types(answer) == [0x02, 0x04, 0x06]
     p_data = 6 + struct.unpack_from(">I", answer, 2)[0]  # after the A-ASSOCIATE-AC
     item_length, _, control = struct.unpack_from(">IBB", answer, p_data + 6)
     assert control == 0x03  # command, last fragment
-    response = decode_command(answer[p_data + 12:p_data + 10 + item_length])
+    response = decode_command(answer[p_data + 12 : p_data + 10 + item_length])
     assert struct.unpack("<H", response[0x0100])[0] == 0x8030
     assert struct.unpack("<H", response[0x0120])[0] == 7
     assert struct.unpack("<H", response[0x0900])[0] == 0
@@ -339,11 +352,13 @@ def test_stop_closes_open_associations_promptly():
 
 def user_information(associate_ac: bytes) -> dict[int, bytes]:
     """Sub-items of an A-ASSOCIATE-AC's User Information item: type -> value."""
+
     def items(data, offset):
         while offset + 4 <= len(data):
             item_type, _, length = struct.unpack_from(">BBH", data, offset)
-            yield item_type, data[offset + 4:offset + 4 + length]
+            yield item_type, data[offset + 4 : offset + 4 + length]
             offset += 4 + length
+
     user = next(value for item_type, value in items(associate_ac, 6 + 68) if item_type == 0x50)
     return dict(items(user, 0))
 
@@ -355,8 +370,9 @@ def test_nul_padded_ae_titles_are_accepted_and_the_answer_names_the_node(recorde
     """Byte level: AE fields padded with NULs instead of spaces; the A-ASSOCIATE-AC echoes them
     and announces ldct-node's own Implementation Class UID and Version Name."""
     accepted = []
-    acceptor, port = serve(recorder, on_accepted=accepted.append,
-                           calling_ae_allowed=lambda title, address: title == "SCANNER")
+    acceptor, port = serve(
+        recorder, on_accepted=accepted.append, calling_ae_allowed=lambda title, address: title == "SCANNER"
+    )
     try:
         rq = associate_rq_pdu(calling=b"SCANNER".ljust(16, b"\0"), called=b"LDCTNODE".ljust(16, b"\0"))
         answer = raw_session(port, rq, RELEASE_RQ)
@@ -383,8 +399,9 @@ def test_odd_ae_title_bytes_are_logged_and_accepted_unless_an_allow_list_applies
     assert line["calling_ae"] == "CT?SCANNER?" and "outside the AE repertoire" in line["problem"]
 
     rejected = []
-    acceptor, port = serve(recorder, on_rejected=rejected.append,
-                           calling_ae_allowed=lambda title, address: title == "CTSCANNER")
+    acceptor, port = serve(
+        recorder, on_rejected=rejected.append, calling_ae_allowed=lambda title, address: title == "CTSCANNER"
+    )
     try:
         answer = raw_session(port, associate_rq_pdu(calling=odd))
     finally:
@@ -407,14 +424,25 @@ def test_file_meta_reads_back_with_pydicom():
 
 def test_dataset_cut_by_an_abort_is_discarded(server, recorder):
     _, port = server
-    command = encode_command({0x0002: b"1.2.840.10008.5.1.4.1.1.2\0", 0x0100: struct.pack("<H", 0x0001),
-                              0x0110: struct.pack("<H", 1), 0x0700: struct.pack("<H", 0),
-                              0x0800: struct.pack("<H", 0x0000), 0x1000: b"1.2.3.4\0"})
+    command = encode_command(
+        {
+            0x0002: b"1.2.840.10008.5.1.4.1.1.2\0",
+            0x0100: struct.pack("<H", 0x0001),
+            0x0110: struct.pack("<H", 1),
+            0x0700: struct.pack("<H", 0),
+            0x0800: struct.pack("<H", 0x0000),
+            0x1000: b"1.2.3.4\0",
+        }
+    )
     command_pdv = struct.pack(">IBB", len(command) + 2, 1, 0x03) + command
     data_pdv = struct.pack(">IBB", 2 + 64, 1, 0x00) + b"\0" * 64  # a dataset fragment, not the last
-    answer = raw_session(port, associate_rq_pdu(), struct.pack(">BBI", 4, 0, len(command_pdv)) + command_pdv,
-                         struct.pack(">BBI", 4, 0, len(data_pdv)) + data_pdv,
-                         struct.pack(">BBIBBBB", 7, 0, 4, 0, 0, 0, 0))
+    answer = raw_session(
+        port,
+        associate_rq_pdu(),
+        struct.pack(">BBI", 4, 0, len(command_pdv)) + command_pdv,
+        struct.pack(">BBI", 4, 0, len(data_pdv)) + data_pdv,
+        struct.pack(">BBIBBBB", 7, 0, 4, 0, 0, 0, 0),
+    )
     assert pdu_types(answer) == [0x02]
     deadline = time.monotonic() + 5
     while not recorder.discarded and time.monotonic() < deadline:

@@ -8,6 +8,7 @@ import random
 import struct
 
 import pytest
+from pydicom.uid import JPEG2000, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import (
     ALL_TRANSFER_SYNTAXES,
     PYNETDICOM_IMPLEMENTATION_UID,
@@ -29,15 +30,15 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import negotiate_as_acceptor
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000
 
 from dicom_node.receive.acceptor import Acceptor, _supported_syntaxes
 from dicom_node.receive.acse import MalformedPDU, decode_associate_rq, encode_associate_ac, negotiate
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 MAX_PDU = 262144
-NODE_CONTEXTS = [build_context(Verification)] + [build_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-                                                 for cx in StoragePresentationContexts]
+NODE_CONTEXTS = [build_context(Verification)] + [
+    build_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES) for cx in StoragePresentationContexts
+]
 
 
 def request_pdu(contexts, extra_user_items=(), calling="STORESCU", called="LDCTNODE") -> bytes:
@@ -64,10 +65,14 @@ def pynetdicom_answer(rq: bytes, acceptor_contexts) -> bytes:
     pdu.decode(rq)
     request = pdu.to_primitive()
     items = list(request.user_information or [])
-    roles = {str(item.sop_class_uid): (item.scu_role, item.scp_role)
-             for item in items if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
-    results, role_replies = negotiate_as_acceptor(request.presentation_context_definition_list,
-                                                  acceptor_contexts, roles or None)
+    roles = {
+        str(item.sop_class_uid): (item.scu_role, item.scp_role)
+        for item in items
+        if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
+    }
+    results, role_replies = negotiate_as_acceptor(
+        request.presentation_context_definition_list, acceptor_contexts, roles or None
+    )
     accept = A_ASSOCIATE()
     accept.application_context_name = APPLICATION_CONTEXT
     accept.calling_ae_title, accept.called_ae_title = request.calling_ae_title, request.called_ae_title
@@ -93,15 +98,22 @@ def pynetdicom_answer(rq: bytes, acceptor_contexts) -> bytes:
 def our_answer(rq: bytes, acceptor_contexts) -> bytes:
     request = decode_associate_rq(rq[6:])
     results = negotiate(request.contexts, _supported_syntaxes(acceptor_contexts))
-    return encode_associate_ac(request, results, application_context=APPLICATION_CONTEXT, max_pdu_size=MAX_PDU,
-                               implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
-                               implementation_version=PYNETDICOM_IMPLEMENTATION_VERSION)
+    return encode_associate_ac(
+        request,
+        results,
+        application_context=APPLICATION_CONTEXT,
+        max_pdu_size=MAX_PDU,
+        implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
+        implementation_version=PYNETDICOM_IMPLEMENTATION_VERSION,
+    )
 
 
 def storescu_like_proposal():
     """Every storage SOP class with three transfer syntaxes, as dcmtk's storescu proposes them."""
-    return [build_context(cx.abstract_syntax, [ExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian])
-            for cx in StoragePresentationContexts] + [build_context(Verification)]
+    return [
+        build_context(cx.abstract_syntax, [ExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian])
+        for cx in StoragePresentationContexts
+    ] + [build_context(Verification)]
 
 
 def window(invoked=5, performed=5):
@@ -124,20 +136,31 @@ def extended():
 
 CASES = {
     "storescu's 128 contexts": (storescu_like_proposal(), [], NODE_CONTEXTS),
-    "unsupported abstract syntax": ([build_context(MRImageStorage), build_context(CTImageStorage),
-                                     build_context(Verification)], [], [build_context(Verification),
-                                                                        build_context(CTImageStorage)]),
-    "no common transfer syntax": ([build_context(CTImageStorage, [JPEG2000, ExplicitVRBigEndian])], [],
-                                  [build_context(CTImageStorage, [ImplicitVRLittleEndian])]),
-    "acceptor's preference wins": ([build_context(CTImageStorage, [ExplicitVRBigEndian, ImplicitVRLittleEndian,
-                                                                   ExplicitVRLittleEndian])], [],
-                                   [build_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]),
-    "one abstract syntax in two contexts": ([build_context(CTImageStorage, [JPEG2000]),
-                                             build_context(CTImageStorage, [ImplicitVRLittleEndian])], [],
-                                            NODE_CONTEXTS),
+    "unsupported abstract syntax": (
+        [build_context(MRImageStorage), build_context(CTImageStorage), build_context(Verification)],
+        [],
+        [build_context(Verification), build_context(CTImageStorage)],
+    ),
+    "no common transfer syntax": (
+        [build_context(CTImageStorage, [JPEG2000, ExplicitVRBigEndian])],
+        [],
+        [build_context(CTImageStorage, [ImplicitVRLittleEndian])],
+    ),
+    "acceptor's preference wins": (
+        [build_context(CTImageStorage, [ExplicitVRBigEndian, ImplicitVRLittleEndian, ExplicitVRLittleEndian])],
+        [],
+        [build_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])],
+    ),
+    "one abstract syntax in two contexts": (
+        [build_context(CTImageStorage, [JPEG2000]), build_context(CTImageStorage, [ImplicitVRLittleEndian])],
+        [],
+        NODE_CONTEXTS,
+    ),
     "role selection, window, identity, extended": (
         [build_context(CTImageStorage), build_context(Verification)],
-        [build_role(CTImageStorage, scu_role=True, scp_role=True), window(), identity(), extended()], NODE_CONTEXTS),
+        [build_role(CTImageStorage, scu_role=True, scp_role=True), window(), identity(), extended()],
+        NODE_CONTEXTS,
+    ),
     "window without anything else": ([build_context(CTImageStorage)], [window(1, 1)], NODE_CONTEXTS),
 }
 
@@ -150,8 +173,11 @@ def test_answer_is_pynetdicoms_byte_for_byte(case):
 
 
 def test_request_fields_are_read():
-    rq = request_pdu([build_context(CTImageStorage, [JPEG2000, JPEG2000, ImplicitVRLittleEndian])], [window()],
-                     calling="CT SCANNER 1")
+    rq = request_pdu(
+        [build_context(CTImageStorage, [JPEG2000, JPEG2000, ImplicitVRLittleEndian])],
+        [window()],
+        calling="CT SCANNER 1",
+    )
     request = decode_associate_rq(rq[6:])
     assert request.calling_ae_title == "CT SCANNER 1" and request.protocol_version == 1
     assert request.application_context == APPLICATION_CONTEXT and request.asynchronous_window_requested
@@ -163,36 +189,52 @@ def test_request_fields_are_read():
 def raw_rq(context_body: bytes, calling: bytes = b"SCANNER") -> bytes:
     def item(item_type, body):
         return struct.pack(">BBH", item_type, 0, len(body)) + body
-    body = (struct.pack(">HH16s16s32s", 1, 0, b"LDCTNODE".ljust(16), calling.ljust(16), b"\0" * 32)
-            + item(0x10, APPLICATION_CONTEXT.encode()) + item(0x20, context_body))
+
+    body = (
+        struct.pack(">HH16s16s32s", 1, 0, b"LDCTNODE".ljust(16), calling.ljust(16), b"\0" * 32)
+        + item(0x10, APPLICATION_CONTEXT.encode())
+        + item(0x20, context_body)
+    )
     return body
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    (b"\0" * 20, "shorter than its fixed fields"),
-    (raw_rq(b"\x02\0\0\0"), "not odd"),
-    (raw_rq(b"\x01\0\0\0"), "without abstract or transfer syntax"),
-    (raw_rq(b"\x01\0\0\0\x30\0\0\x40"), "runs past its container"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"\0" * 20, "shorter than its fixed fields"),
+        (raw_rq(b"\x02\0\0\0"), "not odd"),
+        (raw_rq(b"\x01\0\0\0"), "without abstract or transfer syntax"),
+        (raw_rq(b"\x01\0\0\0\x30\0\0\x40"), "runs past its container"),
+    ],
+)
 def test_malformed_requests_say_what_is_wrong(body, message):
     with pytest.raises(MalformedPDU, match=message):
         decode_associate_rq(body)
 
 
-@pytest.mark.parametrize(("field", "title", "problem"), [
-    (b"CT1".ljust(16, b"\0"), "CT1", None),  # NUL padding, as some senders write it
-    (b"CT1".ljust(16), "CT1", None),  # space padding (PS3.8)
-    (b"  CT 1".ljust(14) + b"\0\0", "CT 1", None),  # leading spaces are not significant
-    (b"BAD\\TITLE", "BAD?TITLE", "outside the AE repertoire"),
-    (b"\xe9CHO", "?CHO", "outside the AE repertoire"),
-    (b"SCAN\0NER", "SCAN?NER", "outside the AE repertoire"),
-    (b"SCAN\x01", "SCAN?", "outside the AE repertoire"),
-    (b"", "", "empty"),
-    (b"\0" * 16, "", "empty"),
-])
+@pytest.mark.parametrize(
+    ("field", "title", "problem"),
+    [
+        (b"CT1".ljust(16, b"\0"), "CT1", None),  # NUL padding, as some senders write it
+        (b"CT1".ljust(16), "CT1", None),  # space padding (PS3.8)
+        (b"  CT 1".ljust(14) + b"\0\0", "CT 1", None),  # leading spaces are not significant
+        (b"BAD\\TITLE", "BAD?TITLE", "outside the AE repertoire"),
+        (b"\xe9CHO", "?CHO", "outside the AE repertoire"),
+        (b"SCAN\0NER", "SCAN?NER", "outside the AE repertoire"),
+        (b"SCAN\x01", "SCAN?", "outside the AE repertoire"),
+        (b"", "", "empty"),
+        (b"\0" * 16, "", "empty"),
+    ],
+)
 def test_ae_titles_lose_their_padding_and_odd_bytes_are_reported_not_refused(field, title, problem):
-    body = raw_rq(b"\x03\0\0\0" + struct.pack(">BBH", 0x30, 0, len(CTImageStorage)) + CTImageStorage.encode()
-                  + struct.pack(">BBH", 0x40, 0, 17) + b"1.2.840.10008.1.2", calling=field.ljust(16, b"\0"))
+    body = raw_rq(
+        b"\x03\0\0\0"
+        + struct.pack(">BBH", 0x30, 0, len(CTImageStorage))
+        + CTImageStorage.encode()
+        + struct.pack(">BBH", 0x40, 0, 17)
+        + b"1.2.840.10008.1.2",
+        calling=field.ljust(16, b"\0"),
+    )
     request = decode_associate_rq(body)
     assert request.calling_ae_title == title
     assert request.calling_ae_field == field.ljust(16, b"\0")  # echoed as sent in the A-ASSOCIATE-AC
@@ -203,7 +245,9 @@ def test_ae_titles_lose_their_padding_and_odd_bytes_are_reported_not_refused(fie
 
 
 def test_a_context_with_garbled_uids_is_refused_alone():
-    good = struct.pack(">BBBB", 3, 0, 0, 0) + struct.pack(">BBH", 0x30, 0, len(CTImageStorage)) + CTImageStorage.encode()
+    good = (
+        struct.pack(">BBBB", 3, 0, 0, 0) + struct.pack(">BBH", 0x30, 0, len(CTImageStorage)) + CTImageStorage.encode()
+    )
     good += struct.pack(">BBH", 0x40, 0, 17) + b"1.2.840.10008.1.2"
     garbled = struct.pack(">BBBB", 1, 0, 0, 0) + b"\x30\0\0\x04\xff\xfe\x00\x01" + b"\x40\0\0\x03abc"
     body = raw_rq(garbled) + struct.pack(">BBH", 0x20, 0, len(good)) + good
@@ -223,15 +267,21 @@ def test_mutated_requests_raise_malformed_pdu_or_negotiate():
         for _ in range(rng.choice((1, 2, 4))):
             mutated[rng.randrange(len(mutated))] = rng.choice((0, 1, 0x20, 0x40, 0xFF, rng.randrange(256)))
         if rng.random() < 0.2:
-            mutated = mutated[:rng.randrange(len(mutated))]
+            mutated = mutated[: rng.randrange(len(mutated))]
         try:
             request = decode_associate_rq(bytes(mutated))
         except MalformedPDU:
             outcomes["malformed"] += 1
             continue
         results = negotiate(request.contexts, supported)
-        encode_associate_ac(request, results, application_context=APPLICATION_CONTEXT, max_pdu_size=0,
-                            implementation_class_uid="1.2.3", implementation_version="X")
+        encode_associate_ac(
+            request,
+            results,
+            application_context=APPLICATION_CONTEXT,
+            max_pdu_size=0,
+            implementation_class_uid="1.2.3",
+            implementation_version="X",
+        )
         outcomes["answered"] += 1
     assert outcomes["malformed"] > 500 and outcomes["answered"] > 500, outcomes
 

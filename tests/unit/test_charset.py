@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from inference.quantify import quantify
 from reporting.charset import with_plain_character_set
 from reporting.key_images import build_key_images

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pydicom
-
 import json
 
+import pydicom
 import pytest
 import typer
 from pydicom.dataset import Dataset
@@ -47,9 +46,7 @@ def test_parse_accession_keyed_rows_with_blanks_as_unknown(tmp_path):
 def test_patient_and_date_key_dates_normalised_and_onset_date(tmp_path):
     path = write(
         tmp_path,
-        "\ufeffPatient_ID;Study_Date;hypertension;symptom_onset_date\n"
-        "P001;2020-04-10;1;2020-04-01\n"
-        "P002;20200411;;\n",
+        "\ufeffPatient_ID;Study_Date;hypertension;symptom_onset_date\nP001;2020-04-10;1;2020-04-01\nP002;20200411;;\n",
     )
     first, second = parse_clinical_csv(path)
     assert first.key() == "patient:P001:20200410"
@@ -134,8 +131,13 @@ def test_keys_from_header_match_record_keys():
 def test_covariates_for_study_joins_header_and_record_and_feeds_the_model():
     ds = header(PatientAge="070Y", PatientSex="M", StudyDate="20200410", AccessionNumber="A")
     record = ClinicalRecord(
-        accession_number="A", hypertension=True, diabetes=False, cancer=False,
-        respiratory_disease=False, cardiac_disease=False, symptom_onset_date="20200401",
+        accession_number="A",
+        hypertension=True,
+        diabetes=False,
+        cancer=False,
+        respiratory_disease=False,
+        cardiac_disease=False,
+        symptom_onset_date="20200401",
     )
     covariates = covariates_for_study(ds, record)
     assert covariates.age_years == 70.0 and covariates.sex == "M"
@@ -151,8 +153,13 @@ def test_covariates_for_study_joins_header_and_record_and_feeds_the_model():
 def test_asymptomatic_record_is_not_an_assumption():
     ds = header(PatientAge="040Y", PatientSex="F")
     record = ClinicalRecord(
-        accession_number="A", hypertension=False, diabetes=False, cancer=False,
-        respiratory_disease=False, cardiac_disease=False, asymptomatic=True,
+        accession_number="A",
+        hypertension=False,
+        diabetes=False,
+        cancer=False,
+        respiratory_disease=False,
+        cardiac_disease=False,
+        asymptomatic=True,
     )
     result = assess_risk(load_risk_model(), covariates_for_study(ds, record), 1.0, "assume-absent")
     assert result.computed and result.covariates_assumed_absent == []
@@ -176,8 +183,8 @@ def test_cli_helpers(tmp_path, capsys):
 
 def test_node_finds_imported_records_by_accession_then_patient_and_date(tmp_path):
     """Records stored under `key()` are found by the worker's lookup from a DICOM header."""
-    from dicom_node.work.clinical_lookup import lookup_clinical
     from dicom_node.queue.jobstore import JobStore
+    from dicom_node.work.clinical_lookup import lookup_clinical
 
     store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
     by_patient = ClinicalRecord(patient_id="P9", study_date="20200410", hypertension=1)

@@ -19,9 +19,18 @@ def test_defaults_without_file():
 
 
 def test_file_and_environment_override(tmp_path):
-    path = write(tmp_path, '[node]\nport = 104\n[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "pacs.local"\nport = 4242\n')
-    s = load_settings(path, environ={"LDCT_NODE__PORT": "11113", "LDCT_DATABASE__URL": "postgresql+psycopg://u@h/db",
-                                     "LDCT_NODE__ALLOWED_CALLING_AE_TITLES": "CT1, CT2"})
+    path = write(
+        tmp_path,
+        '[node]\nport = 104\n[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "pacs.local"\nport = 4242\n',
+    )
+    s = load_settings(
+        path,
+        environ={
+            "LDCT_NODE__PORT": "11113",
+            "LDCT_DATABASE__URL": "postgresql+psycopg://u@h/db",
+            "LDCT_NODE__ALLOWED_CALLING_AE_TITLES": "CT1, CT2",
+        },
+    )
     assert s.node.port == 11113
     assert s.node.allowed_calling_ae_titles == ["CT1", "CT2"]
     assert s.database_url == "postgresql+psycopg://u@h/db"
@@ -29,7 +38,10 @@ def test_file_and_environment_override(tmp_path):
 
 
 def test_every_problem_reported_with_its_key(tmp_path):
-    path = write(tmp_path, '[node]\nport = 0\nae_title = "THIS_IS_FAR_TOO_LONG"\n[inference]\ndevice = "tpu"\n[series]\nunknown = 1\n')
+    path = write(
+        tmp_path,
+        '[node]\nport = 0\nae_title = "THIS_IS_FAR_TOO_LONG"\n[inference]\ndevice = "tpu"\n[series]\nunknown = 1\n',
+    )
     with pytest.raises(ConfigError) as err:
         load_settings(path, environ={})
     message = str(err.value)
@@ -60,7 +72,7 @@ def test_config_check_cli(tmp_path):
 
     from dicom_node.admin.cli import app
 
-    good = write(tmp_path, '[node]\nport = 11112\n')
+    good = write(tmp_path, "[node]\nport = 11112\n")
     result = CliRunner().invoke(app, ["config", "check", str(good)])
     assert result.exit_code == 0 and "valid" in result.output
     bad = tmp_path / "bad.toml"
@@ -72,9 +84,12 @@ def test_config_check_cli(tmp_path):
 def test_tls_and_allowed_peers_are_validated_with_every_problem_named(tmp_path):
     cert = tmp_path / "node.pem"
     cert.write_text("x")
-    path = write(tmp_path, f'[tls]\nenabled = true\ncertificate = "{cert}"\nrequire_client_certificate = true\n'
-                           '[[node.allowed_peers]]\nae_title = "CT1"\naddresses = ["10.0.0.300"]\n'
-                           '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "h"\nport = 104\ntls = true\n')
+    path = write(
+        tmp_path,
+        f'[tls]\nenabled = true\ncertificate = "{cert}"\nrequire_client_certificate = true\n'
+        '[[node.allowed_peers]]\nae_title = "CT1"\naddresses = ["10.0.0.300"]\n'
+        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "h"\nport = 104\ntls = true\n',
+    )
     with pytest.raises(ConfigError) as err:
         load_settings(path, environ={})
     message = str(err.value)
@@ -86,9 +101,12 @@ def test_tls_and_allowed_peers_are_validated_with_every_problem_named(tmp_path):
 def test_tls_destination_and_bound_peers_accepted(tmp_path):
     ca = tmp_path / "ca.pem"
     ca.write_text("x")
-    path = write(tmp_path, f'[tls]\nca_certificates = "{ca}"\n'
-                           '[[node.allowed_peers]]\nae_title = "CT1"\naddresses = ["10.0.0.5", "10.1.0.0/16"]\n'
-                           '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "h"\nport = 2762\ntls = true\n')
+    path = write(
+        tmp_path,
+        f'[tls]\nca_certificates = "{ca}"\n'
+        '[[node.allowed_peers]]\nae_title = "CT1"\naddresses = ["10.0.0.5", "10.1.0.0/16"]\n'
+        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "h"\nport = 2762\ntls = true\n',
+    )
     s = load_settings(path, environ={"LDCT_TLS__REQUIRE_CLIENT_CERTIFICATE": "true"})
     assert s.node.allowed_peers[0].addresses == ["10.0.0.5", "10.1.0.0/16"]
     assert s.destination("pacs").tls and s.tls.require_client_certificate and not s.tls.enabled

@@ -50,8 +50,13 @@ def test_systemd_units_pass_systemd_analyze_verify(tmp_path):
         assert "/opt/ldct-node/.venv/bin/ldct-node" in text, unit.name
         copy = tmp_path / unit.name
         copy.write_text(text.replace("/opt/ldct-node/.venv/bin/ldct-node", str(executable)))
-        result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(copy)],
-                                capture_output=True, text=True, timeout=60, check=False)
+        result = subprocess.run(
+            ["systemd-analyze", "verify", "--man=no", str(copy)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert (result.returncode, result.stdout + result.stderr) == (0, ""), unit.name
 
 
@@ -61,8 +66,13 @@ def compose() -> dict:
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed (run .ci/run)")
 def test_compose_file_is_valid_for_docker_compose():
-    result = subprocess.run(["docker-compose", "-f", str(DEPLOY / "docker-compose.yml"), "config", "-q"],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        ["docker-compose", "-f", str(DEPLOY / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert (result.returncode, result.stderr) == (0, "")
 
 
@@ -81,6 +91,10 @@ def test_compose_services_run_existing_commands_with_valid_settings():
         assert str(settings.node.data_dir) == "/var/lib/ldct-node"
         assert "spool:/var/lib/ldct-node" in service["volumes"], name  # shared by node and worker
     assert services["node"]["command"] == ["serve", "--no-workers"]
-    assert load_settings(DEPLOY / "compose-node.toml",
-                         environ={k: v for k, v in services["worker"]["environment"].items()
-                                  if k != "LDCT_CONFIG"}).inference.device == "cuda"
+    assert (
+        load_settings(
+            DEPLOY / "compose-node.toml",
+            environ={k: v for k, v in services["worker"]["environment"].items() if k != "LDCT_CONFIG"},
+        ).inference.device
+        == "cuda"
+    )

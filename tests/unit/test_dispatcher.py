@@ -44,9 +44,11 @@ class SilentPeer:
 
 def test_a_hanging_pacs_does_not_hold_the_worker(tmp_path):
     pacs = SilentPeer()
-    settings = node_settings(tmp_path / "data", destinations=[
-        {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
-        dispatch={"timeout_seconds": 300})
+    settings = node_settings(
+        tmp_path / "data",
+        destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
+        dispatch={"timeout_seconds": 300},
+    )
     node = Node(settings, workers=1)
     first = spool_series(node.spool, tmp_path / "a", seed=1)
     second = spool_series(node.spool, tmp_path / "b", seed=2)

@@ -1,8 +1,8 @@
 """Evaluate's metrics on constructed cases with known answers, and the CLI end to end."""
 
+import json
 from pathlib import Path
 
-import json
 import numpy as np
 import pytest
 import torch
@@ -98,8 +98,7 @@ def test_parsers():
 def test_window_estimated_from_anatomy():
     center, width = -450.0, 1300.0
     rng = np.random.default_rng(0)
-    hu = np.concatenate([rng.normal(-870, 30, 4000), rng.normal(30, 20, 6000),
-                         np.full(3000, -1000.0)])
+    hu = np.concatenate([rng.normal(-870, 30, 4000), rng.normal(30, 20, 6000), np.full(3000, -1000.0)])
     pixels = np.clip(np.rint((hu - (center - width / 2)) / width * 255), 0, 255).astype(np.uint8)
     est_center, est_width = estimate_window(pixels)
     assert abs(est_center - center) < 60 and abs(est_width - width) < 120
@@ -124,15 +123,28 @@ def test_image_mode_cli_writes_json(tmp_path: Path):
     app.command()(evaluate_command)
     app.command("noop")(lambda: None)
     out = tmp_path / "r.json"
-    result = CliRunner().invoke(app, ["evaluate-command", "--images", str(images), "--labels",
-                                      str(labels), "--window=-450,1300", "--json", str(out),
-                                      "--weights", str(weights), "--device", "cpu"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate-command",
+            "--images",
+            str(images),
+            "--labels",
+            str(labels),
+            "--window=-450,1300",
+            "--json",
+            str(out),
+            "--weights",
+            str(weights),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert set(data["dice"]) == {"lesion", "ggo", "consolidation", "lung"}
     assert data["dice"]["lesion"]["n"] == 2 and data["dice"]["consolidation"]["n"] == 0
-    bad = CliRunner().invoke(app, ["evaluate-command", "--images", str(images), "--weights",
-                                   str(weights)])
+    bad = CliRunner().invoke(app, ["evaluate-command", "--images", str(images), "--weights", str(weights)])
     assert bad.exit_code == 2 and "image mode needs" in bad.output
 
 
@@ -148,8 +160,9 @@ def test_volume_mode_with_nifti_reference(tmp_path: Path):
     series_root, refs = tmp_path / "series", tmp_path / "refs"
     refs.mkdir()
     for i in range(2):
-        phantom = generate_phantom(shape=(12, 64, 64), spacing=(10.0, 5.0, 5.0), seed=i,
-                                   lesions=[LesionSpec("ggo", radius_mm=25.0)])
+        phantom = generate_phantom(
+            shape=(12, 64, 64), spacing=(10.0, 5.0, 5.0), seed=i, lesions=[LesionSpec("ggo", radius_mm=25.0)]
+        )
         write_series(phantom, series_root / f"case{i}")
         labels = np.transpose(phantom.labels, (2, 1, 0)).astype(np.uint8)  # (z,y,x) -> NIfTI (x,y,z)
         nib.save(nib.Nifti1Image(labels, np.eye(4)), refs / f"case{i}.nii.gz")
@@ -159,9 +172,19 @@ def test_volume_mode_with_nifti_reference(tmp_path: Path):
     app.command()(evaluate_command)
     app.command("noop")(lambda: None)
     out = tmp_path / "v.json"
-    args = ["evaluate-command", "--references", str(refs), "--label-values",
-            "lung=1,ggo=2,consolidation=3", "--json", str(out), "--weights", str(weights),
-            "--device", "cpu"]
+    args = [
+        "evaluate-command",
+        "--references",
+        str(refs),
+        "--label-values",
+        "lung=1,ggo=2,consolidation=3",
+        "--json",
+        str(out),
+        "--weights",
+        str(weights),
+        "--device",
+        "cpu",
+    ]
     for i in range(2):
         args += ["--series", str(series_root / f"case{i}")]
     result = CliRunner().invoke(app, args)

@@ -30,8 +30,9 @@ def encoded(ds: pydicom.Dataset, implicit: bool = False) -> bytes:
 
 @pytest.fixture(scope="module")
 def ct_bytes(tmp_path_factory) -> bytes:
-    files = write_series(generate_phantom(shape=(8, 16, 16), spacing=(5, 20, 20), seed=3),
-                         tmp_path_factory.mktemp("scan"))
+    files = write_series(
+        generate_phantom(shape=(8, 16, 16), spacing=(5, 20, 20), seed=3), tmp_path_factory.mktemp("scan")
+    )
     return files[0].read_bytes()
 
 
@@ -125,7 +126,7 @@ def test_mutated_bytes_get_the_same_verdict_either_way(ct_bytes, data, monkeypat
     for _ in range(data.draw(st.integers(0, 4))):
         raw[data.draw(st.integers(128, len(raw) - 1))] = data.draw(st.integers(0, 255))
     if data.draw(st.booleans()):
-        raw = raw[:data.draw(st.integers(132, len(raw)))]
+        raw = raw[: data.draw(st.integers(132, len(raw)))]
     ds = pydicom.dcmread(BytesIO(ct_bytes), stop_before_pixels=True)
     assert_same_verdict(bytes(raw), ds, monkeypatch)
 
@@ -135,7 +136,7 @@ def test_a_vr_pydicom_would_not_read_is_left_to_it(ct_bytes, monkeypatch):
     at = ct_bytes.index(b"\x08\x00\x05\x00CS")  # Specific Character Set
     ds = pydicom.dcmread(BytesIO(ct_bytes), stop_before_pixels=True)
     for vr in (b"CA", b"US"):  # unknown; known but not this attribute's (pydicom then fails on it)
-        data = ct_bytes[:at + 4] + vr + ct_bytes[at + 6:]
+        data = ct_bytes[: at + 4] + vr + ct_bytes[at + 6 :]
         assert scan_header(data) is None
         assert_same_verdict(data, ds, monkeypatch)
 
@@ -149,7 +150,7 @@ def test_every_single_byte_change_in_the_header_gets_pydicoms_verdict(ct_bytes, 
     mismatches = []
     for position in range(128, scan_header(base).pixel_offset):
         for value in {0x00, 0x41, 0x43, 0x4F, 0x55, 0xFF, (base[position] + 1) % 256} - {base[position]}:
-            data = base[:position] + bytes([value]) + base[position + 1:]
+            data = base[:position] + bytes([value]) + base[position + 1 :]
             scanned = verdict(data, ds.SOPClassUID, ds.SOPInstanceUID, use_scanner=True, monkeypatch=monkeypatch)
             reference = verdict(data, ds.SOPClassUID, ds.SOPInstanceUID, use_scanner=False, monkeypatch=monkeypatch)
             if scanned != reference:

@@ -9,6 +9,7 @@ import pydicom
 import pytest
 
 from inference.quantify import CONSOLIDATION, GGO, quantify
+from reporting.dicom_file import write_dataset
 from reporting.key_images import (
     KeyImageInputError,
     build_key_images,
@@ -18,8 +19,6 @@ from reporting.key_images import (
 )
 from reporting.risk import RiskAssessment
 from reporting.seg import SEGMENT_COLOURS_RGB
-from reporting.dicom_file import write_dataset
-from tests.validators import dciodvfy_report
 from tests.reporting_fixtures import (
     headers_only,
     make_ct_series,
@@ -27,12 +26,18 @@ from tests.reporting_fixtures import (
     make_label_map,
     make_trachea_phantom,
 )
+from tests.validators import dciodvfy_report
 
 needs_dciodvfy = pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools not installed")
 
 RISK = RiskAssessment(
-    computed=True, probability=0.31, category="high", cutoff=0.14, model_name="model-c",
-    model_version="1", calibration_status="published odds ratios, not locally calibrated",
+    computed=True,
+    probability=0.31,
+    category="high",
+    cutoff=0.14,
+    model_name="model-c",
+    model_version="1",
+    calibration_status="published odds ratios, not locally calibrated",
 )
 
 

@@ -45,8 +45,13 @@ def test_extent_close_to_target_and_zero_extent_gives_no_lesion():
 def test_consolidation_is_denser_than_ggo():
     hu, lung = _phantom()
     out, labels = insert_lesions(
-        hu, lung, (2.0, 1.0, 1.0), np.random.default_rng(3),
-        target_extent_pct=40, consolidation_fraction=0.5, noise_sd_hu=0,
+        hu,
+        lung,
+        (2.0, 1.0, 1.0),
+        np.random.default_rng(3),
+        target_extent_pct=40,
+        consolidation_fraction=0.5,
+        noise_sd_hu=0,
     )
     assert (labels == 3).any() and (labels == 2).any()
     assert np.median(out[labels == 3]) > np.median(out[labels == 2])
@@ -55,8 +60,13 @@ def test_consolidation_is_denser_than_ggo():
 def test_vessels_stay_visible_in_ggo():
     hu, lung = _phantom()
     out, labels = insert_lesions(
-        hu, lung, (2.0, 1.0, 1.0), np.random.default_rng(4),
-        target_extent_pct=60, consolidation_fraction=0.0, noise_sd_hu=0,
+        hu,
+        lung,
+        (2.0, 1.0, 1.0),
+        np.random.default_rng(4),
+        target_extent_pct=60,
+        consolidation_fraction=0.0,
+        noise_sd_hu=0,
     )
     vessel = np.zeros_like(lung)
     vessel[:, 30, 10:26] = True

@@ -7,11 +7,11 @@ import pytest
 
 from inference.quantify import quantify
 from inference.volume import load_series
+from reporting.dicom_file import write_dataset
 from reporting.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from reporting.key_images import build_key_images
 from reporting.seg import build_segmentation
 from reporting.sr import build_measurement_report
-from reporting.dicom_file import write_dataset
 from tests.reporting_fixtures import make_ct_series, make_hu_volume, make_label_map, write_series
 from tests.unit.test_sr import COMPREHENSIVE_3D_SR, COMPUTED_RISK, NOT_COMPUTED_RISK
 from tests.validators import INSTANCE_VALIDATOR, SR_VALIDATOR, needs_validators, pixelmed, reports
@@ -29,8 +29,7 @@ def outputs(tmp_path_factory):
     seg = build_segmentation(volume.datasets, labels, **names)
     quant = quantify(labels, volume.voxel_volume_ml)
     old_sr = (COMPREHENSIVE_3D_SR, "1.2.3.4.5.1", "1.2.3.4.5")
-    computed = build_measurement_report(volume.datasets, seg, quant, risk=COMPUTED_RISK, supersedes=[old_sr],
-                                        **names)
+    computed = build_measurement_report(volume.datasets, seg, quant, risk=COMPUTED_RISK, supersedes=[old_sr], **names)
     not_computed = build_measurement_report(volume.datasets, seg, quant, risk=NOT_COMPUTED_RISK, **names)
     key_image = build_key_images(hu, labels, volume.datasets, quant, COMPUTED_RISK, max_images=1)[0]
     return {
@@ -46,7 +45,9 @@ def test_outputs_name_ldct_node_as_their_writer(outputs):
     for path in outputs.values():
         meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
         assert (meta.ImplementationClassUID, meta.ImplementationVersionName) == (
-            IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME), path.name
+            IMPLEMENTATION_CLASS_UID,
+            IMPLEMENTATION_VERSION_NAME,
+        ), path.name
 
 
 @needs_validators
@@ -59,7 +60,9 @@ def test_outputs_pass_dciodvfy_and_pixelmed(outputs):
     assert "Found Segmentation IOD" in by_file["seg", "DicomInstanceValidator"].found
     for name in ("sr", "sr_not_computed"):
         assert by_file[name, "DicomSRValidator"].found == [
-            "Found Comprehensive3DSR IOD", "Found Root Template TID_1500 (MeasurementReport)"]
+            "Found Comprehensive3DSR IOD",
+            "Found Root Template TID_1500 (MeasurementReport)",
+        ]
     # The 2022 jar knows neither Secondary Capture nor SR IODs in DicomInstanceValidator:
     # it says so instead of checking (dciodvfy checks the key image's IOD).
     assert by_file["key_image", "DicomInstanceValidator"].found == []
@@ -77,13 +80,19 @@ def test_pixelmed_errors_are_caught(outputs, tmp_path):
     from pydicom.sr.codedict import codes
 
     mixed = pydicom.dcmread(outputs["sr"])
-    measurements = next(item for item in mixed.ContentSequence
-                        if item.ConceptNameCodeSequence[0].CodeValue == "126010")  # Imaging Measurements
+    measurements = next(
+        item for item in mixed.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "126010"
+    )  # Imaging Measurements
     reference = measurements.ContentSequence[0].ContentSequence[-1].ReferencedSOPSequence[0]
-    measurements.ContentSequence[0].ContentSequence.append(ImageContentItem(
-        name=codes.DCM.ReferencedSegment, referenced_sop_class_uid=reference.ReferencedSOPClassUID,
-        referenced_sop_instance_uid=reference.ReferencedSOPInstanceUID, referenced_segment_numbers=[1],
-        relationship_type="CONTAINS"))
+    measurements.ContentSequence[0].ContentSequence.append(
+        ImageContentItem(
+            name=codes.DCM.ReferencedSegment,
+            referenced_sop_class_uid=reference.ReferencedSOPClassUID,
+            referenced_sop_instance_uid=reference.ReferencedSOPInstanceUID,
+            referenced_segment_numbers=[1],
+            relationship_type="CONTAINS",
+        )
+    )
     mixed.save_as(tmp_path / "mixed_sr.dcm")
     errors = pixelmed(tmp_path / "mixed_sr.dcm", SR_VALIDATOR).errors
     assert errors and all("Missing conditional content item" in line for line in errors), errors
@@ -91,5 +100,4 @@ def test_pixelmed_errors_are_caught(outputs, tmp_path):
     seg = pydicom.dcmread(outputs["seg"])
     del seg.ImageLaterality  # PixelMed then wants the series Laterality (see reporting/seg.py)
     seg.save_as(tmp_path / "seg_no_laterality.dcm")
-    assert any("Laterality" in line for line in pixelmed(tmp_path / "seg_no_laterality.dcm",
-                                                          INSTANCE_VALIDATOR).errors)
+    assert any("Laterality" in line for line in pixelmed(tmp_path / "seg_no_laterality.dcm", INSTANCE_VALIDATOR).errors)

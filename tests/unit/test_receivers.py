@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import queue
-import socket
 import time
 
 import pydicom
@@ -32,10 +31,17 @@ def test_associations_go_to_the_least_busy_process_in_turn(tmp_path):
     settings = load_settings(environ={"LDCT_NODE__DATA_DIR": str(tmp_path), "LDCT_NODE__BIND_ADDRESS": "127.0.0.1"})
     spool = Spool(tmp_path / "spool")
     served = []
-    scp = StoreSCP(ae_title="LDCTNODE", spool=spool,
-                   hand_off=lambda conn: served.append(pool.hand_off(conn)) or served[-1])
-    pool = ReceiverPool(settings, 2, spool=spool, local_associations=lambda: scp.acceptor.active_associations,
-                        on_stored=lambda peer, header: None, on_rejected=lambda title, address: None)
+    scp = StoreSCP(
+        ae_title="LDCTNODE", spool=spool, hand_off=lambda conn: served.append(pool.hand_off(conn)) or served[-1]
+    )
+    pool = ReceiverPool(
+        settings,
+        2,
+        spool=spool,
+        local_associations=lambda: scp.acceptor.active_associations,
+        on_stored=lambda peer, header: None,
+        on_rejected=lambda title, address: None,
+    )
     pool.start()
     try:
         scp.start("127.0.0.1", 0)
@@ -72,15 +78,25 @@ def test_health_receivers_check_fails_when_the_metrics_endpoint_is_silent(tmp_pa
 
 
 def test_a_receiver_reports_every_stored_instance_with_its_uids(tmp_path):
-    settings = load_settings(environ={"LDCT_NODE__DATA_DIR": str(tmp_path), "LDCT_NODE__BIND_ADDRESS": "127.0.0.1",
-                                      "LDCT_NODE__ACKNOWLEDGE_AFTER": "write"})
+    settings = load_settings(
+        environ={
+            "LDCT_NODE__DATA_DIR": str(tmp_path),
+            "LDCT_NODE__BIND_ADDRESS": "127.0.0.1",
+            "LDCT_NODE__ACKNOWLEDGE_AFTER": "write",
+        }
+    )
     path = write_series(generate_phantom(shape=(8, 32, 32), seed=3), tmp_path / "ct")[0]
     ds = pydicom.dcmread(path)
     spool = Spool(tmp_path / "spool")
     reports = queue.Queue()
-    pool = ReceiverPool(settings, 1, spool=spool, local_associations=lambda: 99,  # the node is "busy"
-                        on_stored=lambda peer, header: reports.put((peer.ae_title, header)),
-                        on_rejected=lambda title, address: None)
+    pool = ReceiverPool(
+        settings,
+        1,
+        spool=spool,
+        local_associations=lambda: 99,  # the node is "busy"
+        on_stored=lambda peer, header: reports.put((peer.ae_title, header)),
+        on_rejected=lambda title, address: None,
+    )
     scp = StoreSCP(ae_title="LDCTNODE", spool=spool, hand_off=pool.hand_off)
     pool.start()
     try:
@@ -90,8 +106,10 @@ def test_a_receiver_reports_every_stored_instance_with_its_uids(tmp_path):
         assoc = ae.associate("127.0.0.1", scp.port, ae_title="LDCTNODE")
         assert assoc.is_established and assoc.send_c_store(ds).Status == 0
         assoc.release()
-        assert reports.get(timeout=10) == ("SCANNER", InstanceHeader(
-            CTImageStorage, ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID))
+        assert reports.get(timeout=10) == (
+            "SCANNER",
+            InstanceHeader(CTImageStorage, ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID),
+        )
     finally:
         scp.stop()
         pool.stop()

@@ -36,11 +36,16 @@ def snapshot(node: Node) -> tuple:
 
 def test_amended_sr_queued_during_a_purge_is_kept_and_a_purged_job_cannot_be_reissued(tmp_path):
     config = tmp_path / "node.toml"
-    settings = node_settings(tmp_path / "data", retention={"keep_days": 1}, destinations=[
-        {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": free_port()}])  # nobody listens
-    config.write_text(f'[node]\ndata_dir = "{tmp_path / "data"}"\n[inference]\nengine = "threshold"\n'
-                      '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\n'
-                      f"port = {settings.destinations[0].port}\n")
+    settings = node_settings(
+        tmp_path / "data",
+        retention={"keep_days": 1},
+        destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": free_port()}],
+    )  # nobody listens
+    config.write_text(
+        f'[node]\ndata_dir = "{tmp_path / "data"}"\n[inference]\nengine = "threshold"\n'
+        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\n'
+        f"port = {settings.destinations[0].port}\n"
+    )
     node = Node(settings, workers=0)
     options = ReportOptions.from_settings(settings)
     try:
@@ -57,17 +62,24 @@ def test_amended_sr_queued_during_a_purge_is_kept_and_a_purged_job_cannot_be_rei
         assert purge_expired(node.store, node.spool, node.completeness.tracker, keep_days=1) == [original.id]
         assert not (node.data_dir / "results" / f"job-{original.id}").exists()
         kept = node.store.get_job(amended.id)
-        assert [name for name in kept.result().outputs if (Path(kept.result_dir) / name).is_file()] == \
-            ["sr-amended.dcm"]  # the queued SR survived the purge of the job it amends
+        assert [name for name in kept.result().outputs if (Path(kept.result_dir) / name).is_file()] == [
+            "sr-amended.dcm"
+        ]  # the queued SR survived the purge of the job it amends
         assert node.spool.series_dir(study_uid, series_uid).is_dir()  # the amended job may be reissued again
 
         before = snapshot(node)
         with pytest.raises(ReissueRefused, match="results purged"):
             reissue_report(settings, node.store, original.id, options)
         assert snapshot(node) == before
-        refused = subprocess.run([sys.executable, "-m", "dicom_node", "report", str(original.id), "--reissue",
-                                  "--config", str(config)], capture_output=True, text=True, cwd=REPO, timeout=120,
-                                 env={**os.environ, "COLUMNS": "200"}, check=False)
+        refused = subprocess.run(
+            [sys.executable, "-m", "dicom_node", "report", str(original.id), "--reissue", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "200"},
+            check=False,
+        )
         assert refused.returncode == 1 and refused.stderr.startswith("error: job 1 is done (results purged)")
         assert len(refused.stderr.strip().splitlines()) == 1  # one line, no traceback
         assert snapshot(node) == before

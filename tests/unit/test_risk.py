@@ -84,8 +84,14 @@ def test_known_answer_probability_from_model_file(tmp_path):
 def test_known_answer_low_risk_young_woman(tmp_path):
     model = load_risk_model(write_model(tmp_path, HAND_MODEL))
     covariates = Covariates(
-        age_years=30, sex="F", hypertension=False, diabetes=True, cancer=False,
-        respiratory_disease=True, cardiac_disease=False, asymptomatic=True,
+        age_years=30,
+        sex="F",
+        hypertension=False,
+        diabetes=True,
+        cancer=False,
+        respiratory_disease=True,
+        cardiac_disease=False,
+        asymptomatic=True,
     )
     result = assess_risk(model, covariates, lesion_extent_pct=5.0)
     logit = -3.0 - 0.1 + 0.05 + 1.2 * (5.0 - 10.0) / 5.0
@@ -101,8 +107,14 @@ def test_known_answer_low_risk_young_woman(tmp_path):
 def test_age_bands_on_completed_years(tmp_path, age, band_logit):
     model = load_risk_model(write_model(tmp_path, HAND_MODEL))
     covariates = Covariates(
-        age_years=age, sex="F", hypertension=False, diabetes=False, cancer=False,
-        respiratory_disease=False, cardiac_disease=False, days_since_onset=3,
+        age_years=age,
+        sex="F",
+        hypertension=False,
+        diabetes=False,
+        cancer=False,
+        respiratory_disease=False,
+        cardiac_disease=False,
+        days_since_onset=3,
     )
     result = assess_risk(model, covariates, lesion_extent_pct=10.0)
     assert result.probability == pytest.approx(expit(-3.0 + band_logit))
@@ -115,7 +127,11 @@ def test_omit_policy_lists_missing_and_does_not_compute(tmp_path):
     assert not result.computed
     assert result.probability is None and result.category is None and result.cutoff is None
     assert result.covariates_missing == [
-        "diabetes", "cancer", "respiratory_disease", "cardiac_disease", "days_since_onset",
+        "diabetes",
+        "cancer",
+        "respiratory_disease",
+        "cardiac_disease",
+        "days_since_onset",
     ]
     assert "diabetes" in result.reason_not_computed
     assert result.covariates_assumed_absent == []
@@ -127,7 +143,11 @@ def test_assume_absent_policy_sets_comorbidities_and_onset_to_reference(tmp_path
     result = assess_risk(model, partial, lesion_extent_pct=12.0, missing_policy="assume-absent")
     assert result.computed
     assert result.covariates_assumed_absent == [
-        "diabetes", "cancer", "respiratory_disease", "cardiac_disease", "days_since_onset",
+        "diabetes",
+        "cancer",
+        "respiratory_disease",
+        "cardiac_disease",
+        "days_since_onset",
     ]
     assert result.covariates_missing == []
     assert result.covariates_used["diabetes"] == 0.0
@@ -167,9 +187,16 @@ def test_unknown_policy_is_rejected(tmp_path):
 def test_shipped_default_uses_published_model_c_odds_ratios():
     model = load_risk_model()
     published = {
-        "male": 1.00, "age_45_64": 2.35, "age_over_64": 6.85, "hypertension": 1.94,
-        "diabetes": 0.97, "cancer": 2.34, "respiratory_disease": 0.99, "cardiac_disease": 1.52,
-        "onset_over_7_days": 0.86, "lesion_extent_pct": 3.86,
+        "male": 1.00,
+        "age_45_64": 2.35,
+        "age_over_64": 6.85,
+        "hypertension": 1.94,
+        "diabetes": 0.97,
+        "cancer": 2.34,
+        "respiratory_disease": 0.99,
+        "cardiac_disease": 1.52,
+        "onset_over_7_days": 0.86,
+        "lesion_extent_pct": 3.86,
     }
     assert set(model.coefficients) == set(published)
     for name, odds_ratio in published.items():
@@ -235,9 +262,17 @@ def test_model_round_trips_through_save(tmp_path):
 def test_risk_assessment_fields_the_sr_reads():
     fields = set(RiskAssessment.__dataclass_fields__)
     assert fields == {
-        "computed", "probability", "category", "cutoff", "model_name", "model_version",
-        "calibration_status", "covariates_used", "covariates_missing",
-        "covariates_assumed_absent", "reason_not_computed",
+        "computed",
+        "probability",
+        "category",
+        "cutoff",
+        "model_name",
+        "model_version",
+        "calibration_status",
+        "covariates_used",
+        "covariates_missing",
+        "covariates_assumed_absent",
+        "reason_not_computed",
     }
 
 
@@ -296,15 +331,28 @@ def test_assess_for_series_joins_header_and_stored_clinical_record(tmp_path):
 
     ds = header(PatientAge="070Y", PatientSex="M", StudyDate="20200410")
     stored = ClinicalRecord(
-        accession_number="A1", hypertension=True, diabetes=False, cancer=False,
-        respiratory_disease=False, cardiac_disease=False, days_since_onset=3,
+        accession_number="A1",
+        hypertension=True,
+        diabetes=False,
+        cancer=False,
+        respiratory_disease=False,
+        cardiac_disease=False,
+        days_since_onset=3,
     ).to_dict()
     result = assess_for_series(ds, 12.0, json.loads(json.dumps(stored)))
     model = load_risk_model()
     expected = assess_risk(
         model,
-        Covariates(age_years=70, sex="M", hypertension=True, diabetes=False, cancer=False,
-                   respiratory_disease=False, cardiac_disease=False, days_since_onset=3),
+        Covariates(
+            age_years=70,
+            sex="M",
+            hypertension=True,
+            diabetes=False,
+            cancer=False,
+            respiratory_disease=False,
+            cardiac_disease=False,
+            days_since_onset=3,
+        ),
         12.0,
     )
     assert result == expected and result.computed

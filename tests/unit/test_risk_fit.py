@@ -11,11 +11,11 @@ import pytest
 from scipy.stats import chi2
 from typer.testing import CliRunner
 
-from reporting.commands import risk_app
-from reporting.risk import Covariates, assess_risk, load_risk_model
 from reporting.cohort import CohortError, read_cohort_csv
 from reporting.cohort_simulation import simulate_cohort, true_probability
+from reporting.commands import risk_app
 from reporting.discrimination import c_statistic, youden_cutoff
+from reporting.risk import Covariates, assess_risk, load_risk_model
 from reporting.risk_fit import FitError, fit_cohort_file, split_indices
 
 COHORT_N = 3000
@@ -74,9 +74,7 @@ def test_fit_recovers_true_coefficients_within_their_95pct_ci(cohort_csv, fitted
 def test_fit_c_statistic_is_close_to_the_true_models(cohort_csv, fitted):
     _, frame = cohort_csv
     _, validation = split_indices(len(frame), SPLIT_SEED)
-    truth = c_statistic(
-        frame["outcome"].to_numpy()[validation], true_probability(frame)[validation]
-    )
+    truth = c_statistic(frame["outcome"].to_numpy()[validation], true_probability(frame)[validation])
     fitted_c = fitted.models["C"].c_statistic
     assert fitted_c.method == "DeLong"
     assert abs(fitted_c.value - truth.value) < 0.02
@@ -107,8 +105,15 @@ def test_fit_writes_a_loadable_locally_calibrated_model(fitted, tmp_path):
     assert "fitted locally on 3000 patients" in model.calibration_status
     assert model.cutoff == pytest.approx(fitted.cutoff.threshold)
     covariates = Covariates(
-        age_years=70, sex="M", hypertension=True, diabetes=False, cancer=False,
-        respiratory_disease=False, cardiac_disease=False, obesity=False, days_since_onset=2,
+        age_years=70,
+        sex="M",
+        hypertension=True,
+        diabetes=False,
+        cancer=False,
+        respiratory_disease=False,
+        cardiac_disease=False,
+        obesity=False,
+        days_since_onset=2,
     )
     result = assess_risk(model, covariates, 15.0)
     assert result.computed and 0.0 < result.probability < 1.0
@@ -124,9 +129,12 @@ def test_model_file_predictions_equal_statsmodels_predictions(cohort_csv, fitted
         row = frame.iloc[row_index]
         days = row["days_since_onset"]
         covariates = Covariates(
-            age_years=float(row["age"]), sex=row["sex"],
-            **{c: bool(row[c]) for c in ("hypertension", "diabetes", "cancer",
-                                          "respiratory_disease", "cardiac_disease", "obesity")},
+            age_years=float(row["age"]),
+            sex=row["sex"],
+            **{
+                c: bool(row[c])
+                for c in ("hypertension", "diabetes", "cancer", "respiratory_disease", "cardiac_disease", "obesity")
+            },
             days_since_onset=None if pd.isna(days) else float(days),
             asymptomatic=True if pd.isna(days) else None,
         )
@@ -231,9 +239,7 @@ def test_every_bad_value_is_reported_with_lines_and_columns(tmp_path):
 
 
 def test_line_numbers_survive_blank_lines(tmp_path):
-    path = write_csv(
-        tmp_path, [GOOD_HEADER, "50,M,0,0,0,0,0,0,3,5.0,0", "", "x,F,0,0,0,0,0,0,3,5.0,1"]
-    )
+    path = write_csv(tmp_path, [GOOD_HEADER, "50,M,0,0,0,0,0,0,3,5.0,0", "", "x,F,0,0,0,0,0,0,3,5.0,1"])
     with pytest.raises(CohortError, match=r"'age': not a number on line\(s\) 4 "):
         read_cohort_csv(path)
 
@@ -242,9 +248,7 @@ def test_single_outcome_and_out_of_range_ct_ss(tmp_path):
     path = write_csv(tmp_path, [GOOD_HEADER, "50,M,0,0,0,0,0,0,3,5.0,0", "51,F,0,0,0,0,0,0,,1,0"])
     with pytest.raises(CohortError, match="single value"):
         read_cohort_csv(path)
-    path = write_csv(
-        tmp_path, [GOOD_HEADER + ",ct_ss", "50,M,0,0,0,0,0,0,3,5.0,0,41", "51,F,0,0,0,0,0,0,,1,1,3"]
-    )
+    path = write_csv(tmp_path, [GOOD_HEADER + ",ct_ss", "50,M,0,0,0,0,0,0,3,5.0,0,41", "51,F,0,0,0,0,0,0,,1,1,3"])
     with pytest.raises(CohortError, match=r"ct_ss.*line\(s\) 2"):
         read_cohort_csv(path)
 
@@ -269,9 +273,7 @@ def test_covariate_without_variation_is_a_clear_fit_error(cohort_csv, tmp_path):
 def test_cli_fit_writes_model_and_report(cohort_csv, tmp_path):
     path, _ = cohort_csv
     out, report = tmp_path / "model.json", tmp_path / "report.json"
-    result = CliRunner().invoke(
-        risk_app, ["fit", str(path), "--out", str(out), "--json", str(report), "--seed", "5"]
-    )
+    result = CliRunner().invoke(risk_app, ["fit", str(path), "--out", str(out), "--json", str(report), "--seed", "5"])
     assert result.exit_code == 0, result.output
     assert "Model C" in result.output and "C-statistic" in result.output
     assert load_risk_model(out).provenance["calibrated_locally"] is True

@@ -12,10 +12,9 @@ import pytest
 
 from inference.volume import load_series
 from reporting import codes
+from reporting.dicom_file import DicomWriteError, write_dataset
 from reporting.seg import SegmentationInputError, build_segmentation
 from tests import validators
-from reporting.dicom_file import DicomWriteError, write_dataset
-from tests.validators import ValidatorMissingError, dciodvfy_errors, dciodvfy_report
 from tests.reporting_fixtures import (
     headers_only,
     make_ct_series,
@@ -23,6 +22,7 @@ from tests.reporting_fixtures import (
     make_label_map,
     write_series,
 )
+from tests.validators import ValidatorMissingError, dciodvfy_errors, dciodvfy_report
 
 needs_dciodvfy = pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools not installed")
 
@@ -60,7 +60,10 @@ def _frame_source_index(seg: pydicom.Dataset, volume) -> list[int]:
 def test_seg_round_trip(loaded, tmp_path, omit_empty_frames):
     volume, labels = loaded
     seg = build_segmentation(
-        volume.datasets, labels, algorithm_name="fixture-unet", algorithm_version="1.2.3",
+        volume.datasets,
+        labels,
+        algorithm_name="fixture-unet",
+        algorithm_version="1.2.3",
         omit_empty_frames=omit_empty_frames,
     )
     path = write_dataset(seg, tmp_path / "seg.dcm")
@@ -114,9 +117,9 @@ def test_seg_round_trip(loaded, tmp_path, omit_empty_frames):
         assert algorithm.AlgorithmName == "fixture-unet"
         assert algorithm.AlgorithmVersion == "1.2.3"
         assert algorithm.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"
-        mask = reread.get_pixels_by_source_instance(
-            source_sop_instance_uids=source_uids, segment_numbers=[number]
-        )[..., 0]
+        mask = reread.get_pixels_by_source_instance(source_sop_instance_uids=source_uids, segment_numbers=[number])[
+            ..., 0
+        ]
         np.testing.assert_array_equal(mask.astype(bool), labels == number)
 
 

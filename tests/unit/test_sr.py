@@ -13,11 +13,10 @@ import pytest
 from inference.quantify import quantify
 from inference.volume import load_series
 from reporting import codes
+from reporting.dicom_file import write_dataset
 from reporting.risk import RiskAssessment
 from reporting.seg import build_segmentation
 from reporting.sr import ReportInputError, build_measurement_report
-from reporting.dicom_file import write_dataset
-from tests.validators import dciodvfy_report
 from tests.reporting_fixtures import (
     headers_only,
     make_ct_series,
@@ -25,6 +24,7 @@ from tests.reporting_fixtures import (
     make_label_map,
     write_series,
 )
+from tests.validators import dciodvfy_report
 
 needs_dciodvfy = pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools not installed")
 needs_dsrdump = pytest.mark.skipif(shutil.which("dsrdump") is None, reason="dcmtk not installed")
@@ -89,8 +89,11 @@ def _group(raw, tracking_identifier: str):
 
 
 def _texts(group, meaning: str) -> list[str]:
-    return [item.TextValue for item in group.ContentSequence
-            if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeMeaning == meaning]
+    return [
+        item.TextValue
+        for item in group.ContentSequence
+        if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeMeaning == meaning
+    ]
 
 
 def _build_and_write(study, tmp_path, **kwargs):
@@ -167,8 +170,7 @@ def test_sr_round_trip_measurements_and_references(study, tmp_path):
         assert reference.ReferencedSOPClassUID == seg.SOPClassUID
         assert reference.ReferencedSOPInstanceUID == seg.SOPInstanceUID
         segment_numbers = reference.ReferencedSegmentNumber  # US, VM 1-n
-        assert [int(n) for n in ([segment_numbers] if isinstance(segment_numbers, int) else segment_numbers)] \
-            == numbers
+        assert [int(n) for n in ([segment_numbers] if isinstance(segment_numbers, int) else segment_numbers)] == numbers
         if len(numbers) == 1:
             segment = next(item for item in seg.SegmentSequence if int(item.SegmentNumber) == numbers[0])
             assert group.tracking_uid == segment.TrackingUID  # same lesion identity in SEG and SR
@@ -226,8 +228,9 @@ def test_sr_without_risk_has_no_risk_group(study, tmp_path):
 def test_dsrdump_shows_numbers_as_a_radiologist_reads_them(study, tmp_path):
     """0.1 cm3 and 0.01 %, not "209.573000000000 cm3" or "93.0077361217377 %"."""
     volume, seg, quant = study
-    sr = build_measurement_report(volume.datasets, seg, quant, algorithm_name="u", algorithm_version="1",
-                                  risk=COMPUTED_RISK)
+    sr = build_measurement_report(
+        volume.datasets, seg, quant, algorithm_name="u", algorithm_version="1", risk=COMPUTED_RISK
+    )
     path = write_dataset(sr, tmp_path / "sr.dcm")
     dump = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, check=True).stdout
     numbers = re.findall(r'NUM:\(,,"([^"]+)"\)="([-0-9.]+)" \((cm3|%),UCUM', dump)
@@ -235,7 +238,7 @@ def test_dsrdump_shows_numbers_as_a_radiologist_reads_them(study, tmp_path):
     for name, value, unit in numbers:
         decimals = len(value.partition(".")[2])
         assert decimals <= (1 if unit == "cm3" else 2), f"{name} = {value} {unit}"
-    lesion_section = dump[dump.index('"Lesions (GGO + consolidation)"'):]
+    lesion_section = dump[dump.index('"Lesions (GGO + consolidation)"') :]
     extent = re.search(r'NUM:\(,,"Extent \(percent of total lung volume\)"\)="([0-9.]+)" \(%,UCUM', lesion_section)
     assert extent is not None, dump
     assert float(extent.group(1)) == round(quant.lesion_pct, 2)
@@ -252,13 +255,14 @@ def test_sr_rejects_bad_inputs(study):
     with pytest.raises(ReportInputError, match="another study"):
         build_measurement_report(other_study, seg, quant, algorithm_name="u", algorithm_version="1")
     with pytest.raises(ReportInputError, match="not a Segmentation"):
-        build_measurement_report(volume.datasets, volume.datasets[0], quant, algorithm_name="u",
-                                 algorithm_version="1")
+        build_measurement_report(volume.datasets, volume.datasets[0], quant, algorithm_name="u", algorithm_version="1")
     bad_probability = RiskAssessment(**{**COMPUTED_RISK.__dict__, "probability": 23.4})
     with pytest.raises(ReportInputError, match="between 0 and 1"):
-        build_measurement_report(volume.datasets, seg, quant, algorithm_name="u", algorithm_version="1",
-                                 risk=bad_probability)
+        build_measurement_report(
+            volume.datasets, seg, quant, algorithm_name="u", algorithm_version="1", risk=bad_probability
+        )
     bad_category = RiskAssessment(**{**COMPUTED_RISK.__dict__, "category": "medium"})
     with pytest.raises(ReportInputError, match="'high' or 'low'"):
-        build_measurement_report(volume.datasets, seg, quant, algorithm_name="u", algorithm_version="1",
-                                 risk=bad_category)
+        build_measurement_report(
+            volume.datasets, seg, quant, algorithm_name="u", algorithm_version="1", risk=bad_category
+        )

@@ -33,8 +33,12 @@ def tracker():
 @pytest.fixture
 def scp(tmp_path, tracker):
     spool = Spool(tmp_path / "spool")
-    server = StoreSCP(ae_title="LDCTNODE", spool=spool, allowed_calling_ae_titles=["SCANNER"],
-                      on_stored=lambda peer, header: tracker.touch(header.study_uid, header.series_uid, peer.ae_title))
+    server = StoreSCP(
+        ae_title="LDCTNODE",
+        spool=spool,
+        allowed_calling_ae_titles=["SCANNER"],
+        on_stored=lambda peer, header: tracker.touch(header.study_uid, header.series_uid, peer.ae_title),
+    )
     port = free_port()
     server.start("127.0.0.1", port)
     yield server, port

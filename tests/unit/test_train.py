@@ -23,16 +23,24 @@ def _tiny_entries() -> list[CacheEntry]:
     lung[:, 14:50, 8:30] = True
     lung[:, 14:50, 34:56] = True
     hu[lung] = -850
-    lesioned, labels = insert_lesions(hu, lung, (4.0, 2.0, 2.0), rng, target_extent_pct=25,
-                                      consolidation_fraction=0.4, noise_sd_hu=10)
+    lesioned, labels = insert_lesions(
+        hu, lung, (4.0, 2.0, 2.0), rng, target_extent_pct=25, consolidation_fraction=0.4, noise_sd_hu=10
+    )
     return [CacheEntry("tiny", lesioned, labels, (4.0, 2.0, 2.0))]
 
 
 def _config(steps: int) -> TrainConfig:
-    return TrainConfig(steps=steps, batch_size=4, learning_rate=1e-2, base_width=8, levels=2,
-                       crop=64, checkpoint_every=10, seed=3,
-                       augment=AugmentConfig(out_size=64, export_probability=0.0,
-                                             tight_crop_probability=0.0, scale_range=(1.0, 1.0)))
+    return TrainConfig(
+        steps=steps,
+        batch_size=4,
+        learning_rate=1e-2,
+        base_width=8,
+        levels=2,
+        crop=64,
+        checkpoint_every=10,
+        seed=3,
+        augment=AugmentConfig(out_size=64, export_probability=0.0, tight_crop_probability=0.0, scale_range=(1.0, 1.0)),
+    )
 
 
 def test_short_training_lowers_the_loss(tmp_path: Path):
@@ -82,7 +90,7 @@ def test_validation_data_is_refused_for_training(tmp_path: Path):
     config.write_text('[data]\nlidc = ["../shared/data/covid-semiseg-val"]\n')
     with pytest.raises(TrainingDataError):
         load_config(config)
-    config.write_text('[train]\nsteps = 5\nwarp = 9\n')
+    config.write_text("[train]\nsteps = 5\nwarp = 9\n")
     with pytest.raises(TrainingDataError, match="unknown"):
         load_config(config)
 
@@ -92,8 +100,8 @@ def test_config_parses_sites_and_train_settings(tmp_path: Path):
     config.write_text(
         '[data]\nlidc = ["a/LIDC"]\nlesion_variants = 3\n'
         '[[data.site]]\nkind = "nifti"\nimage = "ct.nii.gz"\nlabel = "lab.nii.gz"\n'
-        'label_values = { ggo = 4, consolidation = 5 }\n'
-        '[train]\nsteps = 7\ncrop = 128\n'
+        "label_values = { ggo = 4, consolidation = 5 }\n"
+        "[train]\nsteps = 7\ncrop = 128\n"
     )
     data, train_config = load_config(config)
     assert data.lesion_variants == 3 and data.site[0].label_values == {"ggo": 4, "consolidation": 5}
@@ -115,12 +123,12 @@ def test_site_dicom_seg_labels_round_trip(tmp_path: Path):
     from inference.volume import load_series
     from reporting.seg import build_segmentation
 
-    phantom = generate_phantom(shape=(8, 48, 48), spacing=(10.0, 7.0, 7.0), seed=1,
-                               lesions=[LesionSpec("consolidation", radius_mm=30.0)])
+    phantom = generate_phantom(
+        shape=(8, 48, 48), spacing=(10.0, 7.0, 7.0), seed=1, lesions=[LesionSpec("consolidation", radius_mm=30.0)]
+    )
     write_series(phantom, tmp_path / "ct")
     volume = load_series(tmp_path / "ct")
-    seg = build_segmentation(volume.datasets, phantom.labels, algorithm_name="test",
-                             algorithm_version="1")
+    seg = build_segmentation(volume.datasets, phantom.labels, algorithm_name="test", algorithm_version="1")
     seg.save_as(tmp_path / "seg.dcm")
     labels, has_lung = labels_from_seg(tmp_path / "seg.dcm", volume.datasets)
     assert has_lung

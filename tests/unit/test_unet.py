@@ -26,7 +26,7 @@ def test_normalise_hu_range():
     assert torch.allclose(x, torch.tensor([-1.0, -1.0, 1.0, 1.0]))
 
 
-@pytest.fixture()
+@pytest.fixture
 def tiny_weights(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     path = tmp_path / "tiny.pt"
@@ -40,8 +40,9 @@ def test_engine_returns_uint8_labels_of_volume_shape(tiny_weights: Path):
     hu = np.full((5, 40, 36), -1000, np.int16)
     hu[:, 8:32, 6:30] = -850
     calls = []
-    labels = engine.segment(CTVolume(hu=hu, spacing=(2.0, 1.4, 1.4), datasets=[]),
-                            progress=lambda done, total: calls.append((done, total)))
+    labels = engine.segment(
+        CTVolume(hu=hu, spacing=(2.0, 1.4, 1.4), datasets=[]), progress=lambda done, total: calls.append((done, total))
+    )
     assert labels.dtype == np.uint8 and labels.shape == hu.shape
     assert labels.max() <= 3
     assert calls[-1] == (5, 5)
@@ -77,11 +78,11 @@ def test_keep_lung_components_drops_islands_outside_the_lungs():
     from inference.engines.cnn import keep_lung_components
 
     labels = np.zeros((10, 40, 40), np.uint8)
-    labels[1:9, 5:35, 3:15] = 1      # right lung
-    labels[1:9, 5:35, 25:37] = 1     # left lung
-    labels[4:6, 10:14, 6:10] = 2     # GGO inside the right lung: kept
-    labels[0, 38:40, 0:2] = 1        # a lung-like patch of air outside the body: dropped
-    labels[9, 0:2, 38:40] = 3        # an isolated "consolidation" speck: dropped
+    labels[1:9, 5:35, 3:15] = 1  # right lung
+    labels[1:9, 5:35, 25:37] = 1  # left lung
+    labels[4:6, 10:14, 6:10] = 2  # GGO inside the right lung: kept
+    labels[0, 38:40, 0:2] = 1  # a lung-like patch of air outside the body: dropped
+    labels[9, 0:2, 38:40] = 3  # an isolated "consolidation" speck: dropped
     out = keep_lung_components(labels.copy())
     assert out[0, 38:40, 0:2].max() == 0 and out[9, 0:2, 38:40].max() == 0
     assert (out[4:6, 10:14, 6:10] == 2).all()
@@ -94,13 +95,13 @@ def test_clear_outside_body_drops_the_air_under_the_patient_not_the_lungs():
     hu = np.full((6, 64, 64), -1000, np.int16)  # air around
     yy, xx = np.mgrid[:64, :64]
     torso = ((yy - 28) / 20) ** 2 + ((xx - 32) / 26) ** 2 <= 1
-    hu[:, torso] = 40                            # soft tissue
+    hu[:, torso] = 40  # soft tissue
     lungs = (((yy - 28) / 12) ** 2 + ((xx - 20) / 8) ** 2 <= 1) | (((yy - 28) / 12) ** 2 + ((xx - 44) / 8) ** 2 <= 1)
     hu[:, lungs] = -850
-    hu[:, 56:58, 4:60] = 200                     # the table, below an air gap
+    hu[:, 56:58, 4:60] = 200  # the table, below an air gap
     labels = np.zeros(hu.shape, np.uint8)
     labels[:, lungs] = 1
-    labels[:, 49:55, 10:54] = 1                  # what a 2D model calls lung in the air gap
+    labels[:, 49:55, 10:54] = 1  # what a 2D model calls lung in the air gap
     clear_outside_body(labels, hu, (5.0, 1.0, 1.0))
     assert (labels[:, lungs] == 1).all()
     assert labels[:, 49:55, 10:54].max() == 0
@@ -109,8 +110,8 @@ def test_clear_outside_body_drops_the_air_under_the_patient_not_the_lungs():
 def test_clear_outside_body_leaves_slices_whose_body_reaches_the_edge():
     from inference.engines.cnn import clear_outside_body
 
-    hu = np.full((4, 32, 32), 40, np.int16)      # a field of view cut through the body
-    hu[:, 10:20, 0:12] = -850                    # lung touching the image edge
+    hu = np.full((4, 32, 32), 40, np.int16)  # a field of view cut through the body
+    hu[:, 10:20, 0:12] = -850  # lung touching the image edge
     labels = np.zeros(hu.shape, np.uint8)
     labels[:, 10:20, 0:12] = 1
     clear_outside_body(labels, hu, (5.0, 1.0, 1.0))

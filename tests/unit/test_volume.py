@@ -80,7 +80,9 @@ def test_files_in_slice_order_are_read_once_for_the_same_volume(small_phantom, t
     in_order = [ds.filename for ds in sorted_volume.datasets]
     reads = []
     real_dcmread = pydicom.dcmread
-    monkeypatch.setattr(volume_module.pydicom, "dcmread", lambda path, **kw: reads.append(path) or real_dcmread(path, **kw))
+    monkeypatch.setattr(
+        volume_module.pydicom, "dcmread", lambda path, **kw: reads.append(path) or real_dcmread(path, **kw)
+    )
     volume = load_series(in_order, in_slice_order=True)
     assert sorted(map(str, reads)) == sorted(in_order)  # each file once
     assert np.array_equal(volume.hu, sorted_volume.hu)

@@ -89,8 +89,9 @@ def thin_slabs(monkeypatch):
     monkeypatch.setattr("inference.voxels.SLAB_VOXELS", 3 * 64 * 64)
 
 
-@pytest.mark.parametrize(("shape", "fraction"), [((40, 64, 64), 0.55), ((41, 64, 64), 0.3), ((2, 64, 64), 0.5),
-                                             ((7, 64, 64), 0.0)])
+@pytest.mark.parametrize(
+    ("shape", "fraction"), [((40, 64, 64), 0.55), ((41, 64, 64), 0.3), ((2, 64, 64), 0.5), ((7, 64, 64), 0.0)]
+)
 def test_slab_components_are_the_3d_components(thin_slabs, shape, fraction):
     labels = _blobby_labels(shape, seed=5, fraction=fraction)
     reference, count = ndimage.label(labels)
@@ -170,8 +171,10 @@ def test_quantify_and_slice_counts_as_before(labels):
 
 @pytest.fixture(scope="module")
 def phantom_series(tmp_path_factory) -> Path:
-    lesions = [LesionSpec("ggo", centre=(0.5, 0.45, 0.2), volume_ml=60.0),
-               LesionSpec("consolidation", centre=(0.45, 0.55, 0.8), volume_ml=40.0)]
+    lesions = [
+        LesionSpec("ggo", centre=(0.5, 0.45, 0.2), volume_ml=60.0),
+        LesionSpec("consolidation", centre=(0.45, 0.55, 0.8), volume_ml=40.0),
+    ]
     phantom = generate_phantom(shape=(40, 160, 160), spacing=(7.0, 2.2, 2.2), seed=4, lesions=lesions)
     folder = tmp_path_factory.mktemp("phantom")
     write_series(phantom, folder)
@@ -181,8 +184,18 @@ def phantom_series(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("engine_name", ["threshold", "cnn"])
 def test_segment_json_and_seg_are_the_label_map(phantom_series, tmp_path, engine_name):
     """Offline `segment`: SEG frames (highdicom) and reported volumes equal the engine's labels."""
-    command = [sys.executable, "-m", "dicom_node", "segment", str(phantom_series), "--out", str(tmp_path),
-               "--engine", engine_name, "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "dicom_node",
+        "segment",
+        str(phantom_series),
+        "--out",
+        str(tmp_path),
+        "--engine",
+        engine_name,
+        "--json",
+    ]
     run = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
     summary = json.loads(run.stdout)
@@ -200,7 +213,8 @@ def test_segment_json_and_seg_are_the_label_map(phantom_series, tmp_path, engine
     seg = hd.seg.segread(tmp_path / "seg.dcm")
     decoded = seg.get_pixels_by_source_instance(
         source_sop_instance_uids=[str(ds.SOPInstanceUID) for ds in volume.datasets],
-        segment_numbers=[1, 2, 3], combine_segments=True,
+        segment_numbers=[1, 2, 3],
+        combine_segments=True,
     )
     np.testing.assert_array_equal(decoded, labels)
     assert summary["outputs"][:2] == ["seg.dcm", "sr.dcm"] and len(summary["outputs"]) == 5

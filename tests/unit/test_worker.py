@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from config.settings import load_settings
-from dicom_node.work import worker as worker_module
 from dicom_node.queue.jobstore import JobStore
+from dicom_node.work import worker as worker_module
 from dicom_node.work.worker import Worker
 
 

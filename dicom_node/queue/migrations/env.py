@@ -15,7 +15,11 @@ connection = config.attributes.get("connection")
 if connection is None:
     raise RuntimeError("run migrations through dicom_node.queue.jobstore.migrate(), not the alembic CLI")
 
-context.configure(connection=connection, target_metadata=Base.metadata,
-                  render_as_batch=connection.dialect.name == "sqlite", compare_type=True)
+context.configure(
+    connection=connection,
+    target_metadata=Base.metadata,
+    render_as_batch=connection.dialect.name == "sqlite",
+    compare_type=True,
+)
 with context.begin_transaction():
     context.run_migrations()
