@@ -101,9 +101,9 @@ def _wait_for_signal(stop: threading.Event) -> None:
 @app.command()
 def serve(
     config: Path | None = ConfigOption,
-    no_workers: bool = typer.Option(False, "--no-workers", help="Receive and dispatch only; workers run elsewhere."),
+    no_workers: bool = typer.Option(False, "--no-workers", help="No workers here: they run elsewhere."),
 ) -> None:
-    """Run the node: Store SCP, completeness sweeps, workers and dispatch to PACS."""
+    """Run the node: Store SCP, completeness sweeps, workers and (by default) dispatch to PACS."""
     from dicom_node.node import Node
 
     settings = settings_from(config)
@@ -123,7 +123,8 @@ def serve(
 def worker(
     config: Path | None = ConfigOption, count: int = typer.Option(1, help="Worker threads in this process.")
 ) -> None:
-    """Run workers only (a GPU host), against the shared job store and spool."""
+    """Run workers only (a GPU host), against the shared job store and spool; they also send
+    results when dispatch.run_by is "worker"."""
     from dicom_node.node import Node
 
     settings = settings_from(config)
