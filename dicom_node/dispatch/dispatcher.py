@@ -9,7 +9,6 @@ maximum age it is dead with its error kept, visible in `status`, revived by `ret
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from config.settings import ConfigError, Destination, Settings
 from dicom_node import metrics
 from dicom_node.dispatch.dimse import send_files
 from dicom_node.dispatch.sender import Sender, SendError, SendResult
+from dicom_node.polling import PollingThread
 from dicom_node.queue.jobstore import DEAD, Dispatch, JobStore
 from dicom_node.tls import TLSError, destination_tls
 
@@ -50,40 +50,14 @@ def sender_for(settings: Settings, destination: Destination) -> Sender:
     return send
 
 
-class Dispatcher:
+class Dispatcher(PollingThread):
     def __init__(self, settings: Settings, store: JobStore, *, poll_seconds: float = POLL_SECONDS) -> None:
+        super().__init__("dispatcher", poll_seconds)
         self.settings = settings
         self.store = store
-        self.poll_seconds = poll_seconds
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self.run_forever, name="dispatcher", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        """Send now rather than at the next poll (a worker in this process finished a job)."""
-        self._wake.set()
-
-    def stop(self, timeout: float = 30) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def run_forever(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                self.run_due()
-            except Exception:  # a database hiccup must not end dispatching
-                log.exception("dispatch loop error")
-                self._stop.wait(5)
-            self._wake.wait(self.poll_seconds)
+    def poll(self) -> bool:
+        return self.run_due() > 0
 
     def run_due(self) -> int:
         """Send every due dispatch; returns how many were sent successfully."""

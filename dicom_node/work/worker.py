@@ -15,6 +15,7 @@ import structlog
 
 from config.settings import Settings
 from dicom_node import metrics
+from dicom_node.polling import PollingThread
 from dicom_node.queue.jobstore import Job, JobStore, worker_identity
 from dicom_node.receive.spool import Spool
 from dicom_node.results import ResultFolders
@@ -25,8 +26,8 @@ from inference.engines import Engine, get_engine
 log = structlog.get_logger(__name__)
 
 
-class Worker:
-    """Processes queued jobs one at a time until stopped."""
+class Worker(PollingThread):
+    """Processes queued jobs one at a time until stopped (woken when this process queues one)."""
 
     def __init__(
         self,
@@ -40,16 +41,13 @@ class Worker:
         on_done: Callable[[], None] | None = None,
     ) -> None:
         """`on_done()`: told after each job is done (the node wakes its dispatcher)."""
+        self.name = name or worker_identity()
+        super().__init__(f"worker-{self.name}", poll_seconds)
         self.settings = settings
         self.store = store
         self.spool = spool or Spool.from_settings(settings)
         self.results = ResultFolders.from_settings(settings)
-        self.name = name or worker_identity()
-        self.poll_seconds = poll_seconds
         self._engine = engine
-        self._stop = threading.Event()
-        self._wake = threading.Event()  # set when a job was queued in this process
-        self._thread: threading.Thread | None = None
         self.on_done = on_done
 
     @property
@@ -58,32 +56,13 @@ class Worker:
             self._engine = get_engine(self.settings.inference.engine, self.settings.inference.device)
         return self._engine
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run_forever, name=f"worker-{self.name}", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        """Look for a job now rather than at the next poll (the node queued one)."""
-        self._wake.set()
-
-    def stop(self, timeout: float = 30) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def run_forever(self) -> None:
+    def started(self) -> None:
         log.info("worker started", worker=self.name)
         self._load_engine()
-        while not self._stop.is_set():
-            try:
-                self.store.worker_heartbeat(self.name, None)
-                if not self.run_once():
-                    self._wake.wait(self.poll_seconds)
-                    self._wake.clear()
-            except Exception:  # a database hiccup must not kill the worker
-                log.exception("worker loop error", worker=self.name)
-                self._stop.wait(5)
+
+    def poll(self) -> bool:
+        self.store.worker_heartbeat(self.name, None)
+        return self.run_once()
 
     def _load_engine(self) -> None:
         """Load the model before the first job: its second is not a patient's, and broken
