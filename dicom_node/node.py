@@ -100,11 +100,11 @@ class Node:
         requeued = self.store.requeue_own_dead_leases(self.settings.jobs.max_attempts)
         if requeued:
             log.warning("re-queued jobs left running by a previous process", job_ids=requeued)
-        if self.scp is not None:
-            self._start_receiving(self.scp)
-        if self.metrics is not None:
+        if self.metrics is not None:  # before the DICOM port: once it answers, /metrics does too
             metrics.RECEIVE_PROCESSES.set_function(self._receive_processes_up)
             self.metrics.start()
+        if self.scp is not None:
+            self._start_receiving(self.scp)
         if self.dispatcher is not None:
             self.dispatcher.start()
         for worker in self.workers:
