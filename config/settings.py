@@ -138,6 +138,11 @@ class SeriesSettings(_Section):
     )
     exclude_descriptions: list[str] = Field(default_factory=list, description="regexes")
     spacing_tolerance: float = Field(0.05, gt=0, lt=1, description="relative slice-step tolerance")
+    not_processed: Literal["keep", "drop"] = Field(
+        "keep",
+        description="instances of SOP classes the node does not analyse (anything but CT Image Storage): keep "
+        "in the spool until retention, or drop right after acknowledging them (their series is still recorded)",
+    )
 
     @field_validator("include_descriptions", "exclude_descriptions")
     @classmethod
