@@ -459,6 +459,11 @@ def show(job_id: int, config: Path | None = ConfigOption, as_json: bool = JsonOp
             console.print(f"{name:>14}: {volume:.1f} cm3, {extent:.2f} % of lung")
         if summary.risk:
             console.print(f"{'risk':>14}: {summary.risk.model_dump()}", highlight=False)
+        if summary.source_lossy:
+            console.print(
+                f"{'source':>14}: [yellow]lossy-compressed[/yellow] ({summary.source_lossy}); said in the SR",
+                highlight=False,
+            )
         console.print(f"{'timings':>14}: {summary.timings}", highlight=False)
     for d in info["dispatches"]:
         console.print(
