@@ -10,7 +10,6 @@ waiting for per-study selection, or one the next start resumes).
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from datetime import datetime, timedelta
 
@@ -42,12 +41,10 @@ def purge_spool(store: JobStore, spool: Spool, tracker: SeriesTracker, cutoff: d
     """Remove the spooled series last decided on before `cutoff` that nothing needs; returns
     their UIDs."""
     removed = []
-    for _, series_uid, folder in spool.series_dirs():
+    for study_uid, series_uid, _ in spool.series_dirs():
         if tracker.is_active(series_uid) or not store.spooled_series_expired(series_uid, cutoff):
             continue
-        shutil.rmtree(folder, ignore_errors=True)
-        with contextlib.suppress(OSError):  # the study's last series: its folder goes too
-            folder.parent.rmdir()
+        spool.remove_series(study_uid, series_uid)
         removed.append(series_uid)
         log.info("retention purge: spooled series", series_uid=series_uid)
     return removed
