@@ -363,7 +363,7 @@ class Completeness:
         self._series_seen.discard(activity.series_uid)
         files = self.spool.instance_files(self.spool.series_dir(activity.study_uid, activity.series_uid))
         digest = instance_set_hash([p.stem for p in files])
-        count = max(len(files), activity.received)
+        count = len(files) or activity.received  # dropped instances are counted as received
         if activity.sop_classes and not any(is_analysed(uid) for uid in activity.sop_classes):
             reason = not_processed_reason(activity.sop_classes)  # the receive path named them all: nothing to read
             if activity.dropped:
