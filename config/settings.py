@@ -130,6 +130,20 @@ class TLSSettings(_Section):
         return self
 
 
+# Sharp (lung, bone, edge) reconstruction kernels by the names vendors give them in
+# ConvolutionKernel: GE LUNG/BONE/BONEPLUS/EDGE/DETAIL, Siemens B/I/H with sharpness 50-99
+# (B60f, I70f, Br64, Bl57, Hr60), Canon FC50-FC59 and FC80-FC89, Philips L, YA-YD, D, E.
+DEFAULT_LUNG_KERNEL_PATTERN = r"(?i)lung|bone|sharp|edge|detail|^[BIH][a-z]?[5-9][0-9]|^FC[58][0-9]$|^(L|Y[A-D]|D|E)$"
+
+
+def _check_regex(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
+    return pattern
+
+
 class SeriesSettings(_Section):
     idle_seconds: float = Field(10.0, gt=0)
     min_slices: int = Field(20, ge=1)
@@ -138,16 +152,33 @@ class SeriesSettings(_Section):
     )
     exclude_descriptions: list[str] = Field(default_factory=list, description="regexes")
     spacing_tolerance: float = Field(0.05, gt=0, lt=1, description="relative slice-step tolerance")
+    per_study: Literal["all", "best"] = Field(
+        "best",
+        description="best: wait until the whole study is idle and process the one series the selection rules "
+        "prefer (others are recorded as not selected); all: process every eligible series on its own",
+    )
+    lung_kernel_pattern: str = Field(
+        DEFAULT_LUNG_KERNEL_PATTERN,
+        description="regex searched in each ConvolutionKernel value: a match is a lung (sharp) kernel, "
+        "which the per-study selection prefers",
+    )
+    lossy: Literal["flag", "refuse"] = Field(
+        "flag",
+        description="lossy-compressed images (LossyImageCompression 01 or a lossy transfer syntax): flag "
+        "(processed, said so in the SR and `show`) or refuse (recorded with the reason, not processed)",
+    )
+    not_processed: Literal["keep", "drop"] = Field(
+        "keep",
+        description="instances of SOP classes the node does not analyse (anything but CT Image Storage): keep "
+        "in the spool until retention, or drop right after acknowledging them (their series is still recorded)",
+    )
 
     @field_validator("include_descriptions", "exclude_descriptions")
     @classmethod
-    def _check_regex(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
-        return patterns
+    def _check_regexes(cls, patterns: list[str]) -> list[str]:
+        return [_check_regex(pattern) for pattern in patterns]
+
+    _kernel = field_validator("lung_kernel_pattern")(classmethod(lambda cls, v: _check_regex(v)))
 
 
 class Destination(_Section):
@@ -200,7 +231,9 @@ class DispatchSettings(_Section):
 
 
 class RetentionSettings(_Section):
-    keep_days: float = Field(7.0, gt=0, description="spool and results of finished jobs")
+    keep_days: float = Field(
+        7.0, gt=0, description="results of finished jobs; spooled series this long after their last decision"
+    )
 
 
 class DatabaseSettings(_Section):

@@ -73,7 +73,8 @@ class ResultSummary(BaseModel):
 
     `outputs` are file names in the job's result folder, in the order they are sent;
     `supersedes` the SEGs and SRs of earlier results this one replaces; `reissue_of` the job
-    whose report an amended SR replaces (None for a segmentation).
+    whose report an amended SR replaces (None for a segmentation); `source_lossy` how the CT
+    was lossy-compressed (None: it was not), which the SR says too.
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -90,6 +91,7 @@ class ResultSummary(BaseModel):
     outputs: list[str]
     timings: dict[str, float]
     reissue_of: int | None = None
+    source_lossy: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON values (UID triples as lists); `reissue_of` only on an amended report."""

@@ -14,6 +14,26 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    JPEG2000MC,
+    UID,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLSNearLossless,
+    MPEGTransferSyntaxes,
+)
+
+# Transfer syntaxes whose pixels are never the original ones (JPEG XL JPEG recompression keeps a
+# lossy JPEG), and those that may be lossy: lossy unless LossyImageCompression says "00".
+LOSSY_TRANSFER_SYNTAXES = frozenset(
+    {JPEGBaseline8Bit, JPEGExtended12Bit, UID("1.2.840.10008.1.2.4.111"), *map(UID, MPEGTransferSyntaxes)}
+)
+MAYBE_LOSSY_TRANSFER_SYNTAXES = frozenset(
+    {JPEGLSNearLossless, JPEG2000, JPEG2000MC, HTJ2K, UID("1.2.840.10008.1.2.4.112")}
+)
 
 
 class SeriesError(ValueError):
@@ -94,6 +114,47 @@ def spacing_from_positions(positions: np.ndarray, tolerance: float = 0.05) -> fl
             f" (median {median:.3f} mm); a slice is missing or the series mixes acquisitions"
         )
     return median
+
+
+def lossy_compression(datasets: Sequence[Dataset]) -> str | None:
+    """Why the pixels of these images may differ from the scanner's, e.g. "LossyImageCompression
+    01 (ISO_10918_1, ratio 8), 60 of 60 images"; None when nothing says so.
+
+    An image was lossy-compressed when its Lossy Image Compression is "01" (PS3.3 C.7.6.1.1.5:
+    once set, it stays set in every derived image) or its transfer syntax is lossy.
+    """
+    found = [why for ds in datasets if (why := _lossy(ds)) is not None]
+    if not found:
+        return None
+    return f"{found[0]}, {len(found)} of {len(datasets)} images"
+
+
+def _lossy(ds: Dataset) -> str | None:
+    flag = str(ds.get("LossyImageCompression", "")).strip()
+    syntax = UID(str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or ""))
+    if flag == "01":
+        method = "\\".join(str(m) for m in values_of(ds.get("LossyImageCompressionMethod")))
+        ratio = "\\".join(_number(r) for r in values_of(ds.get("LossyImageCompressionRatio")))
+        details = ", ".join(part for part in (method, f"ratio {ratio}" if ratio else "") if part)
+        return f"LossyImageCompression 01{f' ({details})' if details else ''}"
+    if syntax in LOSSY_TRANSFER_SYNTAXES or (syntax in MAYBE_LOSSY_TRANSFER_SYNTAXES and flag != "00"):
+        return f"transfer syntax {syntax.name}"
+    return None
+
+
+def _number(value: object) -> str:
+    """A DS value as written by people ("8", not "8.0"); as it is when it is no number."""
+    try:
+        return f"{float(str(value)):g}"
+    except ValueError:
+        return str(value)
+
+
+def values_of(value: object) -> list[object]:
+    """A DICOM attribute's value as a list (empty when absent, one item when single-valued)."""
+    if value is None or value == "":
+        return []
+    return list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
 
 
 def read_headers(paths: Iterable[Path]) -> list[Dataset]:

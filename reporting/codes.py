@@ -25,7 +25,7 @@ each code belongs to:
   measured on.
 
 Concepts with no standard code (lesion extent as % of lung, the risk model's covariates,
-calibration status, superseded results) use the private coding scheme ``99LDCT``. The SR
+calibration status, superseded results, lossy-compressed source images) use the private coding scheme ``99LDCT``. The SR
 declares it in its Coding Scheme Identification Sequence (``private_coding_scheme_item``).
 """
 
@@ -95,3 +95,4 @@ COVARIATE_ASSUMED_ABSENT = _private("LDCT0017", "Covariate assumed absent")
 REASON_NOT_COMPUTED = _private("LDCT0018", "Reason risk not computed")
 SUPERSEDES = _private("LDCT0020", "Supersedes earlier result")
 INTENDED_USE = _private("LDCT0021", "Intended use")
+SOURCE_LOSSY = _private("LDCT0022", "Source images lossy compressed")

@@ -327,8 +327,12 @@ def build_key_images(
     series_number: int = 903,
     series_instance_uid: str | None = None,
     manufacturer: str = DEFAULT_MANUFACTURER,
+    source_lossy: bool = False,
 ) -> list[Dataset]:
-    """Secondary Capture RGB images (one series, same study) of the key slices."""
+    """Secondary Capture RGB images (one series, same study) of the key slices.
+
+    `source_lossy`: the CT was lossy-compressed, so are images derived from it
+    (LossyImageCompression 01, PS3.3 C.7.6.1.1.5)."""
     volume_hu, labels = np.asarray(volume_hu), np.asarray(labels)
     if volume_hu.ndim != 3 or volume_hu.shape != labels.shape:
         raise KeyImageInputError(f"HU volume {volume_hu.shape} and labels {labels.shape} differ in shape")
@@ -383,6 +387,8 @@ def build_key_images(
         image.ImageComments = f"{reason}; overlay: normal lung, GGO, consolidation; {DISCLAIMER}"[:10240]
         image.DerivationDescription = "Lung window with segmentation overlay and burnt-in summary"
         image.SourceImageSequence = [_source_reference(source)]
+        if source_lossy:
+            image.LossyImageCompression = "01"
         images.append(image)
     log.info(
         "key_images_built",

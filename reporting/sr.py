@@ -20,8 +20,10 @@ Content tree (Imaging Measurement Report, TID 1500):
     and the category cut-off (%). TEXT items: calibration status, each covariate used
     ("name = value"), missing, assumed absent, and the reason when not computed.
 
-- Qualitative Evaluations (TID 1500 row, UMLS C0034375): TEXT items "Intended use" and one
-  "Supersedes earlier result" per replaced SEG/SR. Replaced SR documents are also listed in
+- Qualitative Evaluations (TID 1500 row, UMLS C0034375): TEXT items "Intended use", one
+  "Supersedes earlier result" per replaced SEG/SR, and "Source images lossy compressed" when
+  the CT was (LossyImageCompression 01 or a lossy transfer syntax: the measurements may differ
+  from those on the original images). Replaced SR documents are also listed in
   the Predecessor Documents Sequence.
 
 Why no TID 1411 (Volumetric ROI) groups: the standard lets one Imaging Measurements container
@@ -244,6 +246,13 @@ def _supersedes_text(sop_class_uid: str, sop_instance_uid: str, series_uid: str)
     return f"{kind} instance {sop_instance_uid} (series {series_uid}, SOP class {sop_class_uid})"
 
 
+def _lossy_text(source_lossy: str) -> str:
+    return (
+        f"The source images were lossy compressed ({source_lossy}): the measurements may differ "
+        "from those on the original images."
+    )[:1024]
+
+
 def _check_inputs(source_datasets: Sequence[Dataset], seg: Dataset) -> None:
     if len(source_datasets) == 0:
         raise ReportInputError("no source images")
@@ -269,11 +278,13 @@ def build_measurement_report(
     supersedes: Sequence[tuple[str, str, str]] = (),
     manufacturer: str = DEFAULT_MANUFACTURER,
     instance_number: int = 1,
+    source_lossy: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """A TID 1500 Comprehensive 3D SR of `quant`, referencing `seg` and the source series.
 
     `supersedes`: (SOP class UID, SOP instance UID, series UID) of earlier results (SEG/SR of
-    the same series) that this report replaces.
+    the same series) that this report replaces. `source_lossy`: how the source images were
+    lossy-compressed (`inference.volume.lossy_compression`), said in the report; None: they were not.
     """
     _check_inputs(source_datasets, seg)
     source_series_uid = str(source_datasets[0].SeriesInstanceUID)
@@ -326,6 +337,11 @@ def build_measurement_report(
             TextContentItem(name=codes.SUPERSEDES, value=_supersedes_text(*entry), relationship_type="CONTAINS")
             for entry in supersedes
         ]
+        + (
+            [TextContentItem(name=codes.SOURCE_LOSSY, value=_lossy_text(source_lossy), relationship_type="CONTAINS")]
+            if source_lossy
+            else []
+        )
     )
     report[0].ContentSequence.append(evaluations)
 
@@ -354,5 +370,6 @@ def build_measurement_report(
         source_series_uid=source_series_uid,
         risk_computed=None if risk is None else bool(risk.computed),
         supersedes=len(supersedes),
+        source_lossy=bool(source_lossy),
     )
     return sr

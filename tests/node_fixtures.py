@@ -26,7 +26,13 @@ def node_settings(data_dir: Path, **sections: dict[str, Any]) -> Settings:
 
 def spool_series(spool: Spool, folder: Path, seed: int) -> tuple[str, str]:
     """A small synthetic CT series placed in the spool as the Store SCP leaves it; (study, series) UIDs."""
-    paths = write_series(generate_phantom(shape=(24, 96, 96), spacing=(8.0, 3.5, 3.5), seed=seed), folder)
+    return spool_files(
+        spool, write_series(generate_phantom(shape=(24, 96, 96), spacing=(8.0, 3.5, 3.5), seed=seed), folder)
+    )
+
+
+def spool_files(spool: Spool, paths: list[Path]) -> tuple[str, str]:
+    """DICOM files placed in the spool as the Store SCP leaves them; (study, series) UIDs of the last."""
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         target = spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)

@@ -185,7 +185,7 @@ def status(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> No
     store = open_store(settings)
     counts = store.counts()
     workers = store.workers()
-    series = store.recent_series(10)
+    series = store.recent_series(20)
     errors = store.last_errors()
     free = shutil.disk_usage(settings.node.data_dir).free
     if as_json:
@@ -202,6 +202,9 @@ def status(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> No
                     "recent_series": [
                         {
                             "series_uid": s.series_uid,
+                            "study_uid": s.study_uid,
+                            "description": s.description,
+                            "decided_at": _when(s.decided_at),
                             "outcome": s.outcome,
                             "reason": s.reason,
                             "instances": s.instance_count,
@@ -229,10 +232,12 @@ def status(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> No
         wt.add_row(w.name, _when(w.heartbeat_at), str(w.current_job_id or "-"))
     console.print(wt)
     st = Table(title="Recent series decisions")
-    for col in ("series UID", "instances", "outcome", "reason", "job"):
+    for col in ("series UID", "description", "instances", "outcome", "reason", "job"):
         st.add_column(col)
     for s in series:
-        st.add_row(s.series_uid, str(s.instance_count), s.outcome, s.reason or "-", str(s.job_id or "-"))
+        st.add_row(
+            s.series_uid, s.description or "-", str(s.instance_count), s.outcome, s.reason or "-", str(s.job_id or "-")
+        )
     console.print(st)
     for kind, job_id, error in errors:
         console.print(f"[yellow]last error[/yellow] {kind} of job {job_id}: {error}", highlight=False)
@@ -405,6 +410,7 @@ def _job_dict(store: JobStore, job: Job) -> dict[str, Any]:
         "finished_at": _when(job.finished_at),
         "error": job.error,
         "superseded_by": job.superseded_by,
+        "replaces_job": job.replaces_job_id,
         "lease_owner": job.lease_owner,
         "result_dir": job.result_dir,
         "summary": result.as_dict() if result else {},
@@ -444,6 +450,7 @@ def show(job_id: int, config: Path | None = ConfigOption, as_json: bool = JsonOp
         "finished_at",
         "error",
         "superseded_by",
+        "replaces_job",
         "result_dir",
     ):
         console.print(f"{key:>14}: {info[key]}", highlight=False)
@@ -459,6 +466,11 @@ def show(job_id: int, config: Path | None = ConfigOption, as_json: bool = JsonOp
             console.print(f"{name:>14}: {volume:.1f} cm3, {extent:.2f} % of lung")
         if summary.risk:
             console.print(f"{'risk':>14}: {summary.risk.model_dump()}", highlight=False)
+        if summary.source_lossy:
+            console.print(
+                f"{'source':>14}: [yellow]lossy-compressed[/yellow] ({summary.source_lossy}); said in the SR",
+                highlight=False,
+            )
         console.print(f"{'timings':>14}: {summary.timings}", highlight=False)
     for d in info["dispatches"]:
         console.print(

@@ -47,7 +47,16 @@ def reissue_report(settings: Settings, store: JobStore, job_id: int, options: Re
     folder = ResultFolders.from_settings(settings).for_amended_report()
     try:
         _link_or_copy(seg_path, folder / "seg.dcm")  # what the SR references, for a later reissue
-        sr = write_report(headers, seg, summary.quantification, summary.engine, risk, [summary.sr], folder / AMENDED_SR)
+        sr = write_report(
+            headers,
+            seg,
+            summary.quantification,
+            summary.engine,
+            risk,
+            [summary.sr],
+            folder / AMENDED_SR,
+            summary.source_lossy,
+        )
         amended = summary.model_copy(
             update={
                 "risk": RiskSummary.of(risk),

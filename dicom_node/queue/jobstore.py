@@ -67,6 +67,8 @@ SERIES_QUEUED, SERIES_INELIGIBLE, SERIES_INCONSISTENT, SERIES_DUPLICATE = (
     "inconsistent",
     "identical re-send",
 )
+SERIES_NOT_PROCESSED = "not processed"  # a SOP class the node does not analyse, or a localizer
+SERIES_NOT_SELECTED = "not selected"  # per-study selection preferred another series of the study
 
 
 def utcnow() -> datetime:
@@ -124,6 +126,8 @@ class Job(Base):
     result_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
     summary: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
     superseded_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # the job of another series of the study whose results this one's supersede (per-study selection)
+    replaces_job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     def result(self) -> ResultSummary | None:
         """What the job produced (None until it is done)."""
@@ -357,10 +361,18 @@ class JobStore:
             return bool(found)
 
     def enqueue_job(
-        self, *, series_uid: str, study_uid: str, instance_uids: list[str], instance_set_hash: str, max_attempts: int
+        self,
+        *,
+        series_uid: str,
+        study_uid: str,
+        instance_uids: list[str],
+        instance_set_hash: str,
+        max_attempts: int,
+        replaces_job_id: int | None = None,
     ) -> int | None:
         """Queue a job for `instance_uids` in slice order (as the completeness decision sorted
-        them); None when the same instance set already has one (identical re-send)."""
+        them); None when the same instance set already has one (identical re-send).
+        `replaces_job_id`: the study's job of another series that this one supersedes."""
         with self.session() as s:
             exists = s.scalar(
                 select(Job.id).where(Job.series_uid == series_uid, Job.instance_set_hash == instance_set_hash)
@@ -375,10 +387,22 @@ class JobStore:
                 instance_count=len(instance_uids),
                 instance_set_hash=instance_set_hash,
                 state=QUEUED,
+                replaces_job_id=replaces_job_id,
             )
             s.add(job)
             s.flush()
             return job.id
+
+    def current_study_job(self, study_uid: str) -> Job | None:
+        """The study's newest job that nothing supersedes and that is not dead: the series
+        per-study selection chose last."""
+        with self.session() as s:
+            return s.scalar(
+                select(Job)
+                .where(Job.study_uid == study_uid, Job.superseded_by.is_(None), Job.state != DEAD)
+                .order_by(Job.id.desc())
+                .limit(1)
+            )
 
     def claim_job(self, owner: str, lease_seconds: float) -> Job | None:
         """Take the oldest runnable job for `owner`, or None when the queue is empty."""
@@ -434,7 +458,10 @@ class JobStore:
         """Mark done and create one dispatch row per destination, in one transaction.
 
         Returns False (and changes nothing) when the lease was lost meanwhile: another worker
-        owns the job now, and only one completion may count.
+        owns the job now, and only one completion may count. The earlier results this job
+        supersedes (same series, or the job it replaces) are marked so; a job superseded while
+        it ran (its replacement finished first) is done without dispatches: a PACS gets only
+        the newest results.
         """
         now = utcnow()
         with self.session() as s:
@@ -463,8 +490,12 @@ class JobStore:
             )
             for previous in older:
                 previous.superseded_by = job_id
-            for name in destinations:
-                s.add(Dispatch(job_id=job_id, destination=name, state=PENDING, next_try_at=now))
+            replaced = s.get(Job, job.replaces_job_id) if job.replaces_job_id is not None else None
+            if replaced is not None and replaced.superseded_by is None:
+                replaced.superseded_by = job_id
+            if job.superseded_by is None:
+                for name in destinations:
+                    s.add(Dispatch(job_id=job_id, destination=name, state=PENDING, next_try_at=now))
             return True
 
     def fail_job(
@@ -545,10 +576,12 @@ class JobStore:
             return list(s.scalars(query))
 
     def superseded_objects(self, job: Job) -> list[DicomRef]:
-        """The SEGs and SRs of earlier finished jobs of the same series, which `job` replaces."""
+        """The SEGs and SRs of earlier finished jobs of the same series, and of the job of
+        another series it replaces, which `job` supersedes."""
         with self.session() as s:
+            same_series = (Job.series_uid == job.series_uid) & (Job.id < job.id)
             rows = s.scalars(
-                select(Job).where(Job.series_uid == job.series_uid, Job.id < job.id, Job.state == DONE).order_by(Job.id)
+                select(Job).where(or_(same_series, Job.id == job.replaces_job_id), Job.state == DONE).order_by(Job.id)
             ).all()
             return [ref for row in rows if (result := row.result()) is not None for ref in (result.seg, result.sr)]
 
@@ -747,21 +780,23 @@ class JobStore:
                 )
             )
 
-    def series_in_use(self, series_uid: str, *, other_than: int) -> bool:
-        """Whether another job of the series still needs its spooled images: one that is not
-        finished yet, or finished with results not purged (a reissue reads the images)."""
+    def spooled_series_expired(self, series_uid: str, cutoff: datetime) -> bool:
+        """Whether a series' spooled images may go: last decided on before `cutoff`, and no job
+        of it still needs them (one not finished, or finished with its results kept: a reissue
+        reads the images). A series never decided on is kept: it is waiting for its decision."""
         with self.session() as s:
-            return bool(
-                s.scalar(
-                    select(func.count())
-                    .select_from(Job)
-                    .where(
-                        Job.series_uid == series_uid,
-                        Job.id != other_than,
-                        or_(Job.state.in_((QUEUED, RUNNING, FAILED)), Job.result_dir.is_not(None)),
-                    )
+            last = s.scalar(select(func.max(SeriesRecord.decided_at)).where(SeriesRecord.series_uid == series_uid))
+            if last is None or _aware(last) >= cutoff:
+                return False
+            needed = s.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(
+                    Job.series_uid == series_uid,
+                    or_(Job.state.in_((QUEUED, RUNNING, FAILED)), Job.result_dir.is_not(None)),
                 )
             )
+            return not needed
 
 
 class ReissueRefused(RuntimeError):

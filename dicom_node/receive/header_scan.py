@@ -5,6 +5,10 @@ where we need eight values and where the pixel data starts. This scanner walks t
 of an uncompressed-syntax dataset (Explicit or Implicit VR Little Endian, the syntaxes CT
 scanners send), stepping over sequences, and returns None for anything else or anything it
 does not fully understand, so that the caller falls back to pydicom, which then decides.
+
+One thing it decides itself: a complete instance whose bytes end inside an element is
+truncated (`DatasetTruncated`). pydicom reads such a file without complaint, and an object
+without pixel data (an SR, a presentation state) has no Pixel Data length to betray it.
 """
 
 from __future__ import annotations
@@ -68,6 +72,10 @@ class _Unsupported(Exception):
     """Something this scanner leaves to pydicom."""
 
 
+class DatasetTruncated(ValueError):
+    """The instance's bytes end inside an element: it was cut short."""
+
+
 @dataclass
 class ScannedHeader:
     """Raw values of the wanted attributes (bytes), the pixel data's declared length and where
@@ -95,10 +103,19 @@ def scan_header(data: bytes | bytearray, complete: bool = True) -> ScannedHeader
 
     `complete=False`: `data` is only the first bytes of the instance (the rest is still
     arriving); the scan answers if the header up to the Pixel Data element lies within them.
+    `complete=True`: raises DatasetTruncated when the bytes end inside an element.
     """
     try:
         return _scan(bytes(data), complete)
-    except (_Unsupported, struct.error, IndexError, UnicodeDecodeError):
+    except DatasetTruncated:
+        if complete:
+            raise
+        return None
+    except struct.error as exc:  # an element header read past the end: out of bytes
+        if complete:
+            raise DatasetTruncated("dataset ends inside an element header") from exc
+        return None
+    except (_Unsupported, IndexError, UnicodeDecodeError):
         return None
 
 
@@ -138,7 +155,7 @@ def _scan(data: bytes, complete: bool) -> ScannedHeader:
             offset = _skip_undefined_sequence(data, value_start, explicit and vr == b"SQ", 1)
             continue
         if value_start + length > size:
-            raise _Unsupported("element runs past the end")
+            raise DatasetTruncated(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) runs past the end")
         wanted = WANTED.get(tag)
         if wanted is not None:
             name, dictionary_vr = wanted
@@ -150,6 +167,8 @@ def _scan(data: bytes, complete: bool) -> ScannedHeader:
         offset = value_start + length
     if not complete:
         raise _Unsupported("header continues past the bytes given")
+    if offset != size:
+        raise DatasetTruncated(f"{size - offset} byte(s) after the last element")
     _check_values(values)
     return ScannedHeader(transfer_syntax, values, None, None)
 
@@ -219,7 +238,7 @@ def _skip_undefined_sequence(data: bytes, offset: int, explicit: bool, depth: in
             raise _Unsupported("not an item inside a sequence")
         if length != UNDEFINED:
             if offset + length > len(data):
-                raise _Unsupported("item runs past the end")
+                raise DatasetTruncated("item runs past the end")
             offset += length
             continue
         while True:  # an item of undefined length: its elements up to the Item Delimitation Item
@@ -232,6 +251,6 @@ def _skip_undefined_sequence(data: bytes, offset: int, explicit: bool, depth: in
             if length == UNDEFINED:
                 offset = _skip_undefined_sequence(data, value_start, explicit and vr == b"SQ", depth + 1)
             elif value_start + length > len(data):
-                raise _Unsupported("element runs past the end")
+                raise DatasetTruncated("element runs past the end")
             else:
                 offset = value_start + length

@@ -19,6 +19,7 @@ never removes a file that a live receiver is writing.
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import os
 import re
@@ -141,6 +142,13 @@ class Spool:
                 if series.is_dir():
                     found.append((study.name, series.name, series))
         return found
+
+    def remove_series(self, study_uid: str, series_uid: str) -> None:
+        """Remove a series' folder, and its study's folder when that was the study's last series."""
+        folder = self.series_dir(study_uid, series_uid)
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # not empty: other series of the study are spooled
+            folder.parent.rmdir()
 
     @staticmethod
     def instance_files(folder: Path) -> list[Path]:

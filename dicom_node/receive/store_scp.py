@@ -1,13 +1,16 @@
-"""The Store SCP: Verification and CT storage over DICOM, answering once the bytes are stored.
+"""The Store SCP: Verification and every storage SOP class, answering once the bytes are stored.
 
 The network side is `dicom_node.receive.acceptor` (our upper layer; `dicom_node.receive.acse` negotiates).
+What is accepted, and what of it is analysed, is `dicom_node.receive.sop_classes`.
 The bytes written are exactly those received, File Meta prepended, whatever the transfer
 syntax, streamed to a temporary spool file as they arrive; "stored" means fsynced by default
 (see `Spool`). Before the file is moved into its series folder, the header is read (never
-the pixels) and the instance refused with a failure status and a reason when it cannot be a
-whole image: unreadable, truncated (no pixel data, or fewer pixel bytes than Rows x Columns x
-samples x bits say), or not the SOP class and instance the request named; a refused instance
-leaves nothing behind. A re-sent instance with different content replaces the stored one
+the pixels) and the instance refused with a failure status and a reason when it cannot be
+whole: unreadable, truncated (bytes ending inside an element; an analysed image without pixel
+data; fewer pixel bytes than Rows x Columns x samples x bits say), or not the SOP class and
+instance the request named; a refused instance leaves nothing behind. An instance the node does
+not analyse is kept the same way, or with `series.not_processed = "drop"` checked, acknowledged
+and dropped. A re-sent instance with different content replaces the stored one
 (the last version wins) and says so in the log. Any other exception in a handler becomes a
 failure status and a log line; the server keeps serving.
 """
@@ -21,15 +24,14 @@ import ssl
 import struct
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pydicom
 import structlog
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, CTImageStorage, EnhancedCTImageStorage
-from pynetdicom import ALL_TRANSFER_SYNTAXES, VerificationPresentationContexts, build_context
+from pydicom.uid import UID
 
 from config.settings import Settings
 from dicom_node.receive.acceptor import (
@@ -43,7 +45,8 @@ from dicom_node.receive.acceptor import (
     StoreRequest,
     StoreSink,
 )
-from dicom_node.receive.header_scan import LONG_LENGTH_VRS, UNDEFINED, ScannedHeader, scan_header
+from dicom_node.receive.header_scan import LONG_LENGTH_VRS, UNDEFINED, DatasetTruncated, ScannedHeader, scan_header
+from dicom_node.receive.sop_classes import is_analysed, presentation_contexts
 from dicom_node.receive.spool import HEAD_BYTES, IncomingFile, InvalidUID, Spool
 from dicom_node.tls import scp_context
 
@@ -60,12 +63,14 @@ class InstanceRejected(ValueError):
 
 @dataclass(frozen=True)
 class InstanceHeader:
-    """What the receive path knows about an instance it accepted."""
+    """What the receive path knows about an instance it accepted; `kept` is False for one
+    acknowledged and dropped (`series.not_processed = "drop"`)."""
 
     sop_class_uid: str
     sop_instance_uid: str
     study_uid: str
     series_uid: str
+    kept: bool = True
 
 
 def check_received(
@@ -82,16 +87,21 @@ def check_received(
     Returns the instance's UIDs; raises InstanceRejected with the status and reason otherwise.
     Only the header is read (by `header_scan`, or pydicom for syntaxes it leaves alone); the
     Pixel Data length comes from its element header, compared with the bytes that follow:
-    the check never copies or decompresses pixels. `scanned`: the head's scan, made while the
-    rest was arriving; it usually answers from the head alone, otherwise `read_all()` supplies
-    the whole instance.
+    the check never copies or decompresses pixels. Pixel data is required of the analysed SOP
+    classes only: a dose SR or a presentation state has none. `scanned`: the head's scan, made
+    while the rest was arriving; it usually answers from the head alone, otherwise
+    `read_all()` supplies the whole instance.
     """
-    if scanned is None:
-        scanned = scan_header(head, complete=len(head) >= size)
     data: bytes | bytearray = head
-    if scanned is None and len(head) < size:
-        data = read_all()
-        scanned = scan_header(data)
+    truncated: DatasetTruncated | None = None
+    try:
+        if scanned is None:
+            scanned = scan_header(head, complete=len(head) >= size)
+        if scanned is None and len(head) < size:
+            data = read_all()
+            scanned = scan_header(data)
+    except DatasetTruncated as exc:  # `data` is whole here; pydicom reads it without complaint
+        truncated, scanned = exc, None
     if scanned is not None:
         header = InstanceHeader(
             scanned.text("sop_class_uid"),
@@ -128,8 +138,12 @@ def check_received(
         encapsulated = ds.file_meta.TransferSyntaxUID.is_encapsulated
     if header.sop_class_uid != sop_class_uid or header.sop_instance_uid != sop_instance_uid:
         raise InstanceRejected(STATUS_DATASET_MISMATCH, "Dataset does not match SOP class/instance")
-    if pixel_length is None:
+    if pixel_length is None and is_analysed(sop_class_uid):
         raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, "No pixel data (truncated dataset?)")
+    if truncated is not None:
+        raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, f"Truncated dataset: {truncated}")
+    if pixel_length is None:
+        return header  # an object without pixels (SR, presentation state), whole as scanned
     try:
         rows, columns, samples, bits, frames = pixel_module()
     except Exception as exc:  # missing/garbled image pixel attributes
@@ -143,7 +157,7 @@ def check_received(
     if encapsulated:
         raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, "Compressed pixel data without encapsulation")
     actual = pixel_length if available is None else min(pixel_length, available)
-    expected = rows * columns * samples * frames * bits // 8
+    expected = -(-rows * columns * samples * frames * bits // 8)  # bits rounded up (1-bit SEG frames)
     if not expected <= actual <= expected + 1:  # one byte of padding to even length
         raise InstanceRejected(STATUS_DATASET_MISMATCH, f"PixelData {actual} bytes, expected {expected}")
     return header
@@ -163,12 +177,11 @@ def _read_with_pydicom(data: bytes | bytearray) -> tuple[Dataset, InstanceHeader
         warnings.simplefilter("ignore")  # pydicom warns on truncation; the caller decides
         try:
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
-            header = InstanceHeader(
-                *(
-                    str(ds.get(keyword, ""))
-                    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-                )
+            sop_class, sop_instance, study, series = (
+                str(ds.get(keyword, ""))
+                for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
             )
+            header = InstanceHeader(sop_class, sop_instance, study, series)
             transfer_syntax = ds.file_meta.TransferSyntaxUID
             if transfer_syntax.is_deflated:  # positions refer to the inflated stream: read it whole
                 full = pydicom.dcmread(BytesIO(data))
@@ -266,9 +279,12 @@ class StoreSCP:
         on_rejected: Callable[[str, str], None] | None = None,
         hand_off: Callable[[socket.socket], bool] | None = None,
         on_closed: Callable[[], None] | None = None,
+        keep_not_processed: bool = True,
     ) -> None:
         """`on_stored(peer, header)`: told about every instance stored (the node's completeness
-        stage, or a receiver process's report to the node).
+        stage, or a receiver process's report to the node), and every one dropped.
+        `keep_not_processed`: False drops instances of SOP classes the node does not analyse
+        once they are checked and acknowledged (their series is still recorded).
         `allowed_peers`: calling AE title -> source addresses/networks it may call from.
         `ssl_context`: serve DICOM TLS only (see dicom_node.tls.server_context).
         `on_rejected(calling_ae, peer_address)`: told about every refused association.
@@ -279,12 +295,9 @@ class StoreSCP:
         self.on_rejected = on_rejected
         self.ssl_context = ssl_context
         self.ae_title = ae_title
-        contexts = list(VerificationPresentationContexts)
-        contexts += [
-            build_context(sop_class, ALL_TRANSFER_SYNTAXES) for sop_class in (CTImageStorage, EnhancedCTImageStorage)
-        ]
+        self.keep_not_processed = keep_not_processed
         self.acceptor = Acceptor(
-            contexts=contexts,
+            contexts=presentation_contexts(),
             on_store=self._handle_store,
             calling_ae_allowed=self.policy.allows,
             on_accepted=self._handle_accepted,
@@ -324,6 +337,7 @@ class StoreSCP:
             on_rejected=on_rejected,
             hand_off=hand_off,
             on_closed=on_closed,
+            keep_not_processed=settings.series.not_processed == "keep",
         )
 
     def start(self, address: str, port: int) -> None:
@@ -354,11 +368,6 @@ class StoreSCP:
 
     def _handle_store(self, request: StoreRequest) -> StoreSink | Response:
         """Refuse at once what needs no bytes to refuse; otherwise spool the incoming instance."""
-        if request.sop_class_uid == EnhancedCTImageStorage:
-            log.warning(
-                "enhanced ct refused", sop_instance_uid=request.sop_instance_uid[:64], calling_ae=request.peer.ae_title
-            )
-            return STATUS_CANNOT_UNDERSTAND, "Enhanced CT (multi-frame) unsupported; send CT Image"
         if not self.spool.has_room():
             log.error(
                 "disk space below threshold: refusing instance",
@@ -415,7 +424,12 @@ class _InstanceWriter:
             header = check_received(
                 incoming.head, incoming.size, incoming.read_all, request.sop_class_uid, sop_uid, self.scanned
             )
-            final = self.scp.spool.instance_path(header.study_uid, header.series_uid, sop_uid)
+            final = self.scp.spool.instance_path(header.study_uid, header.series_uid, sop_uid)  # UIDs checked
+            if not (self.scp.keep_not_processed or is_analysed(header.sop_class_uid)):
+                incoming.discard()
+                self.scp._stored(request, replace(header, kept=False))
+                log.debug("instance acknowledged and dropped", sop_instance_uid=sop_uid, series_uid=header.series_uid)
+                return STATUS_SUCCESS, None
             replaced = incoming.replaces_different(final)
             incoming.commit(final)
             if replaced:

@@ -19,7 +19,7 @@ from config.settings import Settings
 from dicom_node.results import DicomRef, EngineInfo, ResultSummary, RiskSummary, rounded
 from inference.engines import Engine
 from inference.quantify import Quantification, quantify
-from inference.volume import load_series
+from inference.volume import load_series, lossy_compression
 from reporting.risk import MissingPolicy, RiskAssessment, assess_for_series
 
 log = structlog.get_logger(__name__)
@@ -73,11 +73,13 @@ def analyse_series(
     volume = load_series(list(files), in_slice_order=in_slice_order)
     timings["load_s"] = time.perf_counter() - t0
     series_uid = volume.series_instance_uid
+    source_lossy = lossy_compression(volume.datasets)
     log.info(
         "series loaded",
         series_uid=series_uid,
         slices=volume.hu.shape[0],
         spacing_mm=[round(s, 3) for s in volume.spacing],
+        source_lossy=source_lossy,
     )
 
     t0 = time.perf_counter()
@@ -97,7 +99,9 @@ def analyse_series(
         from reporting.key_images import build_key_images
 
         t0 = time.perf_counter()
-        key_images = build_key_images(volume.hu, labels, volume.datasets, quant, risk)
+        key_images = build_key_images(
+            volume.hu, labels, volume.datasets, quant, risk, source_lossy=source_lossy is not None
+        )
         key_images_s = time.perf_counter() - t0
     headers, slices = volume.datasets, int(volume.hu.shape[0])
     del volume
@@ -118,7 +122,7 @@ def analyse_series(
     t0 = time.perf_counter()
     sr_path = out_dir / "sr.dcm"
     engine_info = EngineInfo(name=engine.name, version=engine.version)
-    sr = write_report(headers, seg, quant, engine_info, risk, supersedes, sr_path)
+    sr = write_report(headers, seg, quant, engine_info, risk, supersedes, sr_path, source_lossy)
     timings["sr_s"] = time.perf_counter() - t0
     outputs = [seg_path, sr_path]
 
@@ -142,6 +146,7 @@ def analyse_series(
         supersedes=list(supersedes),
         outputs=[p.name for p in outputs],
         timings={k: round(v, 3) for k, v in timings.items()},
+        source_lossy=source_lossy,
     )
     (out_dir / "summary.json").write_text(summary.to_json(indent=2))
     return summary
@@ -155,8 +160,10 @@ def write_report(
     risk: RiskAssessment,
     supersedes: Sequence[DicomRef],
     path: Path,
+    source_lossy: str | None = None,
 ) -> Dataset:
-    """Build the TID 1500 SR for one analysis and write it to `path`."""
+    """Build the TID 1500 SR for one analysis and write it to `path` (`source_lossy`: see
+    `reporting.sr.build_measurement_report`)."""
     from reporting.dicom_file import write_dataset
     from reporting.sr import build_measurement_report
 
@@ -168,6 +175,7 @@ def write_report(
         algorithm_version=engine.version,
         risk=risk,
         supersedes=supersedes,
+        source_lossy=source_lossy,
     )
     write_dataset(sr, path)
     return sr

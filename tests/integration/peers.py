@@ -184,7 +184,10 @@ class NodeProcess:
         self.config.write_text("\n".join(lines) + "\n" + extra)
         self.process: subprocess.Popen | None = None
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 600, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
+        """An admin command on this node's configuration (`env`: more environment, e.g. COLUMNS)."""
         return subprocess.run(
             [sys.executable, "-m", "dicom_node", *args, "--config", str(self.config)],
             capture_output=True,
@@ -192,7 +195,7 @@ class NodeProcess:
             timeout=timeout,
             check=check,
             cwd=REPO,
-            env={**os.environ, **self.env},
+            env={**os.environ, **self.env, **(env or {})},
         )  # the admin's environment is the node's
 
     def start(self) -> NodeProcess:

@@ -25,6 +25,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import (
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -32,13 +33,14 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     JPEGLSLossless,
 )
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.sop_class import (
     Comprehensive3DSRStorage,
     CTImageStorage,
     EnhancedCTImageStorage,
     SecondaryCaptureImageStorage,
     SegmentationStorage,
+    XRayRadiationDoseSRStorage,
 )
 
 from inference.synthetic import LesionSpec, generate_phantom
@@ -46,6 +48,7 @@ from inference.synthetic import write_series as write_phantom
 from reporting.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from tests.integration.peers import NodeProcess, Orthanc, free_port, storescu, tool_env, wait_until
 from tests.reporting_fixtures import make_ct_series, write_series
+from tests.study_fixtures import write_mixed_study
 
 NODE_AE = "LDCTNODE"
 SLICES = 8
@@ -89,7 +92,10 @@ def assert_stored_as_sent(node: NodeProcess, sent: list[Path], wire_syntax: str 
     for path in sent:
         original = pydicom.dcmread(path)
         kept = pydicom.dcmread(stored[str(original.SOPInstanceUID)])
-        assert np.array_equal(kept.pixel_array, original.pixel_array), path.name
+        if "PixelData" in original:
+            assert np.array_equal(kept.pixel_array, original.pixel_array), path.name
+        else:  # an SR, a presentation state: every element as sent
+            assert [(e.tag, e.value) for e in kept] == [(e.tag, e.value) for e in original], path.name
         assert kept.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID  # the node wrote the file
         if wire_syntax is not None:
             assert kept.file_meta.TransferSyntaxUID == wire_syntax, path.name
@@ -284,6 +290,18 @@ def node_log(node: NodeProcess) -> list[dict]:
     return [json.loads(line) for line in node.log_path.read_text().splitlines() if line.startswith("{")]
 
 
+def logged(node: NodeProcess, event: str, **fields: str) -> dict:
+    """The node's first log line of `event` with these field values, once it is written."""
+    return wait_until(
+        lambda: next(
+            (e for e in node_log(node) if e["event"] == event and all(e.get(k) == v for k, v in fields.items())),
+            None,
+        ),
+        10,
+        what=f"log line {event!r}",
+    )
+
+
 def spool_snapshot(node: NodeProcess) -> tuple[set[Path], list[Path]]:
     """Stored instances, and temporary files holding any byte (a half-written instance)."""
     spool = node.data_dir / "spool"
@@ -306,41 +324,138 @@ def test_only_unstorable_contexts_get_refused_by_name(node):
         (PRIVATE_SOP_CLASS, 0x03),
         (CTImageStorage, 0x04),
     ]
-    line = wait_until(
-        lambda: next(
-            (
-                e
-                for e in node_log(node)
-                if e["event"] == "presentation contexts refused" and e.get("calling_ae") == "ODDSENDER"
-            ),
-            None,
-        ),
-        10,
-        what="refusal log line",
-    )
+    line = logged(node, "presentation contexts refused", calling_ae="ODDSENDER")
     assert line["level"] == "warning" and line["accepted"] == 0
     assert f"CT Image Storage: transfer syntax not supported ({PRIVATE_TRANSFER_SYNTAX})" in line["refused"]
     assert f"{PRIVATE_SOP_CLASS}: SOP class not supported" in line["refused"]
     assert spool_snapshot(node) == (before, [])
 
 
-def test_refused_c_store_says_why_and_leaves_nothing(node, tmp_path):
-    """Enhanced CT is negotiated but refused per instance: status 0xC000 with a comment, a log
-    line with the instance UID, no file."""
+def test_refused_c_store_says_why_and_leaves_nothing(node, tmp_path, routed_study):
+    """Every storage class is negotiated now, so more reaches the per-instance checks: a cut
+    dose SR (no pixel data to betray it) gets 0xC000 with a comment, a log line with the
+    instance UID, and no file, whole or partial."""
+    payload = routed_study.dose_sr.read_bytes()
+    ds = pydicom.dcmread(routed_study.dose_sr)
+    (tmp_path / "cut.dcm").write_bytes(payload[: len(payload) - 20])
+    before, _ = spool_snapshot(node)
+    ae = AE(ae_title="CUTTER")
+    ae.add_requested_context(XRayRadiationDoseSRStorage, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+    assert assoc.is_established
+    chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
+    try:
+        status = assoc.send_c_store(tmp_path / "cut.dcm")  # the bytes as they are, not re-encoded
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = chunked
+        assoc.release()
+    assert status.Status == 0xC000 and "Truncated dataset" in status.ErrorComment
+    line = logged(node, "instance refused", sop_instance_uid=ds.SOPInstanceUID)
+    assert line["calling_ae"] == "CUTTER" and line["status"] == "0xC000"
+    assert spool_snapshot(node) == (before, [])
+
+
+def test_enhanced_ct_is_stored_and_recorded_as_not_processed(node, tmp_path):
+    """Refused per instance before, it made a forwarding PACS fail the whole study."""
     ds = pydicom.dcmread(write_series(make_ct_series(1, 32), tmp_path / "one")[0])
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
-    before, _ = spool_snapshot(node)
     ae = AE(ae_title="ENHANCED")
     ae.add_requested_context(EnhancedCTImageStorage, [ExplicitVRLittleEndian])
     assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
     assert assoc.is_established
     status = assoc.send_c_store(ds)
     assoc.release()
-    assert status.Status == 0xC000 and "Enhanced CT" in status.ErrorComment
-    assert any(
-        e["event"] == "enhanced ct refused" and e["sop_instance_uid"] == ds.SOPInstanceUID for e in node_log(node)
+    assert status.Status == 0x0000
+    decision = wait_decision(node, ds.SeriesInstanceUID)
+    assert decision["outcome"] == "not processed"
+    assert decision["reason"] == (
+        "not processed: Enhanced CT Image (multi-frame; send CT Image Storage to have it analysed)"
     )
-    assert spool_snapshot(node) == (before, [])
+
+
+# ---- a whole study ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def routed_study(tmp_path_factory):
+    return write_mixed_study(tmp_path_factory.mktemp("study"), lung_slices=24, size=96)
+
+
+def wait_decision(node: NodeProcess, series_uid: str, timeout: float = 60) -> dict:
+    return wait_until(
+        lambda: next((s for s in node.status()["recent_series"] if s["series_uid"] == series_uid), None),
+        timeout,
+        what=f"the decision on series {series_uid}",
+    )
+
+
+def test_storescu_scan_directory_of_a_whole_study_exits_0(node, routed_study):
+    """`storescu +sd +r` proposes a context for every SOP class it finds: before the node
+    accepted every storage class it failed on the dose SR; now all is stored, the lung series
+    is processed and every other series recorded with its reason (status and audit)."""
+    folder = routed_study.lung[0].parent.parent
+    sent = subprocess.run(
+        ["storescu", "+sd", "+r", "-aet", "MODALITY", "-aec", NODE_AE, "127.0.0.1", str(node.port), str(folder)],
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+        timeout=300,
+        check=False,
+    )
+    assert sent.returncode == 0, sent.stderr[-2000:]
+    assert_stored_as_sent(node, routed_study.all_files, wire_syntax=None)
+    expected = {
+        "lung": "queued",
+        "soft": "ineligible",  # 12 slices: fewer than min_slices
+        "localizer": "not processed",
+        "dose_sr": "not processed",
+        "dose_screen": "not processed",
+        "presentation_state": "not processed",
+    }
+    decided = {kind: wait_decision(node, routed_study.series_uid(kind)) for kind in expected}
+    assert {kind: d["outcome"] for kind, d in decided.items()} == expected
+    assert decided["dose_sr"]["reason"] == "not processed: X-Ray Radiation Dose SR"
+    assert decided["dose_screen"]["reason"] == "not processed: Secondary Capture Image"
+    audit = json.loads(node.cli("audit", "--series", routed_study.series_uid("dose_sr"), "--json").stdout)
+    assert [(e["kind"], e["detail"].get("reason")) for e in audit] == [
+        ("series_decided", "not processed: X-Ray Radiation Dose SR"),
+        ("receiving", None),
+    ]
+    assert "not processed: X-Ray Radiation Dose SR" in node.cli("status", env={"COLUMNS": "300"}).stdout
+
+
+def test_lossy_compressed_series_is_processed_and_flagged(node, tmp_path):
+    """JPEG 2000 at ratio 10 on the wire: stored as received, processed (series.lossy = "flag",
+    the default), and the SR and `show` say the source was lossy-compressed."""
+    files = write_phantom(generate_phantom(shape=(24, 96, 96), spacing=(10.0, 3.6, 3.6), seed=9), tmp_path / "j2k")
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.compress(JPEG2000, ds.pixel_array, j2k_cr=[10], generate_instance_uid=False)
+        ds.LossyImageCompression, ds.LossyImageCompressionMethod = "01", "ISO_15444_1"
+        ds.LossyImageCompressionRatio = 10
+        ds.save_as(path)
+    sent = subprocess.run(
+        _storescu("-xw")(node.port, files), capture_output=True, text=True, env=tool_env(), check=False
+    )
+    assert sent.returncode == 0, sent.stderr[-2000:]  # -xw: propose JPEG 2000 (lossy)
+    assert_stored_as_sent(node, files, wire_syntax=JPEG2000)
+    series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    job = wait_until(
+        lambda: next((j for j in node.jobs() if j["series_uid"] == series_uid and j["state"] == "done"), None),
+        240,
+        interval=1,
+        what="the lossy series processed",
+    )
+    flagged = "LossyImageCompression 01 (ISO_15444_1, ratio 10), 24 of 24 images"
+    assert job["summary"]["source_lossy"] == flagged
+    shown = node.cli("show", str(job["id"]), env={"COLUMNS": "300"}).stdout
+    assert f"source: lossy-compressed ({flagged}); said in the SR" in shown
+    sr = pydicom.dcmread(Path(job["result_dir"]) / "sr.dcm")
+    said = [
+        item.TextValue
+        for container in sr.ContentSequence
+        for item in container.get("ContentSequence", [])
+        if item.ConceptNameCodeSequence[0].CodeMeaning == "Source images lossy compressed"
+    ]
+    assert len(said) == 1 and flagged in said[0]
 
 
 # ---- outbound --------------------------------------------------------------------------------

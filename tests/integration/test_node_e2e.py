@@ -185,13 +185,24 @@ def test_pacs_down_then_up_results_arrive_after_retry(orthanc, make_node, tmp_pa
 
 def test_bad_inputs_get_clear_reasons_and_node_keeps_serving(orthanc, make_node, tmp_path):
     node = make_node(orthanc, engine="threshold").start()
-    # 1. a non-CT instance: refused at association (no presentation context), clear status
+    # 1. a non-CT instance: stored, acknowledged, recorded as not processed; an instance of a
+    #    SOP class the node does not know: refused at association (no presentation context)
     write_demo_series(tmp_path / "ct")
     mr = pydicom.dcmread(sorted((tmp_path / "ct").iterdir())[0])
     mr.SOPClassUID = mr.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR
     mr.Modality = "MR"
+    mr.SeriesInstanceUID = pydicom.uid.generate_uid()
     mr.save_as(tmp_path / "mr.dcm")
-    refused = storescu(node.port, [tmp_path / "mr.dcm"], check=False)
+    assert storescu(node.port, [tmp_path / "mr.dcm"]).returncode == 0
+    decision = wait_until(
+        lambda: next((s for s in node.status()["recent_series"] if s["series_uid"] == mr.SeriesInstanceUID), None),
+        60,
+        what="MR series decision",
+    )
+    assert (decision["outcome"], decision["reason"]) == ("not processed", "not processed: MR Image")
+    mr.SOPClassUID = mr.file_meta.MediaStorageSOPClassUID = "1.2.826.0.1.3680043.9.7433.99.2"  # private
+    mr.save_as(tmp_path / "private.dcm")
+    refused = storescu(node.port, [tmp_path / "private.dcm"], check=False)
     assert refused.returncode != 0
     assert "no presentation context" in (refused.stderr + refused.stdout).lower()
     # 2. a corrupt file: storescu cannot even parse it; a truncated dataset sent raw by the
@@ -203,7 +214,11 @@ def test_bad_inputs_get_clear_reasons_and_node_keeps_serving(orthanc, make_node,
     files = sorted((tmp_path / "ct").iterdir())
     del files[len(files) // 2]
     assert storescu(node.port, files).returncode == 0
-    decision = wait_until(lambda: node.status()["recent_series"], 60, what="series decision")[0]
+    decision = wait_until(
+        lambda: next((s for s in node.status()["recent_series"] if s["outcome"] != "not processed"), None),
+        60,
+        what="series decision",
+    )
     assert decision["outcome"] == "inconsistent"
     assert "spacing" in decision["reason"] and "missing" in decision["reason"]
     # the node still serves: the complete series is processed

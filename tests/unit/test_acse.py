@@ -10,7 +10,6 @@ import struct
 import pytest
 from pydicom.uid import JPEG2000, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import (
-    ALL_TRANSFER_SYNTAXES,
     PYNETDICOM_IMPLEMENTATION_UID,
     PYNETDICOM_IMPLEMENTATION_VERSION,
     StoragePresentationContexts,
@@ -33,12 +32,11 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
 from dicom_node.receive.acceptor import Acceptor, _supported_syntaxes
 from dicom_node.receive.acse import MalformedPDU, decode_associate_rq, encode_associate_ac, negotiate
+from dicom_node.receive.sop_classes import presentation_contexts
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 MAX_PDU = 262144
-NODE_CONTEXTS = [build_context(Verification)] + [
-    build_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES) for cx in StoragePresentationContexts
-]
+NODE_CONTEXTS = presentation_contexts()  # what the node's Store SCP serves
 
 
 def request_pdu(contexts, extra_user_items=(), calling="STORESCU", called="LDCTNODE") -> bytes:

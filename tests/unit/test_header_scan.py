@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from dicom_node.receive import store_scp
-from dicom_node.receive.header_scan import scan_header
+from dicom_node.receive.header_scan import DatasetTruncated, scan_header
 from dicom_node.receive.store_scp import InstanceRejected, check_received
 from inference.synthetic import generate_phantom, write_series
 
@@ -100,6 +100,21 @@ def test_scanner_steps_over_nested_undefined_length_sequences(ct_bytes, monkeypa
         assert scanned is not None and scanned.pixel_length == len(ds.PixelData)
         assert scanned.text("sop_instance_uid") == ds.SOPInstanceUID
         assert_same_verdict(data, ds, monkeypatch)
+
+
+def test_a_cut_dataset_without_pixel_data_is_truncated_only_when_complete(ct_bytes):
+    """pydicom reads a cut SR without complaint; the scanner, told the bytes are all there,
+    says the dataset ends inside an element (a prefix of a dataset still arriving is no verdict)."""
+    ds = pydicom.dcmread(BytesIO(ct_bytes))
+    del ds.PixelData
+    ds.ContentSequence = Sequence([Dataset()])
+    ds.ContentSequence[0].TextValue = "x" * 300
+    whole = encoded(ds)
+    assert scan_header(whole).pixel_length is None
+    for cut in (len(whole) - 3, len(whole) - 100, len(whole) - 330):
+        with pytest.raises(DatasetTruncated):
+            scan_header(whole[:cut])
+        assert scan_header(whole[:cut], complete=False) is None
 
 
 def test_scanner_leaves_other_transfer_syntaxes_to_pydicom(ct_bytes):

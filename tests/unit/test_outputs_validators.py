@@ -16,10 +16,13 @@ from tests.reporting_fixtures import make_ct_series, make_hu_volume, make_label_
 from tests.unit.test_sr import COMPREHENSIVE_3D_SR, COMPUTED_RISK, NOT_COMPUTED_RISK
 from tests.validators import INSTANCE_VALIDATOR, SR_VALIDATOR, needs_validators, pixelmed, reports
 
+LOSSY = "LossyImageCompression 01 (ISO_10918_1, ratio 10), 16 of 16 images"
+
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
-    """SEG, two SRs (risk computed and superseding, risk not computed) and one key image."""
+    """SEG, two SRs (risk computed and superseding; risk not computed, from lossy-compressed
+    images) and one key image (from lossy-compressed images)."""
     folder = tmp_path_factory.mktemp("outputs")
     labels = make_label_map(16, 64)
     hu = make_hu_volume(labels=labels)
@@ -30,14 +33,32 @@ def outputs(tmp_path_factory):
     quant = quantify(labels, volume.voxel_volume_ml)
     old_sr = (COMPREHENSIVE_3D_SR, "1.2.3.4.5.1", "1.2.3.4.5")
     computed = build_measurement_report(volume.datasets, seg, quant, risk=COMPUTED_RISK, supersedes=[old_sr], **names)
-    not_computed = build_measurement_report(volume.datasets, seg, quant, risk=NOT_COMPUTED_RISK, **names)
-    key_image = build_key_images(hu, labels, volume.datasets, quant, COMPUTED_RISK, max_images=1)[0]
+    not_computed = build_measurement_report(
+        volume.datasets, seg, quant, risk=NOT_COMPUTED_RISK, source_lossy=LOSSY, **names
+    )
+    key_image = build_key_images(hu, labels, volume.datasets, quant, COMPUTED_RISK, max_images=1, source_lossy=True)[0]
     return {
         "seg": write_dataset(seg, folder / "seg.dcm"),
         "sr": write_dataset(computed, folder / "sr.dcm"),
         "sr_not_computed": write_dataset(not_computed, folder / "sr_not_computed.dcm"),
         "key_image": write_dataset(key_image, folder / "key_image.dcm"),
     }
+
+
+def test_lossy_source_is_said_in_the_sr_and_kept_in_key_images(outputs):
+    said = [
+        item.TextValue
+        for container in pydicom.dcmread(outputs["sr_not_computed"]).ContentSequence
+        for item in container.get("ContentSequence", [])
+        if item.ConceptNameCodeSequence[0].CodeValue == "LDCT0022"
+    ]
+    assert len(said) == 1 and LOSSY in said[0]
+    assert pydicom.dcmread(outputs["key_image"], stop_before_pixels=True).LossyImageCompression == "01"
+    assert not any(
+        item.ConceptNameCodeSequence[0].CodeValue == "LDCT0022"
+        for container in pydicom.dcmread(outputs["sr"]).ContentSequence
+        for item in container.get("ContentSequence", [])
+    )
 
 
 def test_outputs_name_ldct_node_as_their_writer(outputs):

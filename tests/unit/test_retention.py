@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from datetime import timedelta
@@ -12,8 +13,10 @@ import pytest
 
 from dicom_node.admin.reissue import reissue_report
 from dicom_node.node import Node
-from dicom_node.queue.jobstore import PENDING, Dispatch, Job, ReissueRefused, utcnow
+from dicom_node.queue.jobstore import PENDING, Dispatch, Job, JobStore, ReissueRefused, SeriesRecord, utcnow
 from dicom_node.queue.retention import purge_expired
+from dicom_node.queue.series import SeriesTracker
+from dicom_node.receive.spool import Spool
 from dicom_node.work.pipeline import ReportOptions
 from dicom_node.work.worker import Worker
 from tests.integration.peers import REPO, free_port
@@ -89,3 +92,51 @@ def test_amended_sr_queued_during_a_purge_is_kept_and_a_purged_job_cannot_be_rei
         assert node.store.get_job(amended.id).superseded_by == again.id
     finally:
         node.stop()
+
+
+def test_spooled_series_go_keep_days_after_their_last_decision_unless_still_needed(tmp_path):
+    """Not processed, not selected, refused: one rule for the spool. Undecided series (a study
+    waiting for selection) and series a job still needs stay; so does one being received."""
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
+    spool, tracker = Spool(tmp_path / "spool"), SeriesTracker()
+
+    def spooled(series_uid: str, decided_days_ago: float | None) -> Path:
+        folder = spool.series_dir("1.2", series_uid)
+        folder.mkdir(parents=True)
+        (folder / "1.3.dcm").write_bytes(b"x")
+        if decided_days_ago is not None:
+            store.record_series(
+                series_uid=series_uid,
+                study_uid="1.2",
+                calling_ae="PACS",
+                description="",
+                instance_count=1,
+                instance_set_hash="h",
+                outcome="not processed",
+            )
+            with store.session() as s:
+                row = s.query(SeriesRecord).filter(SeriesRecord.series_uid == series_uid).one()
+                row.decided_at = utcnow() - timedelta(days=decided_days_ago)
+        return folder
+
+    try:
+        folders = {
+            "old": spooled("1.2.1", 3),
+            "recent": spooled("1.2.2", 0),
+            "undecided": spooled("1.2.3", None),
+            "job": spooled("1.2.4", 3),
+            "receiving": spooled("1.2.5", 3),
+        }
+        store.enqueue_job(
+            series_uid="1.2.4", study_uid="1.2", instance_uids=["1.3"], instance_set_hash="h", max_attempts=3
+        )
+        tracker.touch("1.2", "1.2.5", "PACS")
+        assert purge_expired(store, spool, tracker, keep_days=1) == []
+        assert {name for name, folder in folders.items() if not folder.is_dir()} == {"old"}
+        for name in ("recent", "undecided", "job", "receiving"):
+            shutil.rmtree(folders[name])
+        spooled("1.2.9", 3)  # the study's last series: its study folder goes too
+        purge_expired(store, spool, tracker, keep_days=1)
+        assert not (spool.root / "1.2").exists()
+    finally:
+        store.close()

@@ -2,6 +2,7 @@
 
 import pydicom
 import pytest
+from pydicom.uid import EnhancedCTImageStorage, SecondaryCaptureImageStorage
 
 from config.settings import SeriesSettings
 from dicom_node.queue.series import SeriesTracker, evaluate_series
@@ -56,6 +57,24 @@ def test_non_ct_and_corrupt_files(series, tmp_path):
     (tmp_path / "bad.dcm").write_bytes(b"not dicom at all")
     decision = evaluate_series([*series, tmp_path / "bad.dcm"], SeriesSettings())
     assert decision.outcome == "inconsistent" and "unreadable" in decision.reason
+
+
+def test_other_sop_classes_are_not_processed_and_left_out_of_a_ct_series(series, tmp_path):
+    enhanced = pydicom.dcmread(series[0])
+    enhanced.SOPClassUID = enhanced.file_meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    enhanced.save_as(tmp_path / "enhanced.dcm")
+    decision = evaluate_series([tmp_path / "enhanced.dcm"], SeriesSettings())
+    assert decision.outcome == "not processed" and not decision.eligible
+    assert decision.reason == (
+        "not processed: Enhanced CT Image (multi-frame; send CT Image Storage to have it analysed)"
+    )
+    screen = pydicom.dcmread(series[0])  # a dose screen filed in the CT series: left out, the CT is processed
+    screen.SOPClassUID = screen.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    screen.SOPInstanceUID = screen.SOPInstanceUID + ".7"
+    screen.save_as(tmp_path / "screen.dcm")
+    decision = evaluate_series([*series, tmp_path / "screen.dcm"], SeriesSettings())
+    assert decision.eligible and len(decision.instance_uids) == 24
+    assert screen.SOPInstanceUID not in decision.instance_uids
 
 
 def test_tilted_series_is_not_axial(series, tmp_path):

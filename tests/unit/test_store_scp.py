@@ -5,12 +5,19 @@ import socket
 import pydicom
 import pytest
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, EnhancedCTImageStorage
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    SegmentationStorage,
+    XRayRadiationDoseSRStorage,
+)
 
 from dicom_node.queue.series import SeriesTracker
+from dicom_node.receive.sop_classes import STORAGE_SOP_CLASSES
 from dicom_node.receive.spool import Spool
 from dicom_node.receive.store_scp import StoreSCP
 from inference.synthetic import generate_phantom, write_series
+from tests.study_fixtures import write_mixed_study
 
 
 def free_port():
@@ -98,12 +105,88 @@ def test_hostile_uid_cannot_escape_the_spool(scp, ct_files, tmp_path):
     assert not (tmp_path / "evil").exists() and server.spool.series_dirs() == []
 
 
-def test_enhanced_ct_is_refused_with_a_reason(scp, ct_files):
-    _, port = scp
+def test_enhanced_ct_is_stored_not_refused(scp, tracker, ct_files):
+    """Refusing it made a PACS fail the whole study it was routing: it is kept and recorded
+    as not processed by the completeness stage."""
+    server, port = scp
     ds = pydicom.dcmread(ct_files[0])
     ds.SOPClassUID = EnhancedCTImageStorage
     ds.file_meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
-    assert send(port, [ds], sop_class=EnhancedCTImageStorage) == [0xC000]
+    assert send(port, [ds], sop_class=EnhancedCTImageStorage) == [0]
+    assert server.spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID).is_file()
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    return write_mixed_study(tmp_path_factory.mktemp("study"), lung_slices=8, size=32)
+
+
+@pytest.mark.parametrize("kind", ["dose_sr", "dose_screen", "presentation_state", "localizer"])
+def test_objects_of_a_routed_study_are_stored_as_received(scp, study, kind):
+    """An SR and a presentation state have no pixel data; each is kept as sent."""
+    server, port = scp
+    [path] = study.files(kind)
+    ds = pydicom.dcmread(path)
+    assert send(port, [ds], sop_class=ds.SOPClassUID) == [0]
+    stored = server.spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert [(e.tag, e.value) for e in pydicom.dcmread(stored)] == [(e.tag, e.value) for e in ds]
+
+
+def test_every_storage_class_is_negotiated_a_private_one_is_not(scp):
+    _, port = scp
+    ae = AE(ae_title="SCANNER")
+    for sop_class in (STORAGE_SOP_CLASSES[0], STORAGE_SOP_CLASSES[-1], XRayRadiationDoseSRStorage, "1.2.3.4.5"):
+        ae.add_requested_context(sop_class)
+    assoc = ae.associate("127.0.0.1", port, ae_title="LDCTNODE")
+    assert assoc.is_established
+    accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+    assoc.release()
+    assert accepted == {STORAGE_SOP_CLASSES[0], STORAGE_SOP_CLASSES[-1], XRayRadiationDoseSRStorage}
+    assert len(STORAGE_SOP_CLASSES) > 150
+
+
+def test_truncated_sr_is_refused_and_not_spooled(scp, study, tmp_path):
+    """An object without pixel data has no length to check: the header scan finds the cut."""
+    server, port = scp
+    payload = study.dose_sr.read_bytes()
+    for cut in (len(payload) - 3, len(payload) - 40, len(payload) // 2):
+        assert send_file_bytes(port, tmp_path / "cut.dcm", payload[:cut], sop_class=XRayRadiationDoseSRStorage) == (
+            0xC000
+        ), cut
+    assert server.spool.series_dirs() == []
+
+
+def test_one_bit_segmentation_frames_are_not_short(scp, ct_files, tmp_path):
+    """63 x 63 one-bit pixels are 496.1 bytes, sent as 497 (+1 to even): bits round up to bytes."""
+    server, port = scp
+    ds = pydicom.dcmread(ct_files[0])
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SegmentationStorage
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 63, 63, 1, 1, 0
+    ds.PixelData = bytes(498)
+    assert send_file_bytes(port, tmp_path / "seg.dcm", file_bytes(ds), sop_class=SegmentationStorage) == 0
+    assert len(server.spool.series_dirs()) == 1
+
+
+def test_dropped_when_configured_but_still_reported(tmp_path, study):
+    """series.not_processed = "drop": acknowledged, checked, reported to the tracker, not kept;
+    CT is kept as always."""
+    reported = []
+    server = StoreSCP(
+        ae_title="LDCTNODE",
+        spool=Spool(tmp_path / "spool"),
+        on_stored=lambda peer, header: reported.append(header),
+        keep_not_processed=False,
+    )
+    port = free_port()
+    server.start("127.0.0.1", port)
+    try:
+        sr, ct = pydicom.dcmread(study.dose_sr), pydicom.dcmread(study.lung[0])
+        assert send(port, [sr], sop_class=sr.SOPClassUID) == [0]
+        assert send(port, [ct]) == [0]
+    finally:
+        server.stop()
+    assert [(h.sop_instance_uid, h.kept) for h in reported] == [(sr.SOPInstanceUID, False), (ct.SOPInstanceUID, True)]
+    assert [series for _, series, _ in server.spool.series_dirs()] == [ct.SeriesInstanceUID]
 
 
 def test_clean_temporary_spares_live_writers_of_a_shared_spool(tmp_path):
@@ -132,7 +215,7 @@ def test_clean_temporary_spares_live_writers_of_a_shared_spool(tmp_path):
     assert sorted(p.name for p in spool.tmp.iterdir()) == sorted([names["live"], names["other_host_fresh"]])
 
 
-def send_file_bytes(port, path, payload: bytes, calling="SCANNER") -> int:
+def send_file_bytes(port, path, payload: bytes, calling="SCANNER", sop_class=CTImageStorage) -> int:
     """C-STORE the bytes of a DICOM file exactly as they are (chunked send: no re-encoding).
 
     The request's SOP class/instance come from the file meta, whatever the dataset says.
@@ -141,7 +224,7 @@ def send_file_bytes(port, path, payload: bytes, calling="SCANNER") -> int:
 
     path.write_bytes(payload)
     ae = AE(ae_title=calling)
-    ae.add_requested_context(CTImageStorage, pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    ae.add_requested_context(sop_class, pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
     assoc = ae.associate("127.0.0.1", port, ae_title="LDCTNODE")
     assert assoc.is_established
     chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True

@@ -7,10 +7,11 @@ import random
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import RLELossless
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLSLossless, RLELossless
 
 from inference.synthetic import write_series
-from inference.volume import SeriesError, load_series
+from inference.volume import SeriesError, load_series, lossy_compression
 
 
 def test_shuffled_files_give_the_phantom_back(small_phantom, tmp_path):
@@ -91,3 +92,29 @@ def test_files_in_slice_order_are_read_once_for_the_same_volume(small_phantom, t
     assert all("PixelData" not in ds for ds in volume.datasets)  # headers only, as read_headers gives them
     with pytest.raises(SeriesError):  # the order is checked, not trusted
         load_series(list(reversed(in_order)), in_slice_order=True)
+
+
+def test_lossy_compression_is_read_from_the_flag_or_the_transfer_syntax():
+    def image(syntax, flag=None, **attributes):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = syntax
+        if flag is not None:
+            ds.LossyImageCompression = flag
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+        return ds
+
+    assert lossy_compression([image(ExplicitVRLittleEndian), image(JPEGLSLossless, "00")]) is None
+    assert lossy_compression([image(JPEG2000, "00")]) is None  # JPEG 2000 may be lossless: the flag says
+    assert lossy_compression([image(ExplicitVRLittleEndian), image(JPEG2000)]) == (
+        "transfer syntax JPEG 2000 Image Compression, 1 of 2 images"
+    )
+    assert lossy_compression([image(JPEGBaseline8Bit, "00")]) == (  # always lossy, whatever the flag says
+        "transfer syntax JPEG Baseline (Process 1), 1 of 1 images"
+    )
+    flagged = image(ExplicitVRLittleEndian, "01", LossyImageCompressionRatio=[8.0, 2.5])
+    flagged.LossyImageCompressionMethod = ["ISO_10918_1", "ISO_15444_1"]
+    assert lossy_compression([flagged]) == (
+        "LossyImageCompression 01 (ISO_10918_1\\ISO_15444_1, ratio 8\\2.5), 1 of 1 images"
+    )
