@@ -333,5 +333,5 @@ def _exchange(
 def _unreachable(endpoint: Endpoint, exc: BaseException) -> str:
     why = str(exc) or type(exc).__name__
     if isinstance(exc, ssl.SSLError | ssl.CertificateError):
-        why += " (TLS: check the server's certificate and the CA bundle)"
+        why += " (TLS: check the server's certificate, the CA bundle, and the node's [tls] certificate if asked)"
     return endpoint.redact(f"{endpoint.url} not reachable: {why}")

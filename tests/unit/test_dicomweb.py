@@ -8,82 +8,22 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
-import http.server
 import json
 import threading
 import time
 import tracemalloc
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicom_node.dispatch.dicomweb import Endpoint, query_check, read_secret, stow
 from dicom_node.dispatch.dispatcher import Dispatcher
 from dicom_node.dispatch.sender import SendError
 from dicom_node.queue.jobstore import DEAD, PENDING, SENT, JobStore
+from tests.dicomweb_peer import SC_STORAGE, ScriptedServer, store_response, write_instance
 from tests.jobstore_fixtures import result_summary
 from tests.node_fixtures import node_settings
 
 TOKEN = "tok-3f9a1c7e5b"
-SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes  # empty above KEEP_BYTES: only its length is kept
-    length: int
-
-
-KEEP_BYTES = 4 << 20
-
-
-class ScriptedServer:
-    """An HTTP server on loopback; `answer(request) -> (status, content type, body)`."""
-
-    def __init__(self, answer) -> None:
-        self.answer = answer
-        self.requests: list[Request] = []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet
-                pass
-
-            def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body, left = bytearray(), length
-                while left:
-                    chunk = self.rfile.read(min(left, 1 << 20))
-                    if not chunk:
-                        break
-                    left -= len(chunk)
-                    if length <= KEEP_BYTES:
-                        body += chunk
-                request = Request(self.command, self.path, dict(self.headers.items()), bytes(body), length - left)
-                server.requests.append(request)
-                status, content_type, payload = server.answer(request)
-                self.send_response(status)
-                if content_type:
-                    self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = _serve
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/dicom-web"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -97,39 +37,6 @@ def serve():
     yield start
     for server in servers:
         server.close()
-
-
-def write_instance(path: Path, extra_bytes: int = 0) -> tuple[Path, str]:
-    """A small Part 10 file (secondary capture header, `extra_bytes` of private data); (path, SOP Instance UID)."""
-    ds = Dataset()
-    ds.SOPClassUID, ds.SOPInstanceUID = SC_STORAGE, generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "OT"
-    if extra_bytes:
-        ds.add_new(0x00090010, "LO", "LDCT TEST")
-        ds.add_new(0x00091010, "OB", b"\x5a" * extra_bytes)
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = SC_STORAGE, ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.save_as(path, enforce_file_format=True)
-    return path, str(ds.SOPInstanceUID)
-
-
-def store_response(stored: list[str], failed: dict[str, int] | None = None) -> bytes:
-    """A Store Instances Response in DICOM JSON, as PS3.18 10.5.3 (and Orthanc) write it."""
-    response = Dataset()
-    response.ReferencedSOPSequence = [_item(uid) for uid in stored]
-    response.FailedSOPSequence = []
-    for uid, reason in (failed or {}).items():
-        item = _item(uid)
-        item.FailureReason = reason
-        response.FailedSOPSequence.append(item)
-    return json.dumps(response.to_json_dict()).encode()
-
-
-def _item(uid: str) -> Dataset:
-    item = Dataset()
-    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = SC_STORAGE, uid
-    return item
 
 
 def parts_of(headers: dict[str, str], body: bytes) -> list[bytes]:
@@ -358,3 +265,23 @@ def test_garbage_answers_keep_the_dispatch_retrying_then_dead_and_retry_delivers
         assert TOKEN not in captured.out + captured.err
     finally:
         store.close()
+
+
+def test_send_command_stores_by_stow_rs_to_a_dicomweb_destination(serve, tmp_path):
+    from typer.testing import CliRunner
+
+    from dicom_node.admin.cli import app
+
+    folder = tmp_path / "files"
+    folder.mkdir()
+    uids = [write_instance(folder / f"{n}.dcm")[1] for n in range(2)]
+    server = serve(lambda _: (200, "application/dicom+json", store_response(uids)))
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'[node]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[[destinations]]\nname = "web"\ntype = "dicomweb"\nurl = "{server.url}"\n'
+    )
+    result = CliRunner().invoke(app, ["send", str(folder), "--to", "web", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "sent 2 of 2" in result.output
+    assert [(r.method, r.path) for r in server.requests] == [("POST", "/dicom-web/studies")]
