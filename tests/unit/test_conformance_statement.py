@@ -5,7 +5,7 @@ proposes are captured by a pynetdicom SCP while the dispatcher's DIMSE sender se
 outputs of the pipeline (and `echo` echoes); status codes, identity, decodable transfer
 syntaxes and codes come from the modules that define them. A change on either side without the
 other fails here. A table row may stand for every storage SOP class of pynetdicom by naming
-`StoragePresentationContexts` (with pynetdicom's version) instead of listing 100+ UIDs.
+its list (`AllStoragePresentationContexts`, with pynetdicom's version) instead of 100+ UIDs.
 """
 
 from __future__ import annotations
@@ -61,10 +61,12 @@ def uid(cell: str) -> str:
 
 
 def sop_classes(row: dict[str, str], name_column: str, uid_column: str) -> set[str]:
-    """The SOP classes one row stands for: its UID, or every storage class pynetdicom lists."""
-    if "StoragePresentationContexts" in row[uid_column]:
+    """The SOP classes one row stands for: its UID, or the classes of one of pynetdicom's
+    context lists named in its place (`StoragePresentationContexts`, `AllStoragePresentationContexts`)."""
+    listed = getattr(pynetdicom, row[uid_column].strip("` "), None)
+    if isinstance(listed, list):
         assert f"pynetdicom {pynetdicom.__version__}" in row[name_column], "name the pynetdicom version"
-        return {str(cx.abstract_syntax) for cx in StoragePresentationContexts}
+        return {str(cx.abstract_syntax) for cx in listed}
     value = uid(row[uid_column])
     assert row[name_column] == UID(value).name, f"{value} is {UID(value).name!r}, not {row[name_column]!r}"
     return {value}
