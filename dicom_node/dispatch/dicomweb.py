@@ -223,10 +223,13 @@ def _store_response(content_type: str, body: bytes) -> StoreResponse | None:
             found[str(item.get("ReferencedSOPInstanceUID", ""))] = int(code) if code is not None else None
         return found
 
-    return StoreResponse(
-        warnings=by_instance("ReferencedSOPSequence", "WarningReason"),
-        failed=by_instance("FailedSOPSequence", "FailureReason"),
-    )
+    try:
+        return StoreResponse(
+            warnings=by_instance("ReferencedSOPSequence", "WarningReason"),
+            failed=by_instance("FailedSOPSequence", "FailureReason"),
+        )
+    except (ValueError, TypeError, AttributeError):  # items that are not datasets, reasons that are not numbers
+        return None
 
 
 def _dicom_dataset(content_type: str, body: bytes) -> Dataset | None:

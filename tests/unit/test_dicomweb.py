@@ -285,3 +285,16 @@ def test_send_command_stores_by_stow_rs_to_a_dicomweb_destination(serve, tmp_pat
     assert result.exit_code == 0, result.output
     assert "sent 2 of 2" in result.output
     assert [(r.method, r.path) for r in server.requests] == [("POST", "/dicom-web/studies")]
+
+
+def test_a_response_with_malformed_items_is_not_a_stow_response(serve, tmp_path):
+    path, uid = write_instance(tmp_path / "a.dcm")
+    malformed = {
+        "00081198": {
+            "vr": "SQ",
+            "Value": [{"00081155": {"vr": "UI", "Value": [uid]}, "00081197": {"vr": "US", "Value": [272, 273]}}],
+        }
+    }
+    server = serve(lambda _: (409, "application/dicom+json", json.dumps(malformed).encode()))
+    with pytest.raises(SendError, match="answered 409 Conflict: server said"):
+        stow([path], Endpoint(server.url))
