@@ -13,9 +13,19 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "LDCT_"
 AE_TITLE_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default repertoire, no backslash
@@ -181,7 +191,10 @@ class SeriesSettings(_Section):
     _kernel = field_validator("lung_kernel_pattern")(classmethod(lambda cls, v: _check_regex(v)))
 
 
-class Destination(_Section):
+class DimseDestination(_Section):
+    """A PACS reached by C-STORE (DIMSE), optionally over DICOM TLS."""
+
+    type: Literal["dimse"] = "dimse"
     name: str = Field(min_length=1)
     ae_title: str
     host: str = Field(min_length=1)
@@ -193,6 +206,83 @@ class Destination(_Section):
     server_name: str | None = Field(None, description="name in the peer's certificate (default: host)")
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+    def address(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class DicomWebDestination(_Section):
+    """A PACS reached by DICOMweb STOW-RS (PS3.18 10.5) at its DICOMweb root `url`.
+
+    The secret (basic: the password; bearer: the token) is never part of the settings: it is
+    read from `secret_file` or the environment variable `secret_env` each time it is needed,
+    so it appears in no configuration output, and a rotated secret needs no restart.
+    """
+
+    type: Literal["dicomweb"]
+    name: str = Field(min_length=1)
+    url: str = Field(description="the DICOMweb root, e.g. https://pacs.example.org/dicom-web")
+    auth: Literal["none", "basic", "bearer"] = "none"
+    username: str | None = Field(None, description="basic authentication's user name")
+    secret_file: Path | None = Field(None, description="file holding the password or token (first line)")
+    secret_env: str | None = Field(None, description="environment variable holding the password or token")
+    ca_certificates: Path | None = Field(
+        None, description="CA bundle for an https url (default: tls.ca_certificates, else the system's)"
+    )
+    timeout_seconds: float | None = Field(None, gt=0, description="network timeout (default: dispatch.timeout_seconds)")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("url must be http:// or https:// with a host, e.g. https://pacs.example.org/dicom-web")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("url must not hold credentials: use auth, username and secret_file or secret_env")
+        if parts.query or parts.fragment:
+            raise ValueError("url is the DICOMweb root: no query or fragment")
+        try:
+            port = parts.port  # urlsplit checks the port only when asked
+        except ValueError as exc:
+            raise ValueError(f"url: {exc}") from exc
+        if port == 0:
+            raise ValueError("url: port 0 is not a port")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> DicomWebDestination:
+        problems = []
+        sources = [s for s in (self.secret_file, self.secret_env) if s is not None]
+        if self.auth == "none" and (sources or self.username):
+            problems.append('username, secret_file and secret_env need auth = "basic" or "bearer"')
+        if self.auth != "none" and len(sources) != 1:
+            problems.append(f'auth = "{self.auth}" needs exactly one of secret_file, secret_env')
+        if self.auth == "basic" and not self.username:
+            problems.append('auth = "basic" needs username')
+        if self.auth == "bearer" and self.username:
+            problems.append('auth = "bearer" takes no username')
+        if self.secret_file is not None and not Path(self.secret_file).is_file():
+            problems.append(f"secret_file: file not found: {self.secret_file}")
+        if self.ca_certificates is not None and not self.url.startswith("https://"):
+            problems.append("ca_certificates applies to an https url only")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def address(self) -> str:
+        return self.url
+
+
+def _destination_type(value: Any) -> str:
+    """A destination without `type` is a DIMSE one (the configurations written before DICOMweb)."""
+    found = value.get("type", "dimse") if isinstance(value, dict) else getattr(value, "type", "dimse")
+    return str(found)
+
+
+Destination = Annotated[
+    Annotated[DimseDestination, Tag("dimse")] | Annotated[DicomWebDestination, Tag("dicomweb")],
+    Discriminator(_destination_type),
+]
 
 
 class InferenceSettings(_Section):
@@ -272,7 +362,12 @@ class Settings(_Section):
         if dupes:
             raise ValueError(f"destination names must be unique: {', '.join(dupes)}")
         for dest in self.destinations:
-            if dest.tls and dest.ca_certificates is None and self.tls.ca_certificates is None:
+            if (
+                isinstance(dest, DimseDestination)
+                and dest.tls
+                and dest.ca_certificates is None
+                and self.tls.ca_certificates is None
+            ):
                 raise ValueError(f"destination {dest.name!r}: tls needs ca_certificates (its own or [tls])")
         return self
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from config.settings import Destination, Settings
+from config.settings import DicomWebDestination, DimseDestination, Settings
 
 
 class TLSError(RuntimeError):
@@ -48,14 +48,18 @@ def server_context(
 
 
 def client_context(
-    ca_certificates: Path, certificate: Path | None = None, private_key: Path | None = None
+    ca_certificates: Path | None, certificate: Path | None = None, private_key: Path | None = None
 ) -> ssl.SSLContext:
-    """Context for sending: the peer is verified (certificate and host name) against the CA."""
+    """Context for sending: the peer is verified (certificate and host name) against the CA
+    bundle, or against the system's trust store when none is given (https destinations)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED
-    _load_ca(context, ca_certificates)
+    if ca_certificates is None:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    else:
+        _load_ca(context, ca_certificates)
     if certificate is not None and private_key is not None:
         _load_chain(context, certificate, private_key)
     return context
@@ -70,7 +74,7 @@ def scp_context(settings: Settings) -> ssl.SSLContext | None:
     return server_context(*identity, tls.ca_certificates, tls.require_client_certificate)
 
 
-def destination_tls(settings: Settings, destination: Destination) -> tuple[ssl.SSLContext, str] | None:
+def destination_tls(settings: Settings, destination: DimseDestination) -> tuple[ssl.SSLContext, str] | None:
     """(context, server name) for a TLS destination, None for plain TCP.
 
     The node presents its `[tls]` certificate as client certificate when one is configured.
@@ -82,6 +86,18 @@ def destination_tls(settings: Settings, destination: Destination) -> tuple[ssl.S
         raise TLSError(f"destination {destination.name!r}: tls needs ca_certificates")
     context = client_context(ca, settings.tls.certificate, settings.tls.private_key)
     return context, destination.server_name or destination.host
+
+
+def https_context(settings: Settings, destination: DicomWebDestination) -> ssl.SSLContext | None:
+    """The context for an https DICOMweb destination, None for plain http.
+
+    The server is verified against the destination's CA bundle, else `[tls] ca_certificates`,
+    else the system's trust store; the node presents its `[tls]` certificate when one is set.
+    """
+    if not destination.url.startswith("https://"):
+        return None
+    ca = destination.ca_certificates or settings.tls.ca_certificates
+    return client_context(ca, settings.tls.certificate, settings.tls.private_key)
 
 
 def self_check_tls(settings: Settings) -> tuple[ssl.SSLContext, str] | None:
@@ -105,8 +121,8 @@ def self_check_tls(settings: Settings) -> tuple[ssl.SSLContext, str] | None:
 
 
 def named_destination_tls(settings: Settings, target: str) -> tuple[ssl.SSLContext, str] | None:
-    """TLS arguments when `target` names a configured TLS destination, else None (plain TCP)."""
+    """TLS arguments when `target` names a configured DIMSE TLS destination, else None (plain TCP)."""
     for destination in settings.destinations:
-        if destination.name == target:
+        if isinstance(destination, DimseDestination) and destination.name == target:
             return destination_tls(settings, destination)
     return None

@@ -7,6 +7,7 @@ gives machine-readable output. Errors are one clear line and a non-zero exit, no
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import threading
@@ -19,12 +20,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from config.settings import ConfigError, Settings, load_settings
+from config.settings import ConfigError, DicomWebDestination, DimseDestination, Settings, load_settings
 from dicom_node.logging import configure_logging
 from inference.commands import evaluate_command, train_command
 from reporting.commands import risk_app
 
 if TYPE_CHECKING:  # the commands import what they need when they run: a fast start
+    from config.settings import Destination
     from dicom_node.queue.jobstore import Job, JobStore
     from dicom_node.results import ResultSummary
     from inference.quantify import Quantification
@@ -248,15 +250,18 @@ def health(
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
     stale_seconds: float = typer.Option(120, help="A worker heartbeat older than this is stale."),
-    destinations: bool = typer.Option(False, "--destinations", help="Also C-ECHO every destination."),
+    destinations: bool = typer.Option(
+        False, "--destinations", help="Also check every destination (C-ECHO, or a QIDO-RS query for DICOMweb)."
+    ),
 ) -> None:
     """Health check for monitoring: exit 0 when healthy, 1 otherwise (one line per check)."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from dicom_node.dispatch.dimse import echo as c_echo
+    from dicom_node.dispatch.dispatcher import check_destination
     from dicom_node.dispatch.sender import SendError
     from dicom_node.queue.jobstore import MigrationError, utcnow
-    from dicom_node.tls import destination_tls, self_check_tls
+    from dicom_node.tls import TLSError, self_check_tls
 
     settings = settings_from(config)
     checks: list[tuple[str, bool, str]] = []
@@ -313,16 +318,8 @@ def health(
     if destinations:
         for d in settings.destinations:
             try:
-                c_echo(
-                    d.host,
-                    d.port,
-                    d.ae_title,
-                    calling_ae=settings.node.ae_title,
-                    timeout=5,
-                    tls=destination_tls(settings, d),
-                )
-                checks.append((f"destination {d.name}", True, "C-ECHO answered"))
-            except SendError as exc:
+                checks.append((f"destination {d.name}", True, check_destination(settings, d, timeout=5)))
+            except (SendError, TLSError) as exc:
                 checks.append((f"destination {d.name}", False, str(exc)))
     healthy = all(ok for _, ok, _ in checks)
     if as_json:
@@ -561,15 +558,19 @@ def audit(
 
 
 # ---- network tools --------------------------------------------------------------------------
+def _configured(settings: Settings, target: str) -> Destination | None:
+    return next((d for d in settings.destinations if d.name == target), None)
+
+
 def _resolve_peer(settings: Settings, target: str) -> tuple[str, int, str]:
-    """A destination name, or host:port[:AE]."""
-    if any(d.name == target for d in settings.destinations):
-        d = settings.destination(target)
-        return d.host, d.port, d.ae_title
+    """A configured DIMSE destination's name, or host:port[:AE]."""
+    configured = _configured(settings, target)
+    if isinstance(configured, DimseDestination):
+        return configured.host, configured.port, configured.ae_title
     parts = target.split(":")
-    if len(parts) in (2, 3) and parts[1].isdigit():
+    if configured is None and len(parts) in (2, 3) and parts[1].isdigit():
         return parts[0], int(parts[1]), parts[2] if len(parts) == 3 else "ANY-SCP"
-    fail(f"{target!r} is neither a configured destination nor host:port[:AE_TITLE]", 2)
+    fail(f"{target!r} is neither a configured DIMSE destination nor host:port[:AE_TITLE]", 2)
 
 
 @app.command()
@@ -577,18 +578,21 @@ def echo(
     destination: str = typer.Argument(..., help="Destination name or host:port[:AE_TITLE]."),
     config: Path | None = ConfigOption,
 ) -> None:
-    """C-ECHO a destination to check connectivity."""
+    """Check a destination answers: C-ECHO, or for a DICOMweb destination a QIDO-RS query."""
     from dicom_node.dispatch.dimse import echo as c_echo
+    from dicom_node.dispatch.dispatcher import check_destination
     from dicom_node.dispatch.sender import SendError
-    from dicom_node.tls import named_destination_tls
+    from dicom_node.tls import TLSError
 
     settings = settings_from(config)
-    host, port, ae_title = _resolve_peer(settings, destination)
+    configured = _configured(settings, destination)
     try:
-        c_echo(
-            host, port, ae_title, calling_ae=settings.node.ae_title, tls=named_destination_tls(settings, destination)
-        )
-    except SendError as exc:
+        if configured is not None:
+            console.print(check_destination(settings, configured), highlight=False)
+            return
+        host, port, ae_title = _resolve_peer(settings, destination)
+        c_echo(host, port, ae_title, calling_ae=settings.node.ae_title)
+    except (SendError, TLSError) as exc:
         fail(str(exc))
     console.print(f"C-ECHO {ae_title}@{host}:{port}: success")
 
@@ -599,31 +603,38 @@ def send(
     to: str = typer.Option(..., "--to", help="Destination name or host:port[:AE_TITLE]."),
     config: Path | None = ConfigOption,
 ) -> None:
-    """Push DICOM files to a peer by C-STORE (for example a series to the node)."""
+    """Push DICOM files to a peer: C-STORE, or STOW-RS to a DICOMweb destination."""
     from dicom_node.dispatch.dimse import send_files
+    from dicom_node.dispatch.dispatcher import sender_for
     from dicom_node.dispatch.sender import SendError
-    from dicom_node.tls import named_destination_tls
+    from dicom_node.tls import TLSError, named_destination_tls
 
     settings = settings_from(config)
-    host, port, ae_title = _resolve_peer(settings, to)
+    configured = _configured(settings, to)
     files = (
         [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
     )
     if not files:
         fail(f"no files in {path}")
     with _progress() as progress:
-        task = progress.add_task(f"C-STORE to {ae_title}@{host}:{port}", total=len(files))
         try:
-            result = send_files(
-                files,
-                host,
-                port,
-                ae_title,
-                calling_ae=settings.node.ae_title,
-                progress=lambda done, total: progress.update(task, completed=done),
-                tls=named_destination_tls(settings, to),
-            )
-        except SendError as exc:
+            if isinstance(configured, DicomWebDestination):
+                task = progress.add_task(f"STOW-RS to {configured.url}", total=len(files))
+                result = sender_for(settings, configured)(files)
+                progress.update(task, completed=len(files))
+            else:
+                host, port, ae_title = _resolve_peer(settings, to)
+                task = progress.add_task(f"C-STORE to {ae_title}@{host}:{port}", total=len(files))
+                result = send_files(
+                    files,
+                    host,
+                    port,
+                    ae_title,
+                    calling_ae=settings.node.ae_title,
+                    progress=lambda done, total: progress.update(task, completed=done),
+                    tls=named_destination_tls(settings, to),
+                )
+        except (SendError, TLSError) as exc:
             fail(str(exc))
         except Exception as exc:  # an unreadable file, or anything else: one line, no traceback
             raise failure(f"cannot send: {exc}") from exc
@@ -743,9 +754,27 @@ def config_check(path: Path = typer.Argument(..., help="TOML configuration file.
         highlight=False,
     )
     for d in settings.destinations:
-        console.print(f"  destination {d.name}: {d.ae_title}@{d.host}:{d.port}", highlight=False)
+        console.print(f"  destination {d.name}: {_describe_destination(d)}", highlight=False, markup=False)
     if not settings.destinations:
         console.print("  [yellow]no destinations: results stay in the data directory[/yellow]")
+
+
+def _describe_destination(destination: Destination) -> str:
+    """How a destination is reached, for `config check`: never the secret, only where it is kept."""
+    if isinstance(destination, DimseDestination):
+        return f"C-STORE to {destination.address()}" + (" over TLS" if destination.tls else "")
+    text = f"STOW-RS to {destination.url}"
+    if destination.auth != "none":
+        source = (
+            f"file {destination.secret_file}"
+            if destination.secret_file is not None
+            else f"environment variable {destination.secret_env}"
+            + ("" if os.environ.get(destination.secret_env or "") else " (not set in this environment)")
+        )
+        text += f", {destination.auth} authentication, secret from {source}"
+        if destination.url.startswith("http://"):
+            text += " (warning: sent unencrypted over http)"
+    return text
 
 
 @clinical_app.command("import")

@@ -14,6 +14,9 @@ from dicom_node.dispatch.sender import SendError, SendResult
 from reporting.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 TLSArgs = tuple[ssl.SSLContext, str]  # (client context, server name to verify)
+# C-STORE-RSP statuses that mean stored: success and the warnings of PS3.4 B.2.3 (coercion,
+# elements discarded, data set does not match SOP class): the instance is in the peer's archive.
+STORED_STATUSES = (0x0000, 0xB000, 0xB006, 0xB007)
 
 
 def _ae(calling_ae: str, timeout: float) -> AE:
@@ -90,7 +93,7 @@ def send_files(
             ds = pydicom.dcmread(path)
             status = assoc.send_c_store(ds)
             code = status.Status if status else None
-            if code in (0x0000, 0xB000, 0xB006, 0xB007):
+            if code in STORED_STATUSES:
                 result.sent += 1
             else:
                 result.failed.append((path.name, f"status 0x{code:04X}" if code is not None else "no response"))

@@ -10,15 +10,17 @@ maximum age it is dead with its error kept, visible in `status`, revived by `ret
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import structlog
 from pydicom.errors import InvalidDicomError
 from structlog.typing import FilteringBoundLogger
 
-from config.settings import ConfigError, Destination, Settings
+from config.settings import ConfigError, Destination, DicomWebDestination, Settings
 from dicom_node import metrics
-from dicom_node.dispatch.dimse import send_files
+from dicom_node.dispatch.dicomweb import Endpoint, query_check, stow
+from dicom_node.dispatch.dimse import echo, send_files
 from dicom_node.dispatch.sender import Sender, SendError, SendResult
 from dicom_node.polling import PollingThread
 from dicom_node.queue.jobstore import DEAD, Dispatch, JobStore
@@ -33,7 +35,13 @@ EXPECTED_FAILURES = (SendError, TLSError, ConfigError, OSError, InvalidDicomErro
 
 
 def sender_for(settings: Settings, destination: Destination) -> Sender:
-    """How results reach `destination`: by C-STORE (another kind of destination joins here)."""
+    """How results reach `destination`: DICOMweb STOW-RS, or C-STORE."""
+    if isinstance(destination, DicomWebDestination):
+
+        def store(paths: Sequence[Path]) -> SendResult:
+            return stow(paths, Endpoint.of(settings, destination))  # the secret is read at each send
+
+        return store
     tls = destination_tls(settings, destination)
 
     def send(paths: Sequence[Path]) -> SendResult:
@@ -50,6 +58,25 @@ def sender_for(settings: Settings, destination: Destination) -> Sender:
     return send
 
 
+def check_destination(settings: Settings, destination: Destination, timeout: float = 10) -> str:
+    """Whether `destination` answers (`echo`, `health`): C-ECHO, or a QIDO-RS query for DICOMweb.
+
+    Returns what answered; raises SendError (or TLSError) when it does not.
+    """
+    if isinstance(destination, DicomWebDestination):
+        endpoint = Endpoint.of(settings, destination)
+        return query_check(replace(endpoint, timeout=min(endpoint.timeout, timeout)))
+    echo(
+        destination.host,
+        destination.port,
+        destination.ae_title,
+        calling_ae=settings.node.ae_title,
+        timeout=timeout,
+        tls=destination_tls(settings, destination),
+    )
+    return f"C-ECHO {destination.address()}: success"
+
+
 class Dispatcher(PollingThread):
     def __init__(self, settings: Settings, store: JobStore, *, poll_seconds: float = POLL_SECONDS) -> None:
         super().__init__("dispatcher", poll_seconds)
@@ -61,9 +88,14 @@ class Dispatcher(PollingThread):
 
     def run_due(self) -> int:
         """Send every due dispatch; returns how many were sent successfully."""
-        cfg = self.settings.dispatch
+        timeouts = [self.settings.dispatch.timeout_seconds]
+        timeouts += [
+            d.timeout_seconds
+            for d in self.settings.destinations
+            if isinstance(d, DicomWebDestination) and d.timeout_seconds is not None
+        ]
         sent = 0
-        for dispatch in self.store.claim_dispatches(lease_seconds=cfg.timeout_seconds * 4 + 60):
+        for dispatch in self.store.claim_dispatches(lease_seconds=max(timeouts) * 4 + 60):
             if self._send(dispatch):
                 sent += 1
         return sent
@@ -82,7 +114,8 @@ class Dispatcher(PollingThread):
             outputs = [Path(job.result_dir) / name for name in result.outputs]
             sent = sender_for(self.settings, destination)(outputs)
             if not sent.ok:
-                raise SendError(f"{len(sent.failed)} of {len(outputs)} refused: {sent.failed[0][1]}")
+                reasons = "; ".join(f"{name}: {why}" for name, why in sent.failed)
+                raise SendError(f"{len(sent.failed)} of {len(outputs)} refused: {reasons}")
         except EXPECTED_FAILURES as exc:
             self._failed(dispatch, exc, job_logger)
             return False
@@ -96,8 +129,12 @@ class Dispatcher(PollingThread):
             "dispatched",
             job_id=dispatch.job_id,
             destination=dispatch.destination,
-            ae_title=destination.ae_title,
             instances=sent.sent,
+            **(
+                {"url": destination.url}
+                if isinstance(destination, DicomWebDestination)
+                else {"ae_title": destination.ae_title}
+            ),
         )
         job_logger.info("results sent", instances=sent.sent)
         return True

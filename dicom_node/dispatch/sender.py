@@ -1,7 +1,7 @@
 """What every way of sending results shares: the outcome of one send, and its failure.
 
-The dispatcher picks a sender per destination (`dispatcher.sender_for`); today every
-destination is reached by C-STORE (`dimse.py`), and another kind joins as a module beside it.
+The dispatcher picks a sender per destination (`dispatcher.sender_for`): C-STORE (`dimse.py`)
+or DICOMweb STOW-RS (`dicomweb.py`); another kind would join as a module beside them.
 """
 
 from __future__ import annotations

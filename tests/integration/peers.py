@@ -5,6 +5,7 @@ Each peer runs in its own temp folder on free loopback ports and is stopped by t
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -45,11 +46,20 @@ def tool_env() -> dict[str, str]:
 class Orthanc:
     """A real Orthanc server in a temp dir, checked over its REST API."""
 
-    def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict[str, list] | None = None) -> None:
-        """`modalities`: Orthanc's DicomModalities, name -> [AE title, host, port], to send to."""
+    def __init__(
+        self,
+        workdir: Path,
+        aet: str = "ORTHANC",
+        modalities: dict[str, list] | None = None,
+        users: dict[str, str] | None = None,
+    ) -> None:
+        """`modalities`: Orthanc's DicomModalities, name -> [AE title, host, port], to send to.
+        `users`: user name -> password; when given, Orthanc's HTTP side (REST and plugins)
+        requires basic authentication, and this wrapper logs in as the first user."""
         self.workdir = Path(workdir)
         self.aet = aet
         self.modalities = modalities or {}
+        self.users = users or {}
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.process: subprocess.Popen | None = None
@@ -64,7 +74,8 @@ class Orthanc:
             "DicomPort": self.dicom_port,
             "HttpPort": self.http_port,
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": self.users,
             "DicomCheckCalledAet": False,
             "Plugins": [],
             "HttpServerEnabled": True,
@@ -94,15 +105,24 @@ class Orthanc:
         except OSError:
             return False
 
-    def get(self, path: str):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as resp:
+    def _open(self, path: str, timeout: float, body: bytes | None = None, headers: dict[str, str] | None = None):
+        headers = dict(headers or {})
+        if self.users:
+            user, password = next(iter(self.users.items()))
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}", data=body, method="POST" if body is not None else "GET"
+        )
+        for name, value in headers.items():
+            request.add_header(name, value)
+        return urllib.request.urlopen(request, timeout=timeout)
+
+    def get(self, path: str, accept: str | None = None):
+        with self._open(path, 10, headers={"Accept": accept} if accept else None) as resp:
             return json.loads(resp.read())
 
     def post(self, path: str, body: bytes, content_type: str = "application/json"):
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.http_port}{path}", data=body, method="POST", headers={"Content-Type": content_type}
-        )
-        with urllib.request.urlopen(request, timeout=120) as resp:
+        with self._open(path, 120, body, {"Content-Type": content_type}) as resp:
             return json.loads(resp.read())
 
     def upload(self, paths: list[Path]) -> list[str]:
@@ -116,7 +136,7 @@ class Orthanc:
         return ids
 
     def get_bytes(self, path: str) -> bytes:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=30) as resp:
+        with self._open(path, 30) as resp:
             return resp.read()
 
     def instances_by_modality(self, modality: str) -> list[str]:

@@ -1,5 +1,5 @@
-"""Security: DICOM TLS both ways against dcmtk, allow-lists bound to addresses, no PHI in
-logs, owner-only data directory, and the audit trail.
+"""Security: DICOM TLS both ways against dcmtk, https to a DICOMweb destination, allow-lists
+bound to addresses, no PHI in logs, owner-only data directory, and the audit trail.
 
 Certificates are generated per session with `openssl`: a CA, a server certificate for
 localhost/127.0.0.1, a client certificate, and a client certificate from a rogue CA.
@@ -20,12 +20,15 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
+from config.settings import Settings
 from dicom_node.dispatch.dimse import echo, send_files
+from dicom_node.dispatch.dispatcher import sender_for
 from dicom_node.dispatch.sender import SendError
 from dicom_node.receive.spool import Spool
 from dicom_node.receive.store_scp import StoreSCP
 from dicom_node.tls import TLSError, client_context, server_context
 from inference.synthetic import generate_phantom, write_series
+from tests.dicomweb_peer import ScriptedServer, store_response, write_instance
 from tests.integration.peers import free_port, tool_env, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
@@ -358,3 +361,42 @@ def test_allow_list_binds_calling_ae_titles_to_source_addresses(tmp_path, ct_fil
         assert rejected == [("SCANNER", "127.0.0.1"), ("STRANGER", "127.0.0.2")]
     finally:
         scp.stop()
+
+
+# ---- https to a DICOMweb destination --------------------------------------------------------
+@pytest.mark.parametrize(
+    ("ca", "node_identity", "delivered"),
+    [
+        ("ca.pem", True, True),  # server verified, the node's certificate accepted
+        ("rogue-ca.pem", True, False),  # a server certificate the CA bundle does not vouch for
+        (None, True, False),  # no bundle: the system's CAs, which do not know the test CA
+        ("ca.pem", False, False),  # the server requires a client certificate the node does not have
+    ],
+)
+def test_dicomweb_over_https_verifies_the_server_and_presents_the_node_certificate(
+    tmp_path, pki, ca, node_identity, delivered
+):
+    path, instance_uid = write_instance(tmp_path / "sr.dcm")
+    tls = server_context(pki / "server.pem", pki / "server.key", pki / "ca.pem", require_client_certificate=True)
+    server = ScriptedServer(lambda _: (200, "application/dicom+json", store_response([instance_uid])), tls=tls)
+    try:
+        identity = {"certificate": str(pki / "server.pem"), "private_key": str(pki / "server.key")}
+        settings = Settings.model_validate(
+            {
+                "tls": identity if node_identity else {},
+                "destinations": [
+                    {"name": "web", "type": "dicomweb", "url": server.url}
+                    | ({"ca_certificates": str(pki / ca)} if ca else {})
+                ],
+            }
+        )
+        send = sender_for(settings, settings.destination("web"))
+        if delivered:
+            assert send([path]).sent == 1
+            assert len(server.requests) == 1
+        else:
+            with pytest.raises(SendError, match="not reachable"):
+                send([path])
+            assert server.requests == []
+    finally:
+        server.close()

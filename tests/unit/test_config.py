@@ -110,3 +110,84 @@ def test_tls_destination_and_bound_peers_accepted(tmp_path):
     s = load_settings(path, environ={"LDCT_TLS__REQUIRE_CLIENT_CERTIFICATE": "true"})
     assert s.node.allowed_peers[0].addresses == ["10.0.0.5", "10.1.0.0/16"]
     assert s.destination("pacs").tls and s.tls.require_client_certificate and not s.tls.enabled
+
+
+def test_dicomweb_destination_beside_a_dimse_one(tmp_path):
+    secret = tmp_path / "pacs.secret"
+    secret.write_text("pw\n")
+    path = write(
+        tmp_path,
+        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "h"\nport = 104\n'
+        '[[destinations]]\nname = "web"\ntype = "dicomweb"\nurl = "https://pacs.example.org/dicom-web/"\n'
+        f'auth = "basic"\nusername = "ldct"\nsecret_file = "{secret}"\ntimeout_seconds = 120\n',
+    )
+    s = load_settings(path, environ={})
+    assert s.destination("pacs").type == "dimse"
+    web = s.destination("web")
+    assert web.type == "dicomweb" and web.url == "https://pacs.example.org/dicom-web"  # the root, no trailing /
+    assert (web.auth, web.username, web.secret_file, web.timeout_seconds) == ("basic", "ldct", secret, 120)
+
+
+@pytest.mark.parametrize(
+    ("destination", "problem"),
+    [
+        ('url = "ftp://pacs/dicom-web"', "url must be http:// or https://"),
+        ('url = "http://user:pw@pacs/dicom-web"', "url must not hold credentials"),
+        ('url = "http://pacs/dicom-web?x=1"', "no query or fragment"),
+        ('url = "http://pacs:99999/dicom-web"', "url: Port out of range"),
+        ('url = "http://pacs/dw"\nauth = "basic"\nsecret_env = "X"', 'auth = "basic" needs username'),
+        ('url = "http://pacs/dw"\nauth = "bearer"', 'auth = "bearer" needs exactly one of secret_file, secret_env'),
+        (
+            'url = "http://pacs/dw"\nauth = "bearer"\nsecret_env = "X"\nsecret_file = "/etc/hosts"',
+            "needs exactly one of secret_file, secret_env",
+        ),
+        ('url = "http://pacs/dw"\nsecret_env = "X"', 'need auth = "basic" or "bearer"'),
+        ('url = "http://pacs/dw"\nauth = "bearer"\nsecret_file = "/nonexistent/s"', "secret_file: file not found"),
+        ('url = "http://pacs/dw"\nca_certificates = "/etc/hosts"', "ca_certificates applies to an https url only"),
+        ('url = "http://pacs/dw"\npassword = "x"', "password"),
+        ('auth = "none"', "url"),
+    ],
+)
+def test_dicomweb_destination_problems_are_named(tmp_path, destination, problem):
+    path = write(tmp_path, f'[[destinations]]\nname = "web"\ntype = "dicomweb"\n{destination}\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, environ={})
+    assert problem in str(err.value) and "destinations.0" in str(err.value)
+
+
+def test_unknown_destination_type_is_named(tmp_path):
+    path = write(tmp_path, '[[destinations]]\nname = "x"\ntype = "ftp"\n')
+    with pytest.raises(ConfigError, match=r"'ftp'.*'dimse', 'dicomweb'"):
+        load_settings(path, environ={})
+
+
+def test_config_check_says_where_the_secret_is_never_what_it_is(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from dicom_node.admin.cli import app
+
+    secret = tmp_path / "pacs.secret"
+    secret.write_text("file-secret-81c2\n")
+    monkeypatch.setenv("LDCT_T_TOKEN", "env-secret-4d7e")
+    path = write(
+        tmp_path,
+        '[[destinations]]\nname = "a"\ntype = "dicomweb"\nurl = "https://pacs/dicom-web"\n'
+        f'auth = "basic"\nusername = "ldct"\nsecret_file = "{secret}"\n'
+        '[[destinations]]\nname = "b"\ntype = "dicomweb"\nurl = "http://[::1]:8042/dicom-web"\n'
+        'auth = "bearer"\nsecret_env = "LDCT_T_TOKEN"\n'
+        '[[destinations]]\nname = "c"\ntype = "dicomweb"\nurl = "https://pacs/dw"\n'
+        'auth = "bearer"\nsecret_env = "UNSET_X"\n',
+    )
+    result = CliRunner().invoke(app, ["config", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert (
+        f"destination a: STOW-RS to https://pacs/dicom-web, basic authentication, secret from file {secret}" in output
+    )
+    assert (
+        "destination b: STOW-RS to http://[::1]:8042/dicom-web, bearer authentication, secret from environment"
+        in output
+    )
+    assert "(warning: sent unencrypted over http)" in output
+    assert "UNSET_X (not set in this environment)" in output
+    assert "file-secret-81c2" not in result.output and "env-secret-4d7e" not in result.output
