@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from typing import TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, WrappedLogger
@@ -37,9 +37,22 @@ def _drop_phi(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> Ev
     return event_dict
 
 
+class _CurrentStderr:
+    """Whatever `sys.stderr` is when a line is written, not when logging was configured: a
+    command run inside a harness that swaps stderr (a test runner, an embedding application)
+    must not leave the loggers holding a stream that is closed later."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(fmt: str = "console", level: str = "info", stream: TextIO | None = None) -> None:
-    """Configure structlog and the stdlib loggers (pynetdicom, apscheduler) once."""
-    stream = stream or sys.stderr
+    """Configure structlog and the stdlib loggers (pynetdicom, apscheduler) once; to `stream`,
+    else to the current stderr."""
+    stream = stream or cast(TextIO, _CurrentStderr())
     numeric = getattr(logging, level.upper(), logging.INFO)
     renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
