@@ -249,7 +249,7 @@ def _with_noise(hu_f: np.ndarray, noise_sd: float, rng: np.random.Generator,
 # ------------------------------------------------------------- radiological patterns
 
 PATTERNS = ("crazy_paving", "reticulation", "subpleural_bands", "organising", "reversed_halo",
-            "heterogeneous_consolidation", "dependent_density")
+            "heterogeneous_consolidation", "dependent_density", "perfusion")
 
 
 @dataclass(frozen=True)
@@ -272,21 +272,42 @@ class LesionStyle:
       (+-40-160 HU texture, fill 0.6-1.0 varying inside), all labelled consolidation.
     - dependent_density: a smooth posterior gradient of density in the normal lung
       (supine gravity), labelled normal lung: a negative example, not a lesion.
+    - perfusion: smooth, patchy variation of the parenchyma's density (+0 to at most 15 %
+      of the way to water, 15-40 mm patches: perfusion and mosaic attenuation), labelled
+      normal lung: a negative example. A Siemens CT of Lung-PET-CT-Dx has one lung 120 HU
+      denser than the other (median -745 vs -870 HU) and no COVID-19.
+
+    GGO fills at least 25 % of the air space (-850 HU lung -> -640 HU or denser): fainter
+    haze overlaps normal dense lung, which must read as normal (issue 14).
     """
 
     probability: tuple[tuple[str, float], ...] = (
         ("crazy_paving", 0.4), ("reticulation", 0.25), ("subpleural_bands", 0.3),
         ("organising", 0.25), ("reversed_halo", 0.15), ("heterogeneous_consolidation", 0.6),
-        ("dependent_density", 0.5),
+        ("dependent_density", 0.5), ("perfusion", 0.5),
     )
     peripheral: tuple[float, float] = (0.6, 2.0)
     posterior: tuple[float, float] = (0.2, 1.2)
     basal: tuple[float, float] = (0.2, 1.2)
     extent_pct: tuple[float, float] = (0.3, 60.0)
-    ggo_fill: tuple[float, float] = (0.15, 0.6)
+    ggo_fill: tuple[float, float] = (0.25, 0.6)
 
 
 COVID_STYLE = LesionStyle()
+#: For lesion-free copies of real anatomy: only the patterns that are normal lung.
+NORMAL_VARIATION_STYLE = LesionStyle(probability=(("dependent_density", 0.7), ("perfusion", 0.7)))
+#: The first version of COVID_STYLE (the open set's first 4000 training steps): GGO from 15 %
+#: fill, no perfusion patches, lesion-free copies with dependent density half of the time.
+COVID_FAINT_GGO_STYLE = LesionStyle(
+    probability=tuple((name, p) for name, p in COVID_STYLE.probability if name != "perfusion"),
+    ggo_fill=(0.15, 0.6),
+)
+#: Training-config names -> (lesion style, style of the lesion-free copies); None: classic blobs.
+STYLES: dict[str, tuple[LesionStyle | None, LesionStyle | None]] = {
+    "classic": (None, None),
+    "covid": (COVID_STYLE, NORMAL_VARIATION_STYLE),
+    "covid-faint-ggo": (COVID_FAINT_GGO_STYLE, COVID_FAINT_GGO_STYLE),
+}
 
 
 def _rows_to_posterior_edge(lung: np.ndarray) -> np.ndarray:
@@ -343,6 +364,11 @@ def _insert_styled(
         rise = lung * strength * np.exp(-posterior_mm / rng.uniform(5.0, 20.0)) * (0.0 - hu_f)
         hu_f += np.maximum(rise, 0.0)
         del posterior_mm, rise
+    if "perfusion" in patterns:
+        patches = random_lesion_field(hu.shape, spacing, rng, rng.uniform(15.0, 40.0))
+        fill = np.clip(patches * rng.uniform(0.04, 0.08), 0.0, 0.15)
+        hu_f += np.maximum(lung * fill * (0.0 - hu_f), 0.0)
+        del patches, fill
 
     if extent > 0:
         site = (rng.uniform(*style.peripheral) * np.exp(-depth / rng.uniform(6.0, 15.0))

@@ -32,7 +32,7 @@ import structlog
 import torch
 from torch.nn import functional as F
 
-from inference.lesions import COVID_STYLE, LesionStyle, insert_lesions_with_parameters
+from inference.lesions import COVID_STYLE, NORMAL_VARIATION_STYLE, LesionStyle, insert_lesions_with_parameters
 from inference.quantify import BACKGROUND, CONSOLIDATION, GGO, NORMAL_LUNG
 
 log = structlog.get_logger(__name__)
@@ -189,9 +189,11 @@ def anatomy_entries(
     rng: np.random.Generator,
     style: LesionStyle | None = COVID_STYLE,
     slab_factors: tuple[int, ...] = DEFAULT_SLAB_FACTORS,
+    normal_style: LesionStyle | None = NORMAL_VARIATION_STYLE,
 ) -> list[AnatomyEntry]:
     """Variants of one real series: `healthy_variants` without lesions (each at every slab
-    thickness; with `style`, some with dependent density) and `lesion_variants` with lesions
+    thickness; the first as acquired, the others, with `style`, with normal variation:
+    dependent density, perfusion patches) and `lesion_variants` with lesions
     (each at one thickness, cycling through as-acquired and the slabs)."""
     thin = anatomy.spacing[0] < THIN_SLICE_MM
     factors = (1, *slab_factors) if thin else (1,)
@@ -201,13 +203,13 @@ def anatomy_entries(
     for v in range(healthy_variants + lesion_variants):
         healthy = v < healthy_variants
         extent = 0.0 if healthy else None
-        if healthy and (v == 0 or style is None):
+        if healthy and (v == 0 or style is None or normal_style is None):
             hu, labels = anatomy.hu, np.where(ignore, IGNORE_LABEL, anatomy.labels).astype(np.uint8)
             patterns: tuple[str, ...] = ()
         else:
             hu, labels, params = insert_lesions_with_parameters(
                 anatomy.hu, lung, anatomy.spacing, rng, target_extent_pct=extent, noise_sd_hu=0.0,
-                style=style)
+                style=normal_style if healthy else style)
             labels[ignore] = IGNORE_LABEL
             patterns = params.patterns
         chosen = factors if healthy else (factors[(v - healthy_variants) % len(factors)],)

@@ -133,14 +133,16 @@ def build_cache(
 
     anatomy: real series without COVID-19 (`inference.training.anatomy`), each with
     `healthy_variants` lesion-free and `variants` lesion variants; boxes: a CSV of regions
-    to ignore (Lung-PET-CT-Dx tumour boxes); style: "covid" (radiological patterns) or
-    "classic" (the blobs of ldct-unet 0.1.0).
+    to ignore (Lung-PET-CT-Dx tumour boxes); style: a name in `inference.lesions.STYLES`:
+    "covid" (radiological patterns), "covid-faint-ggo" (its first version) or "classic" (the
+    blobs of ldct-unet 0.1.0).
     """
-    from inference.lesions import COVID_STYLE
+    from inference.lesions import STYLES
     from inference.training.anatomy import DEFAULT_SLAB_FACTORS, anatomy_entries, load_anatomy, read_boxes
 
-    if style not in ("covid", "classic"):
-        raise TrainingDataError(f"lesion style {style!r}: use 'covid' or 'classic'")
+    if style not in STYLES:
+        raise TrainingDataError(f"lesion style {style!r}: use one of {sorted(STYLES)}")
+    lesion_style, normal_style = STYLES[style]
     factors = tuple(slab_factors) if slab_factors is not None else DEFAULT_SLAB_FACTORS
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
@@ -149,7 +151,7 @@ def build_cache(
         "healthy_variants": healthy_variants, "boxes": str(boxes) if boxes else None,
         "style": style, "slab_factors": list(factors), "synthetic_count": synthetic_count,
         "site": [[str(s.image), str(s.label), s.kind, s.label_values] for s in site_studies or []],
-        "format": 2,
+        "format": 3,
     }
     if not rebuild and manifest_path.exists() and json.loads(manifest_path.read_text()) == wanted:
         log.info("cache.reuse", folder=str(folder))
@@ -164,8 +166,8 @@ def build_cache(
         check_allowed(Path(series))
         volume = load_anatomy(Path(series), all_boxes.get(Path(series).name))
         rng = np.random.default_rng(seed + 1000 * i)
-        for entry in anatomy_entries(volume, healthy_variants, variants, rng,
-                                     COVID_STYLE if style == "covid" else None, factors):
+        for entry in anatomy_entries(volume, healthy_variants, variants, rng, lesion_style, factors,
+                                     normal_style):
             paths.append(save_entry(CacheEntry(entry.name, entry.hu, entry.labels, entry.spacing,
                                                entry.kind), folder))
     if synthetic_count:
