@@ -172,6 +172,7 @@ class ThresholdEngine:
 
     name = "threshold"
     version = "1.0"
+    algorithm_name = "ldct-node threshold"
 
     def __init__(self, parameters: ThresholdParameters | None = None) -> None:
         self.parameters = parameters or ThresholdParameters()
