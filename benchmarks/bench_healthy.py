@@ -65,33 +65,38 @@ def main(argv: list[str] | None = None) -> dict:
         seconds = time.perf_counter() - t0
         extent = lesion_extent(labels, volume.voxel_volume_ml, exclude)
         row = {
-            "series": f"{folder.parent.name}/{folder.name}", "slices": int(volume.hu.shape[0]),
-            "slice_mm": round(volume.spacing[0], 2), "pixel_mm": round(volume.spacing[1], 3),
+            "series": f"{folder.parent.name}/{folder.name}",
+            "slices": int(volume.hu.shape[0]),
+            "slice_mm": round(volume.spacing[0], 2),
+            "pixel_mm": round(volume.spacing[1], 3),
             "trained_on": folder.name in trained_on,
-            "lung_cm3": round(extent.lung_cm3, 1), "lesion_pct": round(extent.lesion_pct, 3),
-            "ggo_pct": round(extent.ggo_pct, 3), "consolidation_pct": round(extent.consolidation_pct, 3),
+            "lung_cm3": round(extent.lung_cm3, 1),
+            "lesion_pct": round(extent.lesion_pct, 3),
+            "ggo_pct": round(extent.ggo_pct, 3),
+            "consolidation_pct": round(extent.consolidation_pct, 3),
             "tumour_boxes_lung_cm3": round(extent.excluded_cm3, 1),
             "outside_body_voxels": outside_body(labels, volume.hu, volume.spacing),
-            "model_s": round(seconds, 1), "target_pct": target_for(folder),
+            "model_s": round(seconds, 1),
+            "target_pct": target_for(folder),
         }
         del labels
         if args.noise > 0:
-            noisy = CTVolume(hu=add_noise(volume.hu, args.noise), spacing=volume.spacing,
-                             datasets=volume.datasets)
+            noisy = CTVolume(hu=add_noise(volume.hu, args.noise), spacing=volume.spacing, datasets=volume.datasets)
             noisy_labels = engine.segment(noisy)
             again = lesion_extent(noisy_labels, volume.voxel_volume_ml, exclude)
             row[f"noise_{args.noise:g}hu"] = {
-                "lung_cm3": round(again.lung_cm3, 1), "lesion_pct": round(again.lesion_pct, 3),
+                "lung_cm3": round(again.lung_cm3, 1),
+                "lesion_pct": round(again.lesion_pct, 3),
                 "lung_change_pct": round(100.0 * (again.lung_cm3 - extent.lung_cm3) / extent.lung_cm3, 2)
-                if extent.lung_cm3 else None,
+                if extent.lung_cm3
+                else None,
                 "extent_change_points": round(again.lesion_pct - extent.lesion_pct, 3),
                 "outside_body_voxels": outside_body(noisy_labels, noisy.hu, volume.spacing),
             }
             del noisy_labels, noisy
         rows.append(row)
         print(json.dumps(row), flush=True)
-    result = {"engine": {"name": engine.name, "version": engine.version}, "noise_sd_hu": args.noise,
-              "series": rows}
+    result = {"engine": {"name": engine.name, "version": engine.version}, "noise_sd_hu": args.noise, "series": rows}
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return result

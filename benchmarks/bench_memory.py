@@ -45,8 +45,9 @@ def write_long_series(folder: Path, slices: int, source: Path | None = None) -> 
     if source is None:
         from inference.synthetic import LesionSpec, generate_phantom, write_series
 
-        phantom = generate_phantom(shape=(100, 512, 512), spacing=(1.0, 0.7, 0.7), seed=5,
-                                   lesions=[LesionSpec("ggo", volume_ml=40.0)])
+        phantom = generate_phantom(
+            shape=(100, 512, 512), spacing=(1.0, 0.7, 0.7), seed=5, lesions=[LesionSpec("ggo", volume_ml=40.0)]
+        )
         template = write_series(phantom, folder / "block")
         step = 1.0
     else:
@@ -107,10 +108,15 @@ def main(argv=None) -> dict:
         if result.returncode != 0:
             raise SystemExit(result.stderr[-2000:])
         peak_mb = int(result.stderr.rsplit("VmHWM:", 1)[1].split()[0]) / 1024
-    report = {"slices": args.slices, "matrix": [512, 512], "engine": args.engine,
-              "anatomy": "synthetic phantom" if args.phantom else f"real: {args.source.name} stacked",
-              "peak_rss_mb": round(peak_mb), "wall_s": round(elapsed, 1),
-              "timings": json.loads(result.stdout)["timings"]}
+    report = {
+        "slices": args.slices,
+        "matrix": [512, 512],
+        "engine": args.engine,
+        "anatomy": "synthetic phantom" if args.phantom else f"real: {args.source.name} stacked",
+        "peak_rss_mb": round(peak_mb),
+        "wall_s": round(elapsed, 1),
+        "timings": json.loads(result.stdout)["timings"],
+    }
     print(json.dumps(report, indent=2))
     return report
 

@@ -40,8 +40,13 @@ def main() -> None:
     t0 = time.perf_counter()
     volume = load_series(args.series)
     load_s = time.perf_counter() - t0
-    engine = CNNEngine(device=args.device, weights_path=weights_path(args.weights),
-                       batch_size=args.batch_size, num_threads=args.threads, flip=args.flip)
+    engine = CNNEngine(
+        device=args.device,
+        weights_path=weights_path(args.weights),
+        batch_size=args.batch_size,
+        num_threads=args.threads,
+        flip=args.flip,
+    )
     cuda = engine.device.type == "cuda"
     if cuda:  # warm-up: kernels, autotuning, allocator
         engine.segment(volume)
@@ -59,8 +64,11 @@ def main() -> None:
         "matrix": list(volume.hu.shape[1:]),
         "device": str(engine.device),
         "device_name": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(), "weights_version": engine.version, "flip": args.flip,
-        "load_series_s": round(load_s, 2), "model_s": [round(t, 2) for t in times],
+        "torch_threads": torch.get_num_threads(),
+        "weights_version": engine.version,
+        "flip": args.flip,
+        "load_series_s": round(load_s, 2),
+        "model_s": [round(t, 2) for t in times],
         "model_s_best": round(min(times), 2),
         "label_counts": np.bincount(labels.ravel(), minlength=4).tolist(),
     }

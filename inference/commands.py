@@ -24,8 +24,14 @@ def train_command(
     init_weights: Path | None = typer.Option(None, "--init-weights", help="fine-tune from these weights"),
     version: str = typer.Option("custom", "--version", help="version string stored in the weights"),
     rebuild_cache: bool = typer.Option(False, "--rebuild-cache", help="rebuild the training cache"),
-    time_budget_min: Optional[float] = typer.Option(None, "--time-budget-min", help="stop after this many minutes, the LR schedule compressed to fit (shared CPUs)"),
-    exclude_slices: Optional[str] = typer.Option(None, "--exclude-slices", help="labelled slices to leave out, by file stem (e.g. 0,1,2: a cross-validation fold)"),
+    time_budget_min: float | None = typer.Option(
+        None, "--time-budget-min", help="stop after this many minutes, the LR schedule compressed to fit (shared CPUs)"
+    ),
+    exclude_slices: str | None = typer.Option(
+        None,
+        "--exclude-slices",
+        help="labelled slices to leave out, by file stem (e.g. 0,1,2: a cross-validation fold)",
+    ),
 ) -> None:
     """Train the CNN on real anatomy with synthetic lesions (and a site's labelled studies)."""
     import torch
@@ -112,7 +118,9 @@ def evaluate_command(
     ),
     engine: str = typer.Option("cnn", "--engine", help="cnn or threshold"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
-    weights: Optional[str] = typer.Option(None, "--weights", help="CNN weight set (open, noncommercial) or weights file (default: the shipped default)"),
+    weights: str | None = typer.Option(
+        None, "--weights", help="CNN weight set (open, noncommercial) or weights file (default: the shipped default)"
+    ),
 ) -> None:
     """Agreement (Dice, volumes, extents) of an engine with reference labels."""
     from rich.console import Console

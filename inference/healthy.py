@@ -28,8 +28,8 @@ BODY_HU = -300.0
 
 def body_mask(hu: np.ndarray, spacing: tuple[float, float, float], margin_mm: float = 3.0) -> np.ndarray:
     """The patient's body with its cavities (see the module docstring), bool like `hu`."""
-    radius = max(1, int(round(3.0 / spacing[1])))
-    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    radius = max(1, round(3.0 / spacing[1]))
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
     disk = yy**2 + xx**2 <= radius**2
     tissue = np.empty(hu.shape, bool)
     for k in range(hu.shape[0]):
@@ -41,8 +41,8 @@ def body_mask(hu: np.ndarray, spacing: tuple[float, float, float], margin_mm: fl
     sizes[0] = 0
     body = labels == int(np.argmax(sizes))
     del labels
-    grow = max(1, int(round(margin_mm / spacing[1])))
-    yy, xx = np.mgrid[-grow:grow + 1, -grow:grow + 1]
+    grow = max(1, round(margin_mm / spacing[1]))
+    yy, xx = np.mgrid[-grow : grow + 1, -grow : grow + 1]
     widen = yy**2 + xx**2 <= grow**2
     for k in range(body.shape[0]):
         if body[k].any():
@@ -74,8 +74,13 @@ def lesion_extent(labels: np.ndarray, voxel_ml: float, exclude: np.ndarray | Non
         return 100.0 * n / lung if lung else 0.0
 
     excluded = 0.0 if exclude is None else float(np.count_nonzero((labels > 0) & exclude)) * voxel_ml
-    return Extent(lung * voxel_ml, pct(counts[GGO] + counts[CONSOLIDATION]), pct(counts[GGO]),
-                  pct(counts[CONSOLIDATION]), excluded)
+    return Extent(
+        lung * voxel_ml,
+        pct(counts[GGO] + counts[CONSOLIDATION]),
+        pct(counts[GGO]),
+        pct(counts[CONSOLIDATION]),
+        excluded,
+    )
 
 
 def add_noise(hu: np.ndarray, sd_hu: float, seed: int = 0) -> np.ndarray:

@@ -131,7 +131,7 @@ def insert_lesions(
     consolidation_fraction: float | None = None,
     correlation_mm: float | None = None,
     noise_sd_hu: float | None = None,
-    style: "LesionStyle | None" = None,
+    style: LesionStyle | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Insert GGO and consolidation into the lungs of a HU volume.
 
@@ -170,7 +170,7 @@ def insert_lesions_with_parameters(
     consolidation_fraction: float | None = None,
     correlation_mm: float | None = None,
     noise_sd_hu: float | None = None,
-    style: "LesionStyle | None" = None,
+    style: LesionStyle | None = None,
 ) -> tuple[np.ndarray, np.ndarray, LesionParameters]:
     """`insert_lesions`, also returning the parameters that were drawn."""
     squeeze = hu.ndim == 2
@@ -190,8 +190,9 @@ def insert_lesions_with_parameters(
     ggo_fill = rng.uniform(0.25, 0.6)
     cons_fill_hu = rng.uniform(-350.0, 40.0)
     if style is not None:
-        hu_out, labels, params = _insert_styled(hu, lung, spacing, rng, style, target_extent_pct,
-                                                consolidation_fraction, correlation_mm, noise_sd_hu)
+        hu_out, labels, params = _insert_styled(
+            hu, lung, spacing, rng, style, target_extent_pct, consolidation_fraction, correlation_mm, noise_sd_hu
+        )
         return (hu_out[0], labels[0], params) if squeeze else (hu_out, labels, params)
     params = LesionParameters(extent, float(cons_share), corr, ggo_fill, cons_fill_hu, noise_sd)
 
@@ -236,8 +237,7 @@ def insert_lesions_with_parameters(
     return hu_out, labels, params
 
 
-def _with_noise(hu_f: np.ndarray, noise_sd: float, rng: np.random.Generator,
-                inside_field: np.ndarray) -> np.ndarray:
+def _with_noise(hu_f: np.ndarray, noise_sd: float, rng: np.random.Generator, inside_field: np.ndarray) -> np.ndarray:
     """Low-dose noise (in-plane correlated, SD `noise_sd`) inside the field of view, int16 HU."""
     if noise_sd > 0:
         noise = rng.standard_normal(hu_f.shape).astype(np.float32)
@@ -248,8 +248,16 @@ def _with_noise(hu_f: np.ndarray, noise_sd: float, rng: np.random.Generator,
 
 # ------------------------------------------------------------- radiological patterns
 
-PATTERNS = ("crazy_paving", "reticulation", "subpleural_bands", "organising", "reversed_halo",
-            "heterogeneous_consolidation", "dependent_density", "perfusion")
+PATTERNS = (
+    "crazy_paving",
+    "reticulation",
+    "subpleural_bands",
+    "organising",
+    "reversed_halo",
+    "heterogeneous_consolidation",
+    "dependent_density",
+    "perfusion",
+)
 
 
 @dataclass(frozen=True)
@@ -282,9 +290,14 @@ class LesionStyle:
     """
 
     probability: tuple[tuple[str, float], ...] = (
-        ("crazy_paving", 0.4), ("reticulation", 0.25), ("subpleural_bands", 0.3),
-        ("organising", 0.25), ("reversed_halo", 0.15), ("heterogeneous_consolidation", 0.6),
-        ("dependent_density", 0.5), ("perfusion", 0.5),
+        ("crazy_paving", 0.4),
+        ("reticulation", 0.25),
+        ("subpleural_bands", 0.3),
+        ("organising", 0.25),
+        ("reversed_halo", 0.15),
+        ("heterogeneous_consolidation", 0.6),
+        ("dependent_density", 0.5),
+        ("perfusion", 0.5),
     )
     peripheral: tuple[float, float] = (0.6, 2.0)
     posterior: tuple[float, float] = (0.2, 1.2)
@@ -343,16 +356,16 @@ def _insert_styled(
 ) -> tuple[np.ndarray, np.ndarray, LesionParameters]:
     """`insert_lesions` with the radiological patterns of `style` (see `LesionStyle`)."""
     low, high = style.extent_pct
-    extent = (float(np.exp(rng.uniform(np.log(low), np.log(high)))) if target_extent_pct is None
-              else float(target_extent_pct))
+    extent = (
+        float(np.exp(rng.uniform(np.log(low), np.log(high)))) if target_extent_pct is None else float(target_extent_pct)
+    )
     cons_share = rng.uniform(0.0, 0.7) if consolidation_fraction is None else consolidation_fraction
     corr = rng.uniform(4.0, 18.0) if correlation_mm is None else float(correlation_mm)
     noise_sd = rng.uniform(0.0, 35.0) if noise_sd_hu is None else float(noise_sd_hu)
     ggo_fill = rng.uniform(*style.ggo_fill)
     cons_fill_hu = rng.uniform(-300.0, 40.0)
     patterns = tuple(name for name, p in style.probability if rng.random() < p)
-    params = LesionParameters(extent, float(cons_share), corr, ggo_fill, cons_fill_hu, noise_sd,
-                              patterns)
+    params = LesionParameters(extent, float(cons_share), corr, ggo_fill, cons_fill_hu, noise_sd, patterns)
     hu_f = hu.astype(np.float32)
     labels = np.where(lung, NORMAL_LUNG, BACKGROUND).astype(np.uint8)
     depth = ndimage.distance_transform_edt(lung, sampling=spacing).astype(np.float32)
@@ -371,16 +384,20 @@ def _insert_styled(
         del patches, fill
 
     if extent > 0:
-        site = (rng.uniform(*style.peripheral) * np.exp(-depth / rng.uniform(6.0, 15.0))
-                + rng.uniform(*style.basal) * (1.0 - z_rel) + rng.uniform(*style.posterior) * y_rel)
+        site = (
+            rng.uniform(*style.peripheral) * np.exp(-depth / rng.uniform(6.0, 15.0))
+            + rng.uniform(*style.basal) * (1.0 - z_rel)
+            + rng.uniform(*style.posterior) * y_rel
+        )
         score = random_lesion_field(hu.shape, spacing, rng, corr) + site
         del site
         lung_scores = score[lung]
         softness = 0.12
         threshold = _threshold_for_fraction(lung_scores, extent / 100.0)
         occupancy = _soft_occupancy(score, threshold, softness) * lung
-        cons_threshold = (_threshold_for_fraction(lung_scores, extent / 100.0 * cons_share)
-                          if cons_share > 0 else threshold + 1e9)
+        cons_threshold = (
+            _threshold_for_fraction(lung_scores, extent / 100.0 * cons_share) if cons_share > 0 else threshold + 1e9
+        )
         cons_occupancy = _soft_occupancy(score, cons_threshold, softness) * lung
         lesion = occupancy >= OCCUPANCY_LABEL_THRESHOLD
         if "organising" in patterns:  # consolidation in a subpleural shell of the lesions
@@ -396,16 +413,17 @@ def _insert_styled(
 
         texture = random_lesion_field(hu.shape, spacing, rng, 3.0)
         ggo_fraction = np.clip(ggo_fill * (1.0 + 0.3 * texture), 0.05, 0.8)
-        for name, cell_mm, extra in (("crazy_paving", (2.0, 3.5), (0.2, 0.4)),
-                                     ("reticulation", (1.5, 3.0), (0.3, 0.55))):
+        for name, cell_mm, extra in (
+            ("crazy_paving", (2.0, 3.5), (0.2, 0.4)),
+            ("reticulation", (1.5, 3.0), (0.3, 0.55)),
+        ):
             if name in patterns:  # septal network over part of the GGO
                 net = np.abs(random_lesion_field(hu.shape, spacing, rng, rng.uniform(*cell_mm)))
                 region = random_lesion_field(hu.shape, spacing, rng, 15.0) > rng.uniform(-0.8, 0.3)
                 lines = (net < rng.uniform(0.1, 0.2)) & region
                 if name == "reticulation":
                     ggo_fraction = np.where(region, ggo_fraction * 0.6, ggo_fraction)
-                ggo_fraction = np.where(lines, np.minimum(ggo_fraction + rng.uniform(*extra), 0.9),
-                                        ggo_fraction)
+                ggo_fraction = np.where(lines, np.minimum(ggo_fraction + rng.uniform(*extra), 0.9), ggo_fraction)
                 del net, region, lines
         hu_f += np.maximum(occupancy * ggo_fraction * (0.0 - hu_f), 0.0)
         del ggo_fraction

@@ -170,8 +170,14 @@ class CNNEngine:
         if self.device.type == "cpu":
             torch.set_num_threads(num_threads or max(1, min(os.cpu_count() or 1, 8)))
         self.model = self.model.to(self.device, memory_format=torch.channels_last)
-        log.info("cnn.loaded", weights=path.name, version=self.version, device=str(self.device),
-                 sha256=self.checksum[:16], licence=self.licence)
+        log.info(
+            "cnn.loaded",
+            weights=path.name,
+            version=self.version,
+            device=str(self.device),
+            sha256=self.checksum[:16],
+            licence=self.licence,
+        )
 
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits (float32) for a normalised (N, 1, H, W) batch (with `flip`, averaged with the mirror's)."""

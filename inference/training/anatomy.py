@@ -65,14 +65,15 @@ def read_boxes(csv_path: Path) -> dict[str, list[Box]]:
     boxes: dict[str, list[Box]] = {}
     with open(csv_path, newline="") as handle:
         for row in csv.DictReader(handle):
-            boxes.setdefault(row["series_folder"], []).append(Box(
-                row["sop_instance_uid"], int(row["xmin"]), int(row["ymin"]), int(row["xmax"]),
-                int(row["ymax"])))
+            boxes.setdefault(row["series_folder"], []).append(
+                Box(row["sop_instance_uid"], int(row["xmin"]), int(row["ymin"]), int(row["xmax"]), int(row["ymax"]))
+            )
     return boxes
 
 
-def box_mask(datasets: list, shape: tuple[int, int, int], boxes: list[Box],
-             margin_px: int = 0, margin_slices: int = 0) -> np.ndarray:
+def box_mask(
+    datasets: list, shape: tuple[int, int, int], boxes: list[Box], margin_px: int = 0, margin_slices: int = 0
+) -> np.ndarray:
     """Boolean (z, y, x) mask of the boxes on the slices they name (SOP Instance UID)."""
     index = {str(ds.SOPInstanceUID): k for k, ds in enumerate(datasets)}
     mask = np.zeros(shape, bool)
@@ -81,23 +82,28 @@ def box_mask(datasets: list, shape: tuple[int, int, int], boxes: list[Box],
         if k is None:
             continue
         z0, z1 = max(0, k - margin_slices), min(shape[0], k + margin_slices + 1)
-        mask[z0:z1, max(0, box.ymin - margin_px):box.ymax + margin_px + 1,
-             max(0, box.xmin - margin_px):box.xmax + margin_px + 1] = True
+        mask[
+            z0:z1,
+            max(0, box.ymin - margin_px) : box.ymax + margin_px + 1,
+            max(0, box.xmin - margin_px) : box.xmax + margin_px + 1,
+        ] = True
     return mask
 
 
 def working_size(shape: tuple[int, int], row_mm: float, col_mm: float) -> tuple[int, int]:
     """(rows, cols) of a slice at the training pixel size (as the engine computes it)."""
-    return (max(16, round(shape[0] * row_mm / TRAINING_PIXEL_MM)),
-            max(16, round(shape[1] * col_mm / TRAINING_PIXEL_MM)))
+    return (
+        max(16, round(shape[0] * row_mm / TRAINING_PIXEL_MM)),
+        max(16, round(shape[1] * col_mm / TRAINING_PIXEL_MM)),
+    )
 
 
 def resample_hu(hu: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Area-average (z, H, W) HU to (z, *size) int16, in chunks of slices."""
     out = np.empty((hu.shape[0], *size), np.int16)
     for start in range(0, hu.shape[0], 32):
-        t = torch.from_numpy(hu[start:start + 32].astype(np.float32))[:, None]
-        out[start:start + 32] = F.interpolate(t, size=size, mode="area")[:, 0].round().numpy()
+        t = torch.from_numpy(hu[start : start + 32].astype(np.float32))[:, None]
+        out[start : start + 32] = F.interpolate(t, size=size, mode="area")[:, 0].round().numpy()
     return out
 
 
@@ -106,9 +112,9 @@ def resample_fractions(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     out = np.empty((labels.shape[0], 5, *size), np.float32)
     values = (BACKGROUND, NORMAL_LUNG, GGO, CONSOLIDATION, IGNORE_LABEL)
     for start in range(0, labels.shape[0], 16):
-        part = labels[start:start + 16]
+        part = labels[start : start + 16]
         onehot = torch.from_numpy(np.stack([part == v for v in values], 1).astype(np.float32))
-        out[start:start + 16] = F.interpolate(onehot, size=size, mode="area").numpy()
+        out[start : start + 16] = F.interpolate(onehot, size=size, mode="area").numpy()
     return out
 
 
@@ -153,15 +159,23 @@ def load_anatomy(folder: Path, boxes: list[Box] | None = None) -> AnatomyVolume:
     lung = reference_lung_mask(volume.hu, volume.spacing)
     labels = np.where(lung, NORMAL_LUNG, BACKGROUND).astype(np.uint8)
     if boxes:
-        margin = int(round(BOX_MARGIN_MM / volume.spacing[1]))
+        margin = round(BOX_MARGIN_MM / volume.spacing[1])
         labels[box_mask(volume.datasets, volume.hu.shape, boxes, margin, BOX_MARGIN_SLICES)] = IGNORE_LABEL
     size = working_size(volume.hu.shape[1:], volume.spacing[1], volume.spacing[2])
     hu = resample_hu(volume.hu, size)
     small = labels_from_fractions(resample_fractions(labels, size))
-    spacing = (volume.spacing[0], volume.spacing[1] * volume.hu.shape[1] / size[0],
-               volume.spacing[2] * volume.hu.shape[2] / size[1])
-    log.info("anatomy.loaded", source=Path(folder).name, slices=int(hu.shape[0]), size=list(size),
-             ignored=int((small == IGNORE_LABEL).sum()))
+    spacing = (
+        volume.spacing[0],
+        volume.spacing[1] * volume.hu.shape[1] / size[0],
+        volume.spacing[2] * volume.hu.shape[2] / size[1],
+    )
+    log.info(
+        "anatomy.loaded",
+        source=Path(folder).name,
+        slices=int(hu.shape[0]),
+        size=list(size),
+        ignored=int((small == IGNORE_LABEL).sum()),
+    )
     return AnatomyVolume(Path(folder).name, hu, small, spacing)
 
 
@@ -208,8 +222,14 @@ def anatomy_entries(
             patterns: tuple[str, ...] = ()
         else:
             hu, labels, params = insert_lesions_with_parameters(
-                anatomy.hu, lung, anatomy.spacing, rng, target_extent_pct=extent, noise_sd_hu=0.0,
-                style=normal_style if healthy else style)
+                anatomy.hu,
+                lung,
+                anatomy.spacing,
+                rng,
+                target_extent_pct=extent,
+                noise_sd_hu=0.0,
+                style=normal_style if healthy else style,
+            )
             labels[ignore] = IGNORE_LABEL
             patterns = params.patterns
         chosen = factors if healthy else (factors[(v - healthy_variants) % len(factors)],)
@@ -219,18 +239,32 @@ def anatomy_entries(
                 thick_hu, thick_labels = hu, labels
             else:
                 if fractions is None:
-                    fractions = np.stack([labels == c for c in (BACKGROUND, NORMAL_LUNG, GGO,
-                                                                CONSOLIDATION, IGNORE_LABEL)], 1)
+                    fractions = np.stack(
+                        [labels == c for c in (BACKGROUND, NORMAL_LUNG, GGO, CONSOLIDATION, IGNORE_LABEL)], 1
+                    )
                     fractions = fractions.astype(np.float32)
                 thick_hu, thick_fr = average_slabs(hu, fractions, factor)
                 thick_labels = labels_from_fractions(thick_fr)
             keep = _keep_slices(thick_labels)
             spacing = (anatomy.spacing[0] * factor, *anatomy.spacing[1:])
             kind = "healthy" if healthy else "lesion"
-            entries.append(AnatomyEntry(f"{anatomy.name}-{kind}{v:02d}-x{factor}", kind,
-                                        thick_hu[keep], thick_labels[keep], spacing))
-            log.info("anatomy.variant", source=anatomy.name, variant=v, slab=factor,
-                     slices=int(keep.sum()), patterns=list(patterns),
-                     lesion_pct=round(100.0 * float(np.isin(thick_labels, (GGO, CONSOLIDATION)).sum())
-                                      / max(1, int(np.isin(thick_labels, (1, 2, 3)).sum())), 2))
+            entries.append(
+                AnatomyEntry(
+                    f"{anatomy.name}-{kind}{v:02d}-x{factor}", kind, thick_hu[keep], thick_labels[keep], spacing
+                )
+            )
+            log.info(
+                "anatomy.variant",
+                source=anatomy.name,
+                variant=v,
+                slab=factor,
+                slices=int(keep.sum()),
+                patterns=list(patterns),
+                lesion_pct=round(
+                    100.0
+                    * float(np.isin(thick_labels, (GGO, CONSOLIDATION)).sum())
+                    / max(1, int(np.isin(thick_labels, (1, 2, 3)).sum())),
+                    2,
+                ),
+            )
     return entries

@@ -83,7 +83,10 @@ def scanner_noise(shape: tuple[int, int], rng: np.random.Generator, sd_range: tu
 
 
 def augment_slice(
-    hu: np.ndarray, labels: np.ndarray, rng: np.random.Generator, config: AugmentConfig,
+    hu: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    config: AugmentConfig,
     kind: str = "lesion",
 ) -> tuple[np.ndarray, np.ndarray]:
     """One augmented (float32 HU, uint8 labels) pair of size out_size x out_size."""
@@ -113,10 +116,10 @@ def augment_slice(
     crop_offset = np.array([rng.uniform(0, max(0.0, f - out)) for f in frame]) - np.maximum(0, out - frame) / 2
     shift = rng.normal(0, 6, size=2)
     offset = centre + shift - matrix @ (frame / 2 - crop_offset)
-    hu_out = ndimage.affine_transform(hu.astype(np.float32), matrix, offset, (out, out), order=1,
-                                      mode="constant", cval=-1024.0)
-    lab_out = ndimage.affine_transform(labels, matrix, offset, (out, out), order=0,
-                                       mode="constant", cval=0)
+    hu_out = ndimage.affine_transform(
+        hu.astype(np.float32), matrix, offset, (out, out), order=1, mode="constant", cval=-1024.0
+    )
+    lab_out = ndimage.affine_transform(labels, matrix, offset, (out, out), order=0, mode="constant", cval=0)
     turns = int(rng.integers(4))
     hu_out, lab_out = np.rot90(hu_out, turns), np.rot90(lab_out, turns)
 

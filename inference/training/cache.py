@@ -24,7 +24,6 @@ import structlog
 import torch
 from torch.nn import functional as F
 
-
 log = structlog.get_logger(__name__)
 
 CACHE_SIZE = 256
@@ -95,8 +94,9 @@ def resample_labels(labels: np.ndarray, size: int = CACHE_SIZE) -> np.ndarray:
 def save_entry(entry: CacheEntry, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{entry.name}.npz"
-    np.savez_compressed(path, hu=entry.hu, labels=entry.labels, spacing=np.array(entry.spacing),
-                        kind=np.array(entry.kind))
+    np.savez_compressed(
+        path, hu=entry.hu, labels=entry.labels, spacing=np.array(entry.spacing), kind=np.array(entry.kind)
+    )
     return path
 
 
@@ -108,8 +108,9 @@ def load_cache(folder: Path, exclude: tuple[str, ...] = ()) -> list[CacheEntry]:
             continue
         with np.load(path) as data:
             kind = str(data["kind"]) if "kind" in data.files else "lesion"
-            entries.append(CacheEntry(path.stem, data["hu"], data["labels"],
-                                      tuple(float(v) for v in data["spacing"]), kind))
+            entries.append(
+                CacheEntry(path.stem, data["hu"], data["labels"], tuple(float(v) for v in data["spacing"]), kind)
+            )
     if not entries:
         raise TrainingDataError(f"no cached training data in {folder}")
     return entries
@@ -147,9 +148,14 @@ def build_cache(
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
     wanted = {
-        "anatomy": [str(p) for p in anatomy], "variants": variants, "seed": seed,
-        "healthy_variants": healthy_variants, "boxes": str(boxes) if boxes else None,
-        "style": style, "slab_factors": list(factors), "synthetic_count": synthetic_count,
+        "anatomy": [str(p) for p in anatomy],
+        "variants": variants,
+        "seed": seed,
+        "healthy_variants": healthy_variants,
+        "boxes": str(boxes) if boxes else None,
+        "style": style,
+        "slab_factors": list(factors),
+        "synthetic_count": synthetic_count,
         "site": [[str(s.image), str(s.label), s.kind, s.label_values] for s in site_studies or []],
         "format": 3,
     }
@@ -166,10 +172,8 @@ def build_cache(
         check_allowed(Path(series))
         volume = load_anatomy(Path(series), all_boxes.get(Path(series).name))
         rng = np.random.default_rng(seed + 1000 * i)
-        for entry in anatomy_entries(volume, healthy_variants, variants, rng, lesion_style, factors,
-                                     normal_style):
-            paths.append(save_entry(CacheEntry(entry.name, entry.hu, entry.labels, entry.spacing,
-                                               entry.kind), folder))
+        for entry in anatomy_entries(volume, healthy_variants, variants, rng, lesion_style, factors, normal_style):
+            paths.append(save_entry(CacheEntry(entry.name, entry.hu, entry.labels, entry.spacing, entry.kind), folder))
     if synthetic_count:
         from inference.training.sources import synthetic_entries
 

@@ -82,9 +82,13 @@ def _labelled_slices(raw: dict, path: Path | None) -> LabelledSlices:
         if key not in raw:
             raise TrainingDataError(f"[data.labelled_slices] needs {key!r} (the licence goes into the weights)")
     window = raw.get("window", (-450.0, 1300.0))
-    return LabelledSlices(Path(raw["images"]), Path(raw["labels"]), str(raw["licence"]),
-                          (float(window[0]), float(window[1])),
-                          Path(raw.get("cache", "training-cache/labelled-slices")))
+    return LabelledSlices(
+        Path(raw["images"]),
+        Path(raw["labels"]),
+        str(raw["licence"]),
+        (float(window[0]), float(window[1])),
+        Path(raw.get("cache", "training-cache/labelled-slices")),
+    )
 
 
 def load_config(path: Path | None) -> tuple[DataConfig, TrainConfig]:
@@ -120,7 +124,8 @@ def load_config(path: Path | None) -> tuple[DataConfig, TrainConfig]:
     if unknown:
         raise TrainingDataError(f"unknown [data] keys in {path}: {sorted(unknown)}")
     data = DataConfig(
-        anatomy=[Path(p) for p in data_raw["anatomy"]] if "anatomy" in data_raw
+        anatomy=[Path(p) for p in data_raw["anatomy"]]
+        if "anatomy" in data_raw
         else [Path("../shared/data/lidc-idri/LIDC-IDRI-0002")],
         boxes=Path(data_raw["boxes"]) if data_raw.get("boxes") else None,
         healthy_variants=int(data_raw.get("healthy_variants", 2)),
@@ -150,24 +155,31 @@ def load_config(path: Path | None) -> tuple[DataConfig, TrainConfig]:
     return data, train
 
 
-def training_entries(data: DataConfig, seed: int, rebuild: bool = False,
-                     exclude_slices: tuple[str, ...] = ()) -> list:
+def training_entries(data: DataConfig, seed: int, rebuild: bool = False, exclude_slices: tuple[str, ...] = ()) -> list:
     """Build (or reuse) the caches of `data` and load them; `exclude_slices` names labelled
     slices (e.g. "slice-12") to leave out (the held-out fold of a cross-validation)."""
     from inference.training.cache import build_cache, load_cache
 
-    build_cache(data.cache, data.anatomy, data.lesion_variants, seed, data.synthetic, data.site,
-                rebuild=rebuild, healthy_variants=data.healthy_variants, boxes=data.boxes,
-                style=data.lesion_style,
-                slab_factors=tuple(data.slab_factors) if data.slab_factors is not None else None)
+    build_cache(
+        data.cache,
+        data.anatomy,
+        data.lesion_variants,
+        seed,
+        data.synthetic,
+        data.site,
+        rebuild=rebuild,
+        healthy_variants=data.healthy_variants,
+        boxes=data.boxes,
+        style=data.lesion_style,
+        slab_factors=tuple(data.slab_factors) if data.slab_factors is not None else None,
+    )
     entries = load_cache(data.cache)
     if data.labelled_slices is not None:
         entries += labelled_slices_cache(data.labelled_slices, rebuild, exclude_slices)
     return entries
 
 
-def labelled_slices_cache(source: LabelledSlices, rebuild: bool = False,
-                          exclude: tuple[str, ...] = ()) -> list:
+def labelled_slices_cache(source: LabelledSlices, rebuild: bool = False, exclude: tuple[str, ...] = ()) -> list:
     """The labelled slices as cache entries (built once into `source.cache`)."""
     import json
 
@@ -175,8 +187,7 @@ def labelled_slices_cache(source: LabelledSlices, rebuild: bool = False,
     from inference.training.sources import labelled_slice_entries
 
     manifest = source.cache / "manifest.json"
-    wanted = {"images": str(source.images), "labels": str(source.labels), "window": list(source.window),
-              "format": 1}
+    wanted = {"images": str(source.images), "labels": str(source.labels), "window": list(source.window), "format": 1}
     if rebuild or not manifest.exists() or json.loads(manifest.read_text()) != wanted:
         source.cache.mkdir(parents=True, exist_ok=True)
         for old in source.cache.glob("*.npz"):
@@ -188,18 +199,24 @@ def labelled_slices_cache(source: LabelledSlices, rebuild: bool = False,
 
 
 #: Licence of weights that learnt only from the redistributable sources.
-OPEN_LICENCE = ("redistributable with attribution: LIDC-IDRI (CC BY 3.0) and Lung-PET-CT-Dx "
-                "(CC BY 4.0), The Cancer Imaging Archive; see MODEL_CARD.md")
+OPEN_LICENCE = (
+    "redistributable with attribution: LIDC-IDRI (CC BY 3.0) and Lung-PET-CT-Dx "
+    "(CC BY 4.0), The Cancer Imaging Archive; see MODEL_CARD.md"
+)
 
 
-def weights_metadata(data: DataConfig, seed: int, losses: list[float],
-                     exclude_slices: tuple[str, ...] = ()) -> dict:
+def weights_metadata(data: DataConfig, seed: int, losses: list[float], exclude_slices: tuple[str, ...] = ()) -> dict:
     """What the weights learnt from and under which terms they may be used (stored in them)."""
     metadata = {
-        "steps": len(losses), "seed": seed, "final_loss": losses[-1] if losses else None,
-        "anatomy": [Path(p).name for p in data.anatomy], "lesion_style": data.lesion_style,
-        "healthy_variants": data.healthy_variants, "lesion_variants": data.lesion_variants,
-        "synthetic": data.synthetic, "site_studies": len(data.site),
+        "steps": len(losses),
+        "seed": seed,
+        "final_loss": losses[-1] if losses else None,
+        "anatomy": [Path(p).name for p in data.anatomy],
+        "lesion_style": data.lesion_style,
+        "healthy_variants": data.healthy_variants,
+        "lesion_variants": data.lesion_variants,
+        "synthetic": data.synthetic,
+        "site_studies": len(data.site),
         "licence": OPEN_LICENCE if not data.site else "depends on the site studies",
     }
     if data.labelled_slices is not None:

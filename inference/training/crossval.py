@@ -35,8 +35,9 @@ def slice_folds(stems: list[str], k: int = 5) -> list[list[str]]:
     return [list(block) for block in np.array_split(np.array(ordered, dtype=object), k)]
 
 
-def evaluate_slices(engine, images: Path, labels: Path, stems: list[str],
-                    window: tuple[float, float], label_values: dict[str, int]) -> list:
+def evaluate_slices(
+    engine, images: Path, labels: Path, stems: list[str], window: tuple[float, float], label_values: dict[str, int]
+) -> list:
     """Per-slice `CaseResult`s of `engine` on the named slices, as `evaluate_images` scores them."""
     from PIL import Image
 
@@ -75,8 +76,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--flip-too", action="store_true",
-                        help="also score test-time flips (averaged with the mirrored slice)")
+    parser.add_argument(
+        "--flip-too", action="store_true", help="also score test-time flips (averaged with the mirrored slice)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -100,8 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
             exclude = tuple(f"slice-{s}" for s in held_out)
             entries = training_entries(data, args.seed, exclude_slices=exclude)
             t0 = time.time()
-            model, losses = train(entries, config, args.out / f"fold-{k}.ckpt", resume=True,
-                                  init_weights=args.init_weights)
+            model, losses = train(
+                entries, config, args.out / f"fold-{k}.ckpt", resume=True, init_weights=args.init_weights
+            )
             meta = weights_metadata(data, args.seed, losses, exclude)
             meta["train_seconds"] = round(time.time() - t0)
             save_weights(model, weights, f"cv-fold-{k}", meta)
@@ -109,22 +112,29 @@ def main(argv: list[str] | None = None) -> dict:
         engine = CNNEngine(device="cpu", weights_path=weights, num_threads=args.threads)
         cases = evaluate_slices(engine, source.images, source.labels, held_out, source.window, values)
         fold_summary = summary(cases)
-        log.info("crossval.fold", fold=k, slices=len(cases),
-                 **{c: round(s["mean"], 3) for c, s in fold_summary.items() if s["mean"] is not None})
+        log.info(
+            "crossval.fold",
+            fold=k,
+            slices=len(cases),
+            **{c: round(s["mean"], 3) for c, s in fold_summary.items() if s["mean"] is not None},
+        )
         per_fold.append({"fold": k, "slices": held_out, "dice": fold_summary})
         all_cases += cases
         if args.flip_too:
             engine.flip = True
             flip_cases += evaluate_slices(engine, source.images, source.labels, held_out, source.window, values)
     pooled = summary(all_cases)
-    fold_means = {c: [f["dice"][c]["mean"] for f in per_fold if f["dice"][c]["mean"] is not None]
-                  for c in pooled}
+    fold_means = {c: [f["dice"][c]["mean"] for f in per_fold if f["dice"][c]["mean"] is not None] for c in pooled}
     result = {
         "protocol": f"{args.folds}-fold CV, contiguous file-number blocks, seed {args.seed}, "
-                    f"fine-tuned from {args.init_weights.name}; window {list(source.window)}",
-        "config": str(args.config), "out_of_fold": pooled,
-        "fold_mean_sd": {c: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
-                         for c, v in fold_means.items() if v},
+        f"fine-tuned from {args.init_weights.name}; window {list(source.window)}",
+        "config": str(args.config),
+        "out_of_fold": pooled,
+        "fold_mean_sd": {
+            c: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+            for c, v in fold_means.items()
+            if v
+        },
         "folds": per_fold,
         "out_of_fold_with_flips": summary(flip_cases) if flip_cases else None,
         "cases": [{"name": c.name, "dice": c.dice} for c in all_cases],

@@ -26,7 +26,6 @@ from torch.nn import functional as F
 from inference.engines.cnn import sha256_of
 from inference.training.augment import AugmentConfig, augment_slice
 from inference.training.cache import IGNORE_LABEL, KINDS, NOT_LESION_LABEL, CacheEntry
-from inference.engines.cnn import sha256_of
 from inference.unet import NUM_CLASSES, UNet2D, count_parameters, normalise_hu
 
 log = structlog.get_logger(__name__)
@@ -80,8 +79,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     probs = logits.softmax(1)
     known = target < NOT_LESION_LABEL
     onehot = F.one_hot(torch.where(known, target, 0).long(), NUM_CLASSES).permute(0, 3, 1, 2)
-    valid = torch.stack([known | ((target == NOT_LESION_LABEL) & (c >= 2))
-                         for c in range(NUM_CLASSES)], 1)
+    valid = torch.stack([known | ((target == NOT_LESION_LABEL) & (c >= 2)) for c in range(NUM_CLASSES)], 1)
     probs = probs * valid
     onehot = onehot * valid
     dims = (0, 2, 3)
@@ -97,8 +95,7 @@ def partial_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.T
     known = target < NOT_LESION_LABEL
     picked = log_probs.gather(1, torch.where(known, target, 0).long()[:, None])[:, 0]
     not_lesion = torch.logsumexp(log_probs[:, :2], dim=1)
-    loss = torch.where(known, -picked, torch.where(target == NOT_LESION_LABEL, -not_lesion,
-                                                   torch.zeros_like(picked)))
+    loss = torch.where(known, -picked, torch.where(target == NOT_LESION_LABEL, -not_lesion, torch.zeros_like(picked)))
     count = (target != IGNORE_LABEL).sum()
     return loss.sum() / count.clamp(min=1)
 
@@ -140,8 +137,7 @@ class SliceSampler:
             index, p = self.groups[g]
             e, s = index[self.rng.choice(len(index), p=p)]
             entry = self.entries[e]
-            hu, lab = augment_slice(entry.hu[s], entry.labels[s], self.rng, self.config.augment,
-                                    entry.kind)
+            hu, lab = augment_slice(entry.hu[s], entry.labels[s], self.rng, self.config.augment, entry.kind)
             images.append(hu)
             labels.append(lab)
         x = normalise_hu(torch.from_numpy(np.stack(images))[:, None])
@@ -157,13 +153,30 @@ def _lr_at(step: int, config: TrainConfig, time_fraction: float = 0.0) -> float:
     return 1e-5 + 0.5 * (config.learning_rate - 1e-5) * (1 + np.cos(np.pi * min(1.0, progress)))
 
 
-def save_checkpoint(path: Path, model, optimizer, step: int, rng: np.random.Generator,
-                    config: TrainConfig, losses: list[float], budget_spent_s: float = 0.0) -> None:
+def save_checkpoint(
+    path: Path,
+    model,
+    optimizer,
+    step: int,
+    rng: np.random.Generator,
+    config: TrainConfig,
+    losses: list[float],
+    budget_spent_s: float = 0.0,
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "rng": rng.bit_generator.state, "config": asdict(config), "losses": losses,
-                "budget_spent_s": budget_spent_s}, tmp)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "rng": rng.bit_generator.state,
+            "config": asdict(config),
+            "losses": losses,
+            "budget_spent_s": budget_spent_s,
+        },
+        tmp,
+    )
     tmp.replace(path)
 
 
@@ -272,9 +285,14 @@ def train(
             on_step(step + 1, losses[-1])
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
             save_checkpoint(checkpoint_path, model, optimizer, step + 1, rng, config, losses, budget_spent())
-            recent = float(np.mean(losses[-config.checkpoint_every:]))
-            log.info("train.checkpoint", step=step + 1, loss=round(recent, 4),
-                     seconds=round(time.time() - t0, 1), budget_spent_s=round(budget_spent(), 1))
+            recent = float(np.mean(losses[-config.checkpoint_every :]))
+            log.info(
+                "train.checkpoint",
+                step=step + 1,
+                loss=round(recent, 4),
+                seconds=round(time.time() - t0, 1),
+                budget_spent_s=round(budget_spent(), 1),
+            )
     if not stopped_early:
         log.info("train.done", step=config.steps)
     model.eval()

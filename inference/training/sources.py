@@ -191,8 +191,7 @@ def labelled_slice_entries(
         out_hu = np.full((side, side), -1024, np.int16)
         out_lab = np.zeros((side, side), np.uint8)
         r0, c0 = (side - size[0]) // 2, (side - size[1]) // 2
-        out_hu[r0:r0 + size[0], c0:c0 + size[1]] = np.rint(hu)
-        out_lab[r0:r0 + size[0], c0:c0 + size[1]] = lab
-        entries.append(CacheEntry(f"slice-{image_path.stem}", out_hu[None], out_lab[None],
-                                  (1.0, 1.37, 1.37), "real"))
+        out_hu[r0 : r0 + size[0], c0 : c0 + size[1]] = np.rint(hu)
+        out_lab[r0 : r0 + size[0], c0 : c0 + size[1]] = lab
+        entries.append(CacheEntry(f"slice-{image_path.stem}", out_hu[None], out_lab[None], (1.0, 1.37, 1.37), "real"))
     return entries

@@ -19,8 +19,8 @@ def _patient_on_a_pad(slices: int = 6) -> tuple[np.ndarray, np.ndarray]:
     lungs = (((yy - 40) / 16) ** 2 + ((xx - 30) / 11) ** 2 <= 1) | (((yy - 40) / 16) ** 2 + ((xx - 66) / 11) ** 2 <= 1)
     hu[:, torso] = 40
     hu[:, lungs] = -850
-    hu[:, 69:80, 8:88] = -850      # the pad, touching the back
-    hu[:, 80:84, 2:94] = 300       # the table
+    hu[:, 69:80, 8:88] = -850  # the pad, touching the back
+    hu[:, 80:84, 2:94] = 300  # the table
     return hu, lungs
 
 
@@ -29,14 +29,14 @@ def test_outside_body_counts_labels_on_the_pad_and_none_in_the_lungs():
     labels = np.zeros(hu.shape, np.uint8)
     labels[:, lungs] = 1
     assert outside_body(labels, hu, (5.0, 1.0, 1.0)) == 0
-    labels[:, 72:78, 20:70] = 3    # what a slice-wise model may call the pad
+    labels[:, 72:78, 20:70] = 3  # what a slice-wise model may call the pad
     assert outside_body(labels, hu, (5.0, 1.0, 1.0)) == 6 * 6 * 50
     assert body_mask(hu, (5.0, 1.0, 1.0))[:, lungs].all()
 
 
 def test_extent_leaves_the_excluded_region_out_of_lesion_and_lung():
     labels = np.ones((2, 10, 10), np.uint8)
-    labels[0, :2] = 2                      # 20 GGO voxels, 10 of them in the box
+    labels[0, :2] = 2  # 20 GGO voxels, 10 of them in the box
     exclude = np.zeros(labels.shape, bool)
     exclude[0, :1] = True
     extent = lesion_extent(labels, 1.0, exclude)
@@ -71,8 +71,7 @@ def test_engine_labels_nothing_outside_the_body_of_real_series(folder: Path):
     volume = load_series(folder)
     mid = volume.hu.shape[0] // 2
     part = slice(max(0, mid - 12), mid + 12)
-    sub = CTVolume(hu=np.ascontiguousarray(volume.hu[part]), spacing=volume.spacing,
-                   datasets=volume.datasets[part])
+    sub = CTVolume(hu=np.ascontiguousarray(volume.hu[part]), spacing=volume.spacing, datasets=volume.datasets[part])
     labels = get_engine("cnn", "cpu").segment(sub)
     assert (labels > 0).sum() > 0
     assert outside_body(labels, sub.hu, sub.spacing) == 0

@@ -110,9 +110,9 @@ def test_config_parses_sites_and_train_settings(tmp_path: Path):
     config.write_text(
         '[data]\nanatomy = ["a/LIDC"]\nlesion_variants = 3\n'
         '[[data.site]]\nkind = "nifti"\nimage = "ct.nii.gz"\nlabel = "lab.nii.gz"\n'
-        'label_values = { ggo = 4, consolidation = 5 }\n'
-        '[train]\nsteps = 7\ncrop = 128\ngroup_weights = { healthy = 0.5, lesion = 0.5 }\n'
-        '[augment]\nnoise_sd_hu = [1, 2]\n'
+        "label_values = { ggo = 4, consolidation = 5 }\n"
+        "[train]\nsteps = 7\ncrop = 128\ngroup_weights = { healthy = 0.5, lesion = 0.5 }\n"
+        "[augment]\nnoise_sd_hu = [1, 2]\n"
     )
     data, train_config = load_config(config)
     assert data.lesion_variants == 3 and data.site[0].label_values == {"ggo": 4, "consolidation": 5}

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from inference.lesions import COVID_STYLE, LesionStyle, insert_lesions_with_parameters
-from inference.training.augment import AugmentConfig
 from inference.training.anatomy import average_slabs, labels_from_fractions
+from inference.training.augment import AugmentConfig
 from inference.training.cache import IGNORE_LABEL, NOT_LESION_LABEL, CacheEntry
 from inference.training.crossval import slice_folds
 from inference.training.loop import SliceSampler, TrainConfig, partial_cross_entropy, segmentation_loss
@@ -41,14 +41,16 @@ def test_ignored_voxels_stay_ignored_in_thick_slices():
     assert labels_from_fractions(thick)[0, 0, 0] == IGNORE_LABEL
 
 
-@pytest.mark.parametrize("pattern", ["crazy_paving", "reticulation", "subpleural_bands", "organising",
-                                     "reversed_halo", "heterogeneous_consolidation"])
+@pytest.mark.parametrize(
+    "pattern",
+    ["crazy_paving", "reticulation", "subpleural_bands", "organising", "reversed_halo", "heterogeneous_consolidation"],
+)
 def test_each_pattern_labels_only_lung_and_raises_hu(pattern):
     hu, lung = _phantom()
     style = LesionStyle(probability=((pattern, 1.0),))
     out, labels, params = insert_lesions_with_parameters(
-        hu, lung, (2.0, 1.0, 1.0), np.random.default_rng(3), target_extent_pct=30, noise_sd_hu=0,
-        style=style)
+        hu, lung, (2.0, 1.0, 1.0), np.random.default_rng(3), target_extent_pct=30, noise_sd_hu=0, style=style
+    )
     assert params.patterns == (pattern,)
     assert not labels[~lung].any() and (labels[lung] >= 1).all()
     lesion = labels >= 2
@@ -60,8 +62,8 @@ def test_dependent_density_is_lung_not_lesion_and_posterior():
     hu, lung = _phantom()
     style = LesionStyle(probability=(("dependent_density", 1.0),))
     out, labels, _ = insert_lesions_with_parameters(
-        hu, lung, (2.0, 1.0, 1.0), np.random.default_rng(4), target_extent_pct=0, noise_sd_hu=0,
-        style=style)
+        hu, lung, (2.0, 1.0, 1.0), np.random.default_rng(4), target_extent_pct=0, noise_sd_hu=0, style=style
+    )
     assert not (labels >= 2).any()
     rise = out.astype(int) - hu
     assert rise[:, 50:54][lung[:, 50:54]].mean() > rise[:, 10:20][lung[:, 10:20]].mean() + 20
@@ -89,10 +91,16 @@ def test_not_lesion_pixels_score_background_or_lung():
 
 
 def test_sampler_draws_groups_by_weight():
-    entries = [CacheEntry("h", np.zeros((3, 32, 32), np.int16), np.ones((3, 32, 32), np.uint8), (1, 1, 1), "healthy"),
-               CacheEntry("l", np.ones((3, 32, 32), np.int16), np.full((3, 32, 32), 2, np.uint8), (1, 1, 1), "lesion")]
-    config = TrainConfig(batch_size=64, crop=16, group_weights={"healthy": 1.0, "lesion": 0.0},
-                         augment=AugmentConfig(out_size=16, export_probability=0.0))
+    entries = [
+        CacheEntry("h", np.zeros((3, 32, 32), np.int16), np.ones((3, 32, 32), np.uint8), (1, 1, 1), "healthy"),
+        CacheEntry("l", np.ones((3, 32, 32), np.int16), np.full((3, 32, 32), 2, np.uint8), (1, 1, 1), "lesion"),
+    ]
+    config = TrainConfig(
+        batch_size=64,
+        crop=16,
+        group_weights={"healthy": 1.0, "lesion": 0.0},
+        augment=AugmentConfig(out_size=16, export_probability=0.0),
+    )
     sampler = SliceSampler(entries, config, np.random.default_rng(0))
     _, y = sampler.batch()
     assert set(torch.unique(y).tolist()) <= {0, 1}
