@@ -140,10 +140,10 @@ def evaluate_command(
     try:
         values = parse_label_values(label_values)
         if engine == "cnn":
-            from inference.engines import weights_path
+            from inference.engines import Engine, weights_path
             from inference.engines.cnn import CNNEngine
 
-            segmenter = CNNEngine(device=device, weights_path=weights_path(weights))
+            segmenter: Engine = CNNEngine(device=device, weights_path=weights_path(weights))
         else:
             from inference.engines import get_engine
 

@@ -451,9 +451,9 @@ def _insert_styled(
         centre_mm, width_mm = rng.uniform(2.0, 10.0), rng.uniform(1.5, 3.5)
         arcs = random_lesion_field(hu.shape, spacing, rng, 20.0) + 2.0 * y_rel > rng.uniform(1.2, 2.0)
         band = lung & arcs & (np.abs(depth - centre_mm) < width_mm / 2)
-        fill = rng.uniform(0.45, 0.85)
-        hu_f = np.where(band, hu_f + np.maximum(fill * (0.0 - hu_f), 0.0), hu_f)
-        labels[band & (labels == NORMAL_LUNG)] = CONSOLIDATION if fill >= 0.7 else GGO
+        band_fill = float(rng.uniform(0.45, 0.85))
+        hu_f = np.where(band, hu_f + np.maximum(band_fill * (0.0 - hu_f), 0.0), hu_f)
+        labels[band & (labels == NORMAL_LUNG)] = CONSOLIDATION if band_fill >= 0.7 else GGO
         del arcs, band
 
     return _with_noise(hu_f, noise_sd, rng, hu > -1500), labels, params

@@ -98,7 +98,7 @@ def spacing_from_positions(positions: np.ndarray, tolerance: float = 0.05) -> fl
 
 def read_headers(paths: Iterable[Path]) -> list[Dataset]:
     """Read headers only (no pixel data), remembering each file's path in `filename`."""
-    headers = []
+    headers: list[Dataset] = []
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         ds.filename = str(path)

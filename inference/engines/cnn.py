@@ -169,7 +169,7 @@ class CNNEngine:
         self.batch_size = batch_size or DEFAULT_BATCH_SIZE.get(self.device.type, 16)
         if self.device.type == "cpu":
             torch.set_num_threads(num_threads or max(1, min(os.cpu_count() or 1, 8)))
-        self.model = self.model.to(self.device, memory_format=torch.channels_last)
+        self.model = self.model.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         log.info(
             "cnn.loaded",
             weights=path.name,

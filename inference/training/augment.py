@@ -143,7 +143,7 @@ def augment_slice(
         center, width = rng.uniform(-650, -250), rng.uniform(1000, 1700)
         pixels = hu_to_8bit(hu_out, center, width)
         if rng.random() < 0.8:
-            pixels = jpeg_roundtrip(pixels, rng.integers(*config.jpeg_quality, endpoint=True))
+            pixels = jpeg_roundtrip(pixels, int(rng.integers(*config.jpeg_quality, endpoint=True)))
         err = config.window_error_hu
         hu_out = eight_bit_to_hu(pixels, center + rng.uniform(-err, err), width * rng.uniform(0.85, 1.15))
     return np.ascontiguousarray(hu_out, np.float32), np.ascontiguousarray(lab_out, np.uint8)

@@ -100,6 +100,10 @@ def save_entry(entry: CacheEntry, folder: Path) -> Path:
     return path
 
 
+def _spacing(values: np.ndarray) -> tuple[float, float, float]:
+    return float(values[0]), float(values[1]), float(values[2])
+
+
 def load_cache(folder: Path, exclude: tuple[str, ...] = ()) -> list[CacheEntry]:
     """Every cached entry in `folder` (names in `exclude` left out), in name order."""
     entries = []
@@ -108,9 +112,7 @@ def load_cache(folder: Path, exclude: tuple[str, ...] = ()) -> list[CacheEntry]:
             continue
         with np.load(path) as data:
             kind = str(data["kind"]) if "kind" in data.files else "lesion"
-            entries.append(
-                CacheEntry(path.stem, data["hu"], data["labels"], tuple(float(v) for v in data["spacing"]), kind)
-            )
+            entries.append(CacheEntry(path.stem, data["hu"], data["labels"], _spacing(data["spacing"]), kind))
     if not entries:
         raise TrainingDataError(f"no cached training data in {folder}")
     return entries
@@ -172,8 +174,8 @@ def build_cache(
         check_allowed(Path(series))
         volume = load_anatomy(Path(series), all_boxes.get(Path(series).name))
         rng = np.random.default_rng(seed + 1000 * i)
-        for entry in anatomy_entries(volume, healthy_variants, variants, rng, lesion_style, factors, normal_style):
-            paths.append(save_entry(CacheEntry(entry.name, entry.hu, entry.labels, entry.spacing, entry.kind), folder))
+        for part in anatomy_entries(volume, healthy_variants, variants, rng, lesion_style, factors, normal_style):
+            paths.append(save_entry(CacheEntry(part.name, part.hu, part.labels, part.spacing, part.kind), folder))
     if synthetic_count:
         from inference.training.sources import synthetic_entries
 

@@ -22,6 +22,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import structlog
@@ -93,7 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
     folds = slice_folds(stems, args.folds)
     values = {"ggo": 1, "consolidation": 2}
     args.out.mkdir(parents=True, exist_ok=True)
-    all_cases, per_fold, flip_cases = [], [], []
+    all_cases: list = []
+    flip_cases: list = []
+    per_fold: list[dict[str, Any]] = []
     for k, held_out in enumerate(folds):
         weights = args.out / f"fold-{k}.pt"
         if args.only is not None and k not in args.only and not weights.exists():

@@ -115,7 +115,9 @@ class SliceSampler:
         for e, entry in enumerate(entries):
             group = entry.kind if config.group_weights else "all"
             index, weights = groups.setdefault(group, ([], []))
-            lesion = ((entry.labels >= 2) & (entry.labels < NOT_LESION_LABEL)).reshape(len(entry.labels), -1).any(1)
+            lesion = np.asarray(
+                ((entry.labels >= 2) & (entry.labels < NOT_LESION_LABEL)).reshape(len(entry.labels), -1).any(1)
+            )
             for s in range(len(entry.labels)):
                 index.append((e, s))
                 weights.append(config.lesion_slice_weight if lesion[s] and entry.kind == "lesion" else 1.0)

@@ -79,7 +79,7 @@ def labels_from_nifti(label_path: Path, label_values: dict[str, int]) -> tuple[n
     """Label map (z, y, x) from a NIfTI label volume with declared values; whether lung is in it."""
     import nibabel as nib
 
-    data = np.asarray(nib.load(str(label_path)).dataobj)
+    data = np.asarray(nib.load(str(label_path)).dataobj)  # type: ignore[attr-defined]
     data = np.transpose(data, (2, 1, 0))  # NIfTI (x, y, z) -> (z, y, x)
     labels = np.zeros(data.shape, np.uint8)
     mapping = {"lung": NORMAL_LUNG, "ggo": GGO, "consolidation": CONSOLIDATION}
@@ -94,8 +94,8 @@ def nifti_hu(image_path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
     import nibabel as nib
 
     image = nib.load(str(image_path))
-    data = np.asarray(image.get_fdata(dtype=np.float32))
-    zooms = image.header.get_zooms()[:3]
+    data = np.asarray(image.get_fdata(dtype=np.float32))  # type: ignore[attr-defined]
+    zooms = image.header.get_zooms()[:3]  # type: ignore[attr-defined]
     hu = np.clip(np.rint(np.transpose(data, (2, 1, 0))), -1024, 3071).astype(np.int16)
     return hu, (float(zooms[2]), float(zooms[1]), float(zooms[0]))
 
