@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from inference.engines import weights_path
 from inference.engines.cnn import CNNEngine
 from inference.volume import load_series
 
@@ -29,7 +30,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--series", type=Path, default=DEFAULT_SERIES)
-    parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--weights", default=None, help="weight set name or file (default: the shipped default)")
+    parser.add_argument("--flip", action="store_true", help="test-time flips (twice the model time)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the engine's for the device")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
@@ -39,7 +41,11 @@ def main() -> None:
     volume = load_series(args.series)
     load_s = time.perf_counter() - t0
     engine = CNNEngine(
-        device=args.device, weights_path=args.weights, batch_size=args.batch_size, num_threads=args.threads
+        device=args.device,
+        weights_path=weights_path(args.weights),
+        batch_size=args.batch_size,
+        num_threads=args.threads,
+        flip=args.flip,
     )
     cuda = engine.device.type == "cuda"
     if cuda:  # warm-up: kernels, autotuning, allocator
@@ -60,6 +66,7 @@ def main() -> None:
         "device_name": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
         "weights_version": engine.version,
+        "flip": args.flip,
         "load_series_s": round(load_s, 2),
         "model_s": [round(t, 2) for t in times],
         "model_s_best": round(min(times), 2),

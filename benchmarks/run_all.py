@@ -1,6 +1,6 @@
 """Run the benchmarks and write benchmarks/results.json (the README's table comes from it).
 
-    .venv/bin/python benchmarks/run_all.py [--quick] [--only ingest|end_to_end|memory]
+    .venv/bin/python benchmarks/run_all.py [--quick] [--only ingest|end_to_end|memory|healthy_lungs]
 
 `--only` reruns one benchmark and replaces just its entries in the existing results.json.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks import bench_e2e, bench_ingest, bench_memory
+from benchmarks import bench_e2e, bench_healthy, bench_ingest, bench_memory
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer runs (1 instead of 5/3)")
     parser.add_argument(
         "--only",
-        choices=["ingest", "end_to_end", "memory"],
+        choices=["ingest", "end_to_end", "memory", "healthy_lungs"],
         help="run one benchmark and merge its entries into the existing results.json",
     )
     args = parser.parse_args()
@@ -40,6 +40,9 @@ def main() -> None:
         "memory": lambda: {
             "memory_1000_slices": bench_memory.main(["--engine", "cnn"]),
             "memory_1000_slices_threshold": bench_memory.main(["--engine", "threshold"]),
+        },
+        "healthy_lungs": lambda: {
+            "healthy_lungs": {name: bench_healthy.main(["--weights", name]) for name in ("open", "noncommercial")}
         },
     }
     results_path = HERE / "results.json"

@@ -285,9 +285,28 @@ Destination = Annotated[
 ]
 
 
+#: The CNN weight sets shipped in inference/weights (names as `inference.engines.WEIGHT_SETS`).
+SHIPPED_WEIGHT_SETS = ("open", "noncommercial")
+
+
 class InferenceSettings(_Section):
     engine: Literal["cnn", "threshold"] = "cnn"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    weights: str | None = Field(
+        None,
+        description="CNN weight set: 'open' (redistributable with attribution), 'noncommercial'"
+        " (non-commercial research only), or a weights file with SHA256SUMS beside it;"
+        " empty: the shipped default (README)",
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _known_weights(cls, value: str | None) -> str | None:
+        if value in (None, "") or value in SHIPPED_WEIGHT_SETS:
+            return value or None
+        if not Path(value).is_file():
+            raise ValueError(f"not a shipped weight set {SHIPPED_WEIGHT_SETS} nor an existing file")
+        return value
 
 
 class ReportSettings(_Section):

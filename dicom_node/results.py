@@ -40,6 +40,13 @@ class EngineInfo(BaseModel):
 
     name: str
     version: str
+    #: the algorithm name in the SEG and SR ("ldct-node cnn ldct-unet-open"); None in
+    #: summaries written before engines had one: "ldct-node <name>" then
+    algorithm: str | None = None
+
+    @property
+    def algorithm_name(self) -> str:
+        return self.algorithm or f"ldct-node {self.name}"
 
 
 class RiskSummary(BaseModel):

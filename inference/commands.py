@@ -27,14 +27,19 @@ def train_command(
     time_budget_min: float | None = typer.Option(
         None, "--time-budget-min", help="stop after this many minutes, the LR schedule compressed to fit (shared CPUs)"
     ),
+    exclude_slices: str | None = typer.Option(
+        None,
+        "--exclude-slices",
+        help="labelled slices to leave out, by file stem (e.g. 0,1,2: a cross-validation fold)",
+    ),
 ) -> None:
     """Train the CNN on real anatomy with synthetic lesions (and a site's labelled studies)."""
     import torch
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from inference.training.cache import TrainingDataError, build_cache, load_cache
-    from inference.training.config import load_config
+    from inference.training.cache import TrainingDataError
+    from inference.training.config import load_config, training_entries, weights_metadata
     from inference.training.loop import save_weights, train
 
     console = Console()
@@ -50,9 +55,9 @@ def train_command(
         train_config.time_budget_s = time_budget_min * 60.0
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
+    exclude = tuple(f"slice-{name}" for name in exclude_slices.split(",") if name) if exclude_slices else ()
     try:
-        build_cache(data.cache, data.lidc, data.lesion_variants, seed, data.synthetic, data.site, rebuild=rebuild_cache)
-        entries = load_cache(data.cache)
+        entries = training_entries(data, seed, rebuild_cache, exclude)
     except (TrainingDataError, OSError, ValueError) as exc:
         console.print(f"[red]error:[/red] training data: {exc}")
         raise typer.Exit(2) from exc
@@ -82,16 +87,7 @@ def train_command(
         except RuntimeError as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
-    metadata = {
-        "steps": len(losses),
-        "seed": seed,
-        "final_loss": losses[-1] if losses else None,
-        "sources": [str(p) for p in data.lidc],
-        "lesion_variants": data.lesion_variants,
-        "synthetic": data.synthetic,
-        "site_studies": len(data.site),
-    }
-    save_weights(model, out, version, metadata)
+    save_weights(model, out, version, weights_metadata(data, seed, losses, exclude))
     console.print(f"weights written to {out} (checksum in {out.parent / 'SHA256SUMS'})")
 
 
@@ -122,7 +118,9 @@ def evaluate_command(
     ),
     engine: str = typer.Option("cnn", "--engine", help="cnn or threshold"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
-    weights: Path | None = typer.Option(None, "--weights", help="CNN weights file (default: shipped)"),
+    weights: str | None = typer.Option(
+        None, "--weights", help="CNN weight set (open, noncommercial) or weights file (default: the shipped default)"
+    ),
 ) -> None:
     """Agreement (Dice, volumes, extents) of an engine with reference labels."""
     from rich.console import Console
@@ -142,9 +140,10 @@ def evaluate_command(
     try:
         values = parse_label_values(label_values)
         if engine == "cnn":
+            from inference.engines import Engine, weights_path
             from inference.engines.cnn import CNNEngine
 
-            segmenter = CNNEngine(device=device, weights_path=weights)
+            segmenter: Engine = CNNEngine(device=device, weights_path=weights_path(weights))
         else:
             from inference.engines import get_engine
 

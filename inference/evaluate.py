@@ -69,7 +69,7 @@ def dice(prediction: np.ndarray, reference: np.ndarray) -> float | None:
 
 def dice_per_class(prediction: np.ndarray, reference: np.ndarray, lung_labelled: bool) -> dict[str, float | None]:
     """Dice of each class for one image/case; lung only when the reference labels the lung."""
-    result = {}
+    result: dict[str, float | None] = {}
     for name in CLASSES:
         if name == "lung" and not lung_labelled:
             result[name] = None

@@ -53,6 +53,7 @@ class LesionParameters:
     ggo_fill_fraction: float
     consolidation_fill_hu: float
     noise_sd_hu: float
+    patterns: tuple[str, ...] = ()
 
 
 def random_lesion_field(
@@ -130,6 +131,7 @@ def insert_lesions(
     consolidation_fraction: float | None = None,
     correlation_mm: float | None = None,
     noise_sd_hu: float | None = None,
+    style: LesionStyle | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Insert GGO and consolidation into the lungs of a HU volume.
 
@@ -138,6 +140,8 @@ def insert_lesions(
     no lesion, only noise). consolidation_fraction: share of the lesion that is
     consolidation (random 0-0.6 if None). correlation_mm: blob size (random 5-16 mm).
     noise_sd_hu: added low-dose noise SD (random 0-35 HU if None; 0 for none).
+    style: None for the classic blobs (the lesions of the held-out evaluation, unchanged since
+    ldct-unet 0.1.0), or a `LesionStyle` for the radiological patterns (`COVID_STYLE`).
 
     Returns (hu_with_lesions int16, labels uint8 with 0 bg, 1 lung, 2 GGO, 3 consolidation).
     A 2D input (y, x) is accepted and treated as one slice.
@@ -151,6 +155,7 @@ def insert_lesions(
         consolidation_fraction=consolidation_fraction,
         correlation_mm=correlation_mm,
         noise_sd_hu=noise_sd_hu,
+        style=style,
     )
     return hu_out, labels
 
@@ -165,6 +170,7 @@ def insert_lesions_with_parameters(
     consolidation_fraction: float | None = None,
     correlation_mm: float | None = None,
     noise_sd_hu: float | None = None,
+    style: LesionStyle | None = None,
 ) -> tuple[np.ndarray, np.ndarray, LesionParameters]:
     """`insert_lesions`, also returning the parameters that were drawn."""
     squeeze = hu.ndim == 2
@@ -183,6 +189,11 @@ def insert_lesions_with_parameters(
     noise_sd = rng.uniform(0.0, 35.0) if noise_sd_hu is None else float(noise_sd_hu)
     ggo_fill = rng.uniform(0.25, 0.6)
     cons_fill_hu = rng.uniform(-350.0, 40.0)
+    if style is not None:
+        hu_out, labels, params = _insert_styled(
+            hu, lung, spacing, rng, style, target_extent_pct, consolidation_fraction, correlation_mm, noise_sd_hu
+        )
+        return (hu_out[0], labels[0], params) if squeeze else (hu_out, labels, params)
     params = LesionParameters(extent, float(cons_share), corr, ggo_fill, cons_fill_hu, noise_sd)
 
     hu_f = hu.astype(np.float32)
@@ -220,12 +231,229 @@ def insert_lesions_with_parameters(
         labels[lesion] = GGO
         labels[lesion & (cons_occupancy >= OCCUPANCY_LABEL_THRESHOLD)] = CONSOLIDATION
 
-    if noise_sd > 0:
-        noise = rng.standard_normal(hu.shape).astype(np.float32)
-        noise = ndimage.gaussian_filter(noise, sigma=(0, 0.7, 0.7)) * (noise_sd / 0.4)
-        hu_f = hu_f + noise * (hu > -1500)
-
-    hu_out = np.clip(np.rint(hu_f), -1024, 3071).astype(np.int16)
+    hu_out = _with_noise(hu_f, noise_sd, rng, hu > -1500)
     if squeeze:
         return hu_out[0], labels[0], params
     return hu_out, labels, params
+
+
+def _with_noise(hu_f: np.ndarray, noise_sd: float, rng: np.random.Generator, inside_field: np.ndarray) -> np.ndarray:
+    """Low-dose noise (in-plane correlated, SD `noise_sd`) inside the field of view, int16 HU."""
+    if noise_sd > 0:
+        noise = rng.standard_normal(hu_f.shape).astype(np.float32)
+        noise = ndimage.gaussian_filter(noise, sigma=(0, 0.7, 0.7)) * (noise_sd / 0.4)
+        hu_f = hu_f + noise * inside_field
+    return np.clip(np.rint(hu_f), -1024, 3071).astype(np.int16)
+
+
+# ------------------------------------------------------------- radiological patterns
+
+PATTERNS = (
+    "crazy_paving",
+    "reticulation",
+    "subpleural_bands",
+    "organising",
+    "reversed_halo",
+    "heterogeneous_consolidation",
+    "dependent_density",
+    "perfusion",
+)
+
+
+@dataclass(frozen=True)
+class LesionStyle:
+    """How COVID-19 looks as radiologists label it: the patterns and where they sit.
+
+    Each insertion draws which patterns it shows (`probability` of each) and how strongly
+    lesions prefer the periphery, the posterior rows and the lung bases (site weights in
+    field-SD units, drawn from the ranges). Patterns and their labels:
+
+    - crazy_paving: GGO with a superimposed polygonal network of thickened septa (the zero
+      set of a 2-4 mm random field: sheets in 3D, lines in a slice); labelled GGO.
+    - reticulation: the same network, denser and over fainter GGO; labelled GGO.
+    - subpleural_bands: curvilinear bands parallel to the pleura at 2-12 mm depth, mostly
+      posterior; labelled GGO, or consolidation where dense (fill >= 0.7).
+    - organising: organising-pneumonia consolidation in a subpleural/perilobular shell of the
+      lesions; labelled consolidation.
+    - reversed_halo: a ring of consolidation around a GGO centre in part of the lesions.
+    - heterogeneous_consolidation: consolidation drawn as whole mixed-density regions
+      (+-40-160 HU texture, fill 0.6-1.0 varying inside), all labelled consolidation.
+    - dependent_density: a smooth posterior gradient of density in the normal lung
+      (supine gravity), labelled normal lung: a negative example, not a lesion.
+    - perfusion: smooth, patchy variation of the parenchyma's density (+0 to at most 15 %
+      of the way to water, 15-40 mm patches: perfusion and mosaic attenuation), labelled
+      normal lung: a negative example. A Siemens CT of Lung-PET-CT-Dx has one lung 120 HU
+      denser than the other (median -745 vs -870 HU) and no COVID-19.
+
+    GGO fills at least 25 % of the air space (-850 HU lung -> -640 HU or denser): fainter
+    haze overlaps normal dense lung, which must read as normal (issue 14).
+    """
+
+    probability: tuple[tuple[str, float], ...] = (
+        ("crazy_paving", 0.4),
+        ("reticulation", 0.25),
+        ("subpleural_bands", 0.3),
+        ("organising", 0.25),
+        ("reversed_halo", 0.15),
+        ("heterogeneous_consolidation", 0.6),
+        ("dependent_density", 0.5),
+        ("perfusion", 0.5),
+    )
+    peripheral: tuple[float, float] = (0.6, 2.0)
+    posterior: tuple[float, float] = (0.2, 1.2)
+    basal: tuple[float, float] = (0.2, 1.2)
+    extent_pct: tuple[float, float] = (0.3, 60.0)
+    ggo_fill: tuple[float, float] = (0.25, 0.6)
+
+
+COVID_STYLE = LesionStyle()
+#: For lesion-free copies of real anatomy: only the patterns that are normal lung.
+NORMAL_VARIATION_STYLE = LesionStyle(probability=(("dependent_density", 0.7), ("perfusion", 0.7)))
+#: The first version of COVID_STYLE (the open set's first 4000 training steps): GGO from 15 %
+#: fill, no perfusion patches, lesion-free copies with dependent density half of the time.
+COVID_FAINT_GGO_STYLE = LesionStyle(
+    probability=tuple((name, p) for name, p in COVID_STYLE.probability if name != "perfusion"),
+    ggo_fill=(0.15, 0.6),
+)
+#: Training-config names -> (lesion style, style of the lesion-free copies); None: classic blobs.
+STYLES: dict[str, tuple[LesionStyle | None, LesionStyle | None]] = {
+    "classic": (None, None),
+    "covid": (COVID_STYLE, NORMAL_VARIATION_STYLE),
+    "covid-faint-ggo": (COVID_FAINT_GGO_STYLE, COVID_FAINT_GGO_STYLE),
+}
+
+
+def _rows_to_posterior_edge(lung: np.ndarray) -> np.ndarray:
+    """Rows from each voxel to the next non-lung voxel in the posterior (+row) direction."""
+    ny = lung.shape[1]
+    rows = np.arange(ny, dtype=np.int16)[None, :, None]
+    index = np.where(lung, np.int16(ny), rows)
+    following = np.minimum.accumulate(index[:, ::-1, :], axis=1)[:, ::-1, :]
+    return (following - rows).astype(np.int16)
+
+
+def _relative_position(lung: np.ndarray, axis: int) -> np.ndarray:
+    """0..1 position along `axis` within the lung's extent (broadcastable)."""
+    other = tuple(a for a in range(3) if a != axis)
+    present = np.flatnonzero(lung.any(axis=other))
+    low, high = present[0], max(present[-1], present[0] + 1)
+    rel = np.clip((np.arange(lung.shape[axis], dtype=np.float32) - low) / (high - low), 0, 1)
+    shape = [1, 1, 1]
+    shape[axis] = -1
+    return rel.reshape(shape)
+
+
+def _insert_styled(
+    hu: np.ndarray,
+    lung: np.ndarray,
+    spacing: tuple[float, float, float],
+    rng: np.random.Generator,
+    style: LesionStyle,
+    target_extent_pct: float | None,
+    consolidation_fraction: float | None,
+    correlation_mm: float | None,
+    noise_sd_hu: float | None,
+) -> tuple[np.ndarray, np.ndarray, LesionParameters]:
+    """`insert_lesions` with the radiological patterns of `style` (see `LesionStyle`)."""
+    low, high = style.extent_pct
+    extent = (
+        float(np.exp(rng.uniform(np.log(low), np.log(high)))) if target_extent_pct is None else float(target_extent_pct)
+    )
+    cons_share = rng.uniform(0.0, 0.7) if consolidation_fraction is None else consolidation_fraction
+    corr = rng.uniform(4.0, 18.0) if correlation_mm is None else float(correlation_mm)
+    noise_sd = rng.uniform(0.0, 35.0) if noise_sd_hu is None else float(noise_sd_hu)
+    ggo_fill = rng.uniform(*style.ggo_fill)
+    cons_fill_hu = rng.uniform(-300.0, 40.0)
+    patterns = tuple(name for name, p in style.probability if rng.random() < p)
+    params = LesionParameters(extent, float(cons_share), corr, ggo_fill, cons_fill_hu, noise_sd, patterns)
+    hu_f = hu.astype(np.float32)
+    labels = np.where(lung, NORMAL_LUNG, BACKGROUND).astype(np.uint8)
+    depth = ndimage.distance_transform_edt(lung, sampling=spacing).astype(np.float32)
+    z_rel, y_rel = _relative_position(lung, 0), _relative_position(lung, 1)
+
+    if "dependent_density" in patterns:
+        posterior_mm = _rows_to_posterior_edge(lung).astype(np.float32) * spacing[1]
+        strength = rng.uniform(0.04, 0.18) * (0.5 + 0.5 * (1.0 - z_rel))
+        rise = lung * strength * np.exp(-posterior_mm / rng.uniform(5.0, 20.0)) * (0.0 - hu_f)
+        hu_f += np.maximum(rise, 0.0)
+        del posterior_mm, rise
+    if "perfusion" in patterns:
+        patches = random_lesion_field(hu.shape, spacing, rng, rng.uniform(15.0, 40.0))
+        fill = np.clip(patches * rng.uniform(0.04, 0.08), 0.0, 0.15)
+        hu_f += np.maximum(lung * fill * (0.0 - hu_f), 0.0)
+        del patches, fill
+
+    if extent > 0:
+        site = (
+            rng.uniform(*style.peripheral) * np.exp(-depth / rng.uniform(6.0, 15.0))
+            + rng.uniform(*style.basal) * (1.0 - z_rel)
+            + rng.uniform(*style.posterior) * y_rel
+        )
+        score = random_lesion_field(hu.shape, spacing, rng, corr) + site
+        del site
+        lung_scores = score[lung]
+        softness = 0.12
+        threshold = _threshold_for_fraction(lung_scores, extent / 100.0)
+        occupancy = _soft_occupancy(score, threshold, softness) * lung
+        cons_threshold = (
+            _threshold_for_fraction(lung_scores, extent / 100.0 * cons_share) if cons_share > 0 else threshold + 1e9
+        )
+        cons_occupancy = _soft_occupancy(score, cons_threshold, softness) * lung
+        lesion = occupancy >= OCCUPANCY_LABEL_THRESHOLD
+        if "organising" in patterns:  # consolidation in a subpleural shell of the lesions
+            shell = lesion & (depth < rng.uniform(3.0, 10.0))
+            cons_occupancy = np.maximum(cons_occupancy, shell * occupancy)
+        if "reversed_halo" in patterns:  # consolidated rim, GGO centre, in part of the lesions
+            chosen = random_lesion_field(hu.shape, spacing, rng, 25.0) > rng.uniform(-0.5, 0.5)
+            inner = _threshold_for_fraction(lung_scores, extent / 100.0 * rng.uniform(0.4, 0.65))
+            rim = chosen & lesion & (score < inner)
+            centre = chosen & (score >= inner)
+            cons_occupancy = np.where(centre, 0.0, np.maximum(cons_occupancy, rim * occupancy))
+        del lung_scores
+
+        texture = random_lesion_field(hu.shape, spacing, rng, 3.0)
+        ggo_fraction = np.clip(ggo_fill * (1.0 + 0.3 * texture), 0.05, 0.8)
+        for name, cell_mm, extra in (
+            ("crazy_paving", (2.0, 3.5), (0.2, 0.4)),
+            ("reticulation", (1.5, 3.0), (0.3, 0.55)),
+        ):
+            if name in patterns:  # septal network over part of the GGO
+                net = np.abs(random_lesion_field(hu.shape, spacing, rng, rng.uniform(*cell_mm)))
+                region = random_lesion_field(hu.shape, spacing, rng, 15.0) > rng.uniform(-0.8, 0.3)
+                lines = (net < rng.uniform(0.1, 0.2)) & region
+                if name == "reticulation":
+                    ggo_fraction = np.where(region, ggo_fraction * 0.6, ggo_fraction)
+                ggo_fraction = np.where(lines, np.minimum(ggo_fraction + rng.uniform(*extra), 0.9), ggo_fraction)
+                del net, region, lines
+        hu_f += np.maximum(occupancy * ggo_fraction * (0.0 - hu_f), 0.0)
+        del ggo_fraction
+
+        amplitude = 40.0
+        weight_low = 0.8
+        if "heterogeneous_consolidation" in patterns:
+            amplitude, weight_low = rng.uniform(60.0, 160.0), rng.uniform(0.6, 0.85)
+        mixed = random_lesion_field(hu.shape, spacing, rng, 4.0)
+        cons_weight = cons_occupancy * np.clip(rng.uniform(weight_low, 1.0) + 0.1 * mixed, 0.5, 1.0)
+        del mixed
+        cons_target = cons_fill_hu + amplitude * texture
+        tube_a = random_lesion_field(hu.shape, spacing, rng, 6.0)
+        tube_b = random_lesion_field(hu.shape, spacing, rng, 6.0)
+        bronchi = (np.abs(tube_a) < 0.12) & (np.abs(tube_b) < 0.5) & (cons_occupancy > 0.7)
+        del tube_a, tube_b
+        cons_weight = np.where(bronchi, 0.0, cons_weight)
+        hu_f += cons_weight * (cons_target - hu_f)
+        hu_f = np.where(bronchi, np.minimum(hu_f, rng.uniform(-950.0, -850.0)), hu_f)
+        labels[lung & lesion] = GGO
+        labels[lung & lesion & (cons_occupancy >= OCCUPANCY_LABEL_THRESHOLD)] = CONSOLIDATION
+        del cons_weight, cons_target, texture, bronchi, occupancy, cons_occupancy, score
+
+    if extent > 0 and "subpleural_bands" in patterns:
+        centre_mm, width_mm = rng.uniform(2.0, 10.0), rng.uniform(1.5, 3.5)
+        arcs = random_lesion_field(hu.shape, spacing, rng, 20.0) + 2.0 * y_rel > rng.uniform(1.2, 2.0)
+        band = lung & arcs & (np.abs(depth - centre_mm) < width_mm / 2)
+        band_fill = float(rng.uniform(0.45, 0.85))
+        hu_f = np.where(band, hu_f + np.maximum(band_fill * (0.0 - hu_f), 0.0), hu_f)
+        labels[band & (labels == NORMAL_LUNG)] = CONSOLIDATION if band_fill >= 0.7 else GGO
+        del arcs, band
+
+    return _with_noise(hu_f, noise_sd, rng, hu > -1500), labels, params

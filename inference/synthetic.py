@@ -458,6 +458,7 @@ def _place_lesion(spec: LesionSpec, anatomy: _Anatomy, spacing: np.ndarray, rng:
         radius = float(spec.radius_mm)
         centre = _lesion_centre_mm(spec, anatomy, radius, spacing, rng)
         return _lesion_blob(anatomy.lung.shape, spacing, centre, radius, rng) & anatomy.lung
+    assert spec.volume_ml is not None  # LesionSpec holds exactly one of radius_mm and volume_ml
     target = float(spec.volume_ml)
     radius = (3.0 * target * 1000.0 / (4.0 * np.pi)) ** (1 / 3)
     centre = _lesion_centre_mm(spec, anatomy, radius, spacing, rng)
@@ -495,8 +496,8 @@ def generate_phantom(
         raise PhantomError(f"phantom shape {shape} too small: need at least 8 voxels per axis")
     if len(spacing) != 3 or min(spacing) <= 0:
         raise PhantomError(f"phantom spacing {spacing} must be three positive mm values")
-    shape = tuple(int(n) for n in shape)
-    spacing = tuple(float(s) for s in spacing)
+    shape = (int(shape[0]), int(shape[1]), int(shape[2]))
+    spacing = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
     rng = np.random.default_rng(seed)
     sp = np.asarray(spacing, dtype=float)
     anatomy = _build_anatomy(shape, spacing, rng)

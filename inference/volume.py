@@ -159,7 +159,7 @@ def values_of(value: object) -> list[object]:
 
 def read_headers(paths: Iterable[Path]) -> list[Dataset]:
     """Read headers only (no pixel data), remembering each file's path in `filename`."""
-    headers = []
+    headers: list[Dataset] = []
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         ds.filename = str(path)

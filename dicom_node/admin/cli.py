@@ -661,7 +661,9 @@ def segment(
 
     settings = settings_from(config)
     try:
-        seg_engine = get_engine(engine or settings.inference.engine, settings.inference.device)
+        seg_engine = get_engine(
+            engine or settings.inference.engine, settings.inference.device, weights=settings.inference.weights
+        )
     except (UnknownEngineError, RuntimeError) as exc:
         fail(str(exc), 2)
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))

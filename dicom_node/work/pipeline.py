@@ -107,10 +107,11 @@ def analyse_series(
     del volume
 
     t0 = time.perf_counter()
+    engine_info = EngineInfo(name=engine.name, version=engine.version, algorithm=engine.algorithm_name)
     seg = build_segmentation(
         headers,
         labels,
-        algorithm_name=f"ldct-node {engine.name}",
+        algorithm_name=engine_info.algorithm_name,
         algorithm_version=engine.version,
         omit_empty_frames=options.omit_empty_seg_frames,
     )
@@ -121,7 +122,6 @@ def analyse_series(
 
     t0 = time.perf_counter()
     sr_path = out_dir / "sr.dcm"
-    engine_info = EngineInfo(name=engine.name, version=engine.version)
     sr = write_report(headers, seg, quant, engine_info, risk, supersedes, sr_path, source_lossy)
     timings["sr_s"] = time.perf_counter() - t0
     outputs = [seg_path, sr_path]
@@ -171,7 +171,7 @@ def write_report(
         source_datasets,
         seg,
         quant,
-        algorithm_name=f"ldct-node {engine.name}",
+        algorithm_name=engine.algorithm_name,
         algorithm_version=engine.version,
         risk=risk,
         supersedes=supersedes,

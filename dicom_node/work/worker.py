@@ -53,7 +53,9 @@ class Worker(PollingThread):
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = get_engine(self.settings.inference.engine, self.settings.inference.device)
+            self._engine = get_engine(
+                self.settings.inference.engine, self.settings.inference.device, weights=self.settings.inference.weights
+            )
         return self._engine
 
     def started(self) -> None:

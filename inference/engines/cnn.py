@@ -55,10 +55,18 @@ def keep_lung_components(labels: np.ndarray, min_fraction: float = 0.1) -> np.nd
 def clear_outside_body(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float]) -> None:
     """Zero the labels outside the patient's body (with its cavities), slice by slice. In place.
 
-    A slice whose body touches the image edge (a field of view cut through the chest wall)
-    is left alone: there the lungs may reach the edge and would not count as inside.
+    A slice whose body touches the image edge (a field of view narrower than the patient:
+    arms, shoulders, or the chest wall cut off) has no closed outline to fill; there the
+    body's convex hull is used instead: it still holds lungs that reach the edge, and not
+    the table pad under the patient's back, which a slice-wise model may take for lung
+    (it did on a Siemens CT of Lung-PET-CT-Dx: issue 14).
     """
-    from inference.engines.threshold import ThresholdSegmentationError, coarse_body_mask, upsample_slice
+    from inference.engines.threshold import (
+        ThresholdSegmentationError,
+        _convex_hull_2d,
+        coarse_body_mask,
+        upsample_slice,
+    )
 
     try:
         coarse, factor = coarse_body_mask(hu, spacing)
@@ -68,7 +76,7 @@ def clear_outside_body(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float,
     for k in range(coarse.shape[0]):
         body = coarse[k]
         if body[0].any() or body[-1].any() or body[:, 0].any() or body[:, -1].any():
-            continue
+            body = _convex_hull_2d(body)
         labels[k][~upsample_slice(body, factor, labels.shape[1:])] = 0
 
 
@@ -134,8 +142,12 @@ class CNNEngine:
         batch_size: int | None = None,
         num_threads: int | None = None,
         postprocess: bool = True,
+        flip: bool = False,
     ) -> None:
         self.postprocess = postprocess
+        #: Test-time augmentation: average the logits with those of the left-right mirrored
+        #: slice (twice the model time). Off by default: see MODEL_CARD.md for what it earned.
+        self.flip = flip
         path = Path(weights_path) if weights_path else DEFAULT_WEIGHTS
         self.checksum = verify_checksum(path)
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -145,19 +157,36 @@ class CNNEngine:
         self.model.load_state_dict(payload["state_dict"])
         self.model.eval()
         # The version names the weights and, when on, the 3D post-processing: both shape the labels.
-        self.version = str(payload.get("version", "unknown")) + ("+body+lung-components" if postprocess else "")
+        weights_version = str(payload.get("version", "unknown"))
+        self.version = weights_version + ("+body+lung-components" if postprocess else "")
         self.metadata = dict(payload.get("metadata", {}))
+        #: The weight set's name ("ldct-unet-open-1.0.0" -> "ldct-unet-open"): each set has its
+        #: own algorithm name in the SEG and SR, beside the version.
+        self.model_name = weights_version.rsplit("-", 1)[0] if "-" in weights_version else weights_version
+        self.algorithm_name = f"ldct-node cnn {self.model_name}"
+        self.licence = str(self.metadata.get("licence", "not recorded in the weights"))
         self.device = _pick_device(device)
         self.batch_size = batch_size or DEFAULT_BATCH_SIZE.get(self.device.type, 16)
         if self.device.type == "cpu":
             torch.set_num_threads(num_threads or max(1, min(os.cpu_count() or 1, 8)))
-        self.model = self.model.to(self.device, memory_format=torch.channels_last)
+        self.model = self.model.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         log.info(
-            "cnn.loaded", weights=path.name, version=self.version, device=str(self.device), sha256=self.checksum[:16]
+            "cnn.loaded",
+            weights=path.name,
+            version=self.version,
+            device=str(self.device),
+            sha256=self.checksum[:16],
+            licence=self.licence,
         )
 
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """Logits (float32) for a normalised (N, 1, H, W) batch on the engine's device."""
+        """Logits (float32) for a normalised (N, 1, H, W) batch (with `flip`, averaged with the mirror's)."""
+        logits = self._forward(batch)
+        if self.flip:
+            logits = (logits + self._forward(batch.flip(-1)).flip(-1)) / 2
+        return logits
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
             batch = batch.to(self.device, memory_format=torch.channels_last)
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -1,11 +1,16 @@
-"""Training cache: downsampled HU slices with labels, built once, stored as compressed npz.
+"""Training cache: HU slices with labels at the network's pixel size, built once, stored as npz.
 
-Each source volume (a real LIDC series with synthetic lesions in several random variants,
-a site's labelled study, a synthetic phantom) becomes one `<name>.npz` with
-`hu` int16 (n, S, S), `labels` uint8 (n, S, S) (0 bg, 1 lung, 2 GGO, 3 consolidation;
-255 = not labelled, ignored by the loss) and `spacing` (dz, dy, dx) mm after resampling.
-Building takes minutes; a training run (or a resumed one) then starts in seconds.
-covid-semiseg-val is validation-only data: `build_cache` refuses any path that names it.
+Each source becomes one or more `<name>.npz` with `hu` int16 (n, H, W), `labels` uint8
+(n, H, W) (0 bg, 1 lung, 2 GGO, 3 consolidation; 254 = not a lesion, lung or background
+unknown; 255 = not labelled, ignored by the loss), `spacing` (dz, dy, dx) mm after resampling
+and `kind`, the sampling group: "healthy" (real anatomy, no lesion inserted), "lesion" (real
+anatomy or a phantom with synthetic lesions, or a site's labelled study) or "real" (real 2D
+slices with expert lesion labels). Building takes minutes; a training run (or a resumed one)
+then starts in seconds.
+
+covid-semiseg-val may be trained on only as labelled slices (`inference.training.sources.
+labelled_slice_entries`), never as anatomy or a site study; weights that learn from it carry
+its non-commercial terms (the trainer records the licence in the weights).
 """
 
 from __future__ import annotations
@@ -19,14 +24,15 @@ import structlog
 import torch
 from torch.nn import functional as F
 
-from inference.lesions import insert_lesions_with_parameters
-from inference.training.lung_reference import reference_lung_mask
-
 log = structlog.get_logger(__name__)
 
 CACHE_SIZE = 256
 IGNORE_LABEL = 255
-FORBIDDEN_SOURCES = ("covid-semiseg",)
+#: Pixels known not to be a lesion whose lung/background class is unknown (lesion-only labels).
+NOT_LESION_LABEL = 254
+ANATOMY_FORBIDDEN = ("covid-semiseg",)
+FORBIDDEN_SOURCES = ANATOMY_FORBIDDEN
+KINDS = ("healthy", "lesion", "real")
 
 
 class TrainingDataError(ValueError):
@@ -39,6 +45,7 @@ class CacheEntry:
     hu: np.ndarray
     labels: np.ndarray
     spacing: tuple[float, float, float]
+    kind: str = "lesion"
 
 
 @dataclass
@@ -52,9 +59,13 @@ class SiteStudy:
 
 
 def check_allowed(path: Path) -> None:
-    """Refuse validation-only data as a training source."""
-    if any(token in str(path).lower() for token in FORBIDDEN_SOURCES):
-        raise TrainingDataError(f"{path} is validation-only data (covid-semiseg-val): it must never be used to train")
+    """Refuse covid-semiseg as anatomy or a site study: it is 2D 8-bit slices with lesion-only
+    labels under non-commercial terms, usable only as `[data.labelled_slices]`."""
+    if any(token in str(path).lower() for token in ANATOMY_FORBIDDEN):
+        raise TrainingDataError(
+            f"{path} is covid-semiseg (2D slices, non-commercial): not anatomy nor a site study;"
+            " use it only as [data.labelled_slices], whose weights carry its licence"
+        )
 
 
 def resample_slices(hu: np.ndarray, size: int = CACHE_SIZE) -> np.ndarray:
@@ -80,53 +91,28 @@ def resample_labels(labels: np.ndarray, size: int = CACHE_SIZE) -> np.ndarray:
     return values[pooled]
 
 
-def lesion_variants(
-    name: str,
-    hu: np.ndarray,
-    spacing: tuple[float, float, float],
-    variants: int,
-    seed: int,
-    size: int = CACHE_SIZE,
-) -> list[CacheEntry]:
-    """Real anatomy at `size` px with `variants` random lesion insertions (variant 0: none)."""
-    lung_full = reference_lung_mask(hu, spacing)
-    small_hu = resample_slices(hu, size)
-    lung = resample_mask(lung_full, size)
-    small_spacing = (spacing[0], spacing[1] * hu.shape[1] / size, spacing[2] * hu.shape[2] / size)
-    has_lung = lung.reshape(len(lung), -1).any(1)
-    # Keep the lung slices and every 4th slice without lung (neck, abdomen) as negatives.
-    keep = has_lung | (np.arange(len(lung)) % 4 == 0)
-    rng = np.random.default_rng(seed)
-    entries = []
-    for k in range(variants):
-        extent = 0.0 if k == 0 else None
-        lesioned, labels, params = insert_lesions_with_parameters(
-            small_hu, lung, small_spacing, rng, target_extent_pct=extent
-        )
-        entries.append(CacheEntry(f"{name}-v{k:02d}", lesioned[keep], labels[keep], small_spacing))
-        log.info(
-            "cache.variant",
-            source=name,
-            variant=k,
-            extent_pct=round(params.target_extent_pct, 2),
-            consolidation_share=round(params.consolidation_fraction, 2),
-        )
-    return entries
-
-
 def save_entry(entry: CacheEntry, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{entry.name}.npz"
-    np.savez_compressed(path, hu=entry.hu, labels=entry.labels, spacing=np.array(entry.spacing))
+    np.savez_compressed(
+        path, hu=entry.hu, labels=entry.labels, spacing=np.array(entry.spacing), kind=np.array(entry.kind)
+    )
     return path
 
 
-def load_cache(folder: Path) -> list[CacheEntry]:
-    """Every cached entry in `folder`, in name order."""
+def _spacing(values: np.ndarray) -> tuple[float, float, float]:
+    return float(values[0]), float(values[1]), float(values[2])
+
+
+def load_cache(folder: Path, exclude: tuple[str, ...] = ()) -> list[CacheEntry]:
+    """Every cached entry in `folder` (names in `exclude` left out), in name order."""
     entries = []
     for path in sorted(Path(folder).glob("*.npz")):
+        if path.stem in exclude:
+            continue
         with np.load(path) as data:
-            entries.append(CacheEntry(path.stem, data["hu"], data["labels"], tuple(float(v) for v in data["spacing"])))
+            kind = str(data["kind"]) if "kind" in data.files else "lesion"
+            entries.append(CacheEntry(path.stem, data["hu"], data["labels"], _spacing(data["spacing"]), kind))
     if not entries:
         raise TrainingDataError(f"no cached training data in {folder}")
     return entries
@@ -134,37 +120,62 @@ def load_cache(folder: Path) -> list[CacheEntry]:
 
 def build_cache(
     folder: Path,
-    lidc_series: list[Path],
+    anatomy: list[Path],
     variants: int,
     seed: int,
     synthetic_count: int = 0,
     site_studies: list[SiteStudy] | None = None,
     rebuild: bool = False,
+    *,
+    healthy_variants: int = 2,
+    boxes: Path | None = None,
+    style: str = "covid",
+    slab_factors: tuple[int, ...] | None = None,
 ) -> list[Path]:
-    """Build (or reuse) the cache for these sources; returns the npz paths."""
-    from inference.volume import load_series
+    """Build (or reuse) the cache for these sources; returns the npz paths.
 
+    anatomy: real series without COVID-19 (`inference.training.anatomy`), each with
+    `healthy_variants` lesion-free and `variants` lesion variants; boxes: a CSV of regions
+    to ignore (Lung-PET-CT-Dx tumour boxes); style: a name in `inference.lesions.STYLES`:
+    "covid" (radiological patterns), "covid-faint-ggo" (its first version) or "classic" (the
+    blobs of ldct-unet 0.1.0).
+    """
+    from inference.lesions import STYLES
+    from inference.training.anatomy import DEFAULT_SLAB_FACTORS, anatomy_entries, load_anatomy, read_boxes
+
+    if style not in STYLES:
+        raise TrainingDataError(f"lesion style {style!r}: use one of {sorted(STYLES)}")
+    lesion_style, normal_style = STYLES[style]
+    factors = tuple(slab_factors) if slab_factors is not None else DEFAULT_SLAB_FACTORS
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
     wanted = {
-        "lidc": [str(p) for p in lidc_series],
+        "anatomy": [str(p) for p in anatomy],
         "variants": variants,
         "seed": seed,
+        "healthy_variants": healthy_variants,
+        "boxes": str(boxes) if boxes else None,
+        "style": style,
+        "slab_factors": list(factors),
         "synthetic_count": synthetic_count,
         "site": [[str(s.image), str(s.label), s.kind, s.label_values] for s in site_studies or []],
-        "size": CACHE_SIZE,
+        "format": 3,
     }
     if not rebuild and manifest_path.exists() and json.loads(manifest_path.read_text()) == wanted:
         log.info("cache.reuse", folder=str(folder))
         return sorted(folder.glob("*.npz"))
+    folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.npz"):
         old.unlink()
+    manifest_path.unlink(missing_ok=True)
+    all_boxes = read_boxes(Path(boxes)) if boxes else {}
     paths = []
-    for i, series in enumerate(lidc_series):
+    for i, series in enumerate(anatomy):
         check_allowed(Path(series))
-        volume = load_series(Path(series))
-        for entry in lesion_variants(Path(series).name, volume.hu, volume.spacing, variants, seed + 1000 * i):
-            paths.append(save_entry(entry, folder))
+        volume = load_anatomy(Path(series), all_boxes.get(Path(series).name))
+        rng = np.random.default_rng(seed + 1000 * i)
+        for part in anatomy_entries(volume, healthy_variants, variants, rng, lesion_style, factors, normal_style):
+            paths.append(save_entry(CacheEntry(part.name, part.hu, part.labels, part.spacing, part.kind), folder))
     if synthetic_count:
         from inference.training.sources import synthetic_entries
 

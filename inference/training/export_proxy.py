@@ -45,10 +45,10 @@ def write_proxy(series: Path, out: Path, count: int, seed: int, window: tuple[fl
             image, label = np.rot90(image), np.rot90(label)
             scale = rng.uniform(270, 460) / max(image.shape)
             size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
-            Image.fromarray(np.ascontiguousarray(image)).resize(size, Image.BILINEAR).save(
+            Image.fromarray(np.ascontiguousarray(image)).resize(size, Image.Resampling.BILINEAR).save(
                 out / "images" / f"{written}.jpg", quality=int(rng.integers(75, 96))
             )
-            Image.fromarray(np.ascontiguousarray(label)).resize(size, Image.NEAREST).save(
+            Image.fromarray(np.ascontiguousarray(label)).resize(size, Image.Resampling.NEAREST).save(
                 out / "labels" / f"{written}.png"
             )
             written += 1

@@ -1,5 +1,12 @@
 """The train loop: sampling, loss (cross-entropy + soft Dice), checkpoints, resume, weights.
 
+Sampling: entries belong to groups by kind ("healthy", "lesion", "real"); each slice of a
+batch comes from a group drawn with `group_weights` (groups absent from the data drop out),
+then from a slice of that group (lesion slices of the "lesion" group `lesion_slice_weight`
+times as often). Lesion-only labels (real slices) mark non-lesion pixels NOT_LESION_LABEL:
+the cross-entropy there is that of "background or lung" (the two probabilities summed),
+and the soft Dice counts them for the lesion classes only.
+
 Deterministic for a given seed on CPU: torch and numpy are seeded, the numpy generator
 state is stored in each checkpoint, so a resumed run continues the same sample stream.
 """
@@ -18,7 +25,7 @@ from torch.nn import functional as F
 
 from inference.engines.cnn import sha256_of
 from inference.training.augment import AugmentConfig, augment_slice
-from inference.training.cache import IGNORE_LABEL, CacheEntry
+from inference.training.cache import IGNORE_LABEL, KINDS, NOT_LESION_LABEL, CacheEntry
 from inference.unet import NUM_CLASSES, UNet2D, count_parameters, normalise_hu
 
 log = structlog.get_logger(__name__)
@@ -38,11 +45,19 @@ class TrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     lesion_slice_weight: float = 3.0
+    #: Share of each kind of slice in a batch ("healthy", "lesion", "real"); renormalised
+    #: over the kinds present. The default keeps the old behaviour: one pool.
+    group_weights: dict[str, float] = field(default_factory=dict)
+    #: Learning-rate warm-up steps (short fine-tunes use fewer).
+    warmup_steps: int = 50
     # Wall-clock budget (s) for this run, or None. On a shared CPU the step rate is unknown in
     # advance: the cosine schedule then follows max(step fraction, time fraction) and the run
     # stops when the budget is spent (the step reached is saved with the weights; rerunning
     # with that --steps and no budget repeats the same schedule only approximately).
     time_budget_s: float | None = None
+    #: What the budget counts: "wall" seconds, or "cpu": this process's CPU seconds divided by
+    #: its torch threads (the compute a run got, whatever else shares the machine).
+    budget_clock: str = "wall"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -56,10 +71,16 @@ def select_device(device: str) -> torch.device:
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 - mean soft Dice over the foreground classes, pooled over the batch; ignores 255."""
-    valid = (target != IGNORE_LABEL).unsqueeze(1)
-    probs = logits.softmax(1) * valid
-    onehot = F.one_hot(target.clamp(max=NUM_CLASSES - 1).long(), NUM_CLASSES).permute(0, 3, 1, 2)
+    """1 - mean soft Dice over the foreground classes, pooled over the batch.
+
+    Ignores IGNORE_LABEL; NOT_LESION_LABEL pixels count for the lesion classes (as negatives)
+    but not for lung.
+    """
+    probs = logits.softmax(1)
+    known = target < NOT_LESION_LABEL
+    onehot = F.one_hot(torch.where(known, target, 0).long(), NUM_CLASSES).permute(0, 3, 1, 2)
+    valid = torch.stack([known | ((target == NOT_LESION_LABEL) & (c >= 2)) for c in range(NUM_CLASSES)], 1)
+    probs = probs * valid
     onehot = onehot * valid
     dims = (0, 2, 3)
     inter = (probs * onehot).sum(dims)
@@ -68,34 +89,57 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1.0 - dice[1:].mean()
 
 
+def partial_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy; NOT_LESION_LABEL pixels score -log(p(background) + p(lung)); ignores 255."""
+    log_probs = logits.float().log_softmax(1)
+    known = target < NOT_LESION_LABEL
+    picked = log_probs.gather(1, torch.where(known, target, 0).long()[:, None])[:, 0]
+    not_lesion = torch.logsumexp(log_probs[:, :2], dim=1)
+    loss = torch.where(known, -picked, torch.where(target == NOT_LESION_LABEL, -not_lesion, torch.zeros_like(picked)))
+    count = (target != IGNORE_LABEL).sum()
+    return loss.sum() / count.clamp(min=1)
+
+
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    ce = F.cross_entropy(logits, target.long(), ignore_index=IGNORE_LABEL)
-    return ce + soft_dice_loss(logits, target)
+    return partial_cross_entropy(logits, target) + soft_dice_loss(logits, target)
 
 
 class SliceSampler:
-    """Draws augmented batches; slices with lesions are drawn `lesion_slice_weight` x as often."""
+    """Draws augmented batches by group (see the module docstring)."""
 
     def __init__(self, entries: list[CacheEntry], config: TrainConfig, rng: np.random.Generator):
         self.entries = entries
         self.config = config
         self.rng = rng
-        index, weights = [], []
+        groups: dict[str, tuple[list, list]] = {}
         for e, entry in enumerate(entries):
-            lesion = ((entry.labels >= 2) & (entry.labels != IGNORE_LABEL)).reshape(len(entry.labels), -1).any(1)
+            group = entry.kind if config.group_weights else "all"
+            index, weights = groups.setdefault(group, ([], []))
+            lesion = np.asarray(
+                ((entry.labels >= 2) & (entry.labels < NOT_LESION_LABEL)).reshape(len(entry.labels), -1).any(1)
+            )
             for s in range(len(entry.labels)):
                 index.append((e, s))
-                weights.append(config.lesion_slice_weight if lesion[s] else 1.0)
-        self.index = index
-        self.p = np.asarray(weights) / np.sum(weights)
+                weights.append(config.lesion_slice_weight if lesion[s] and entry.kind == "lesion" else 1.0)
+        unknown = set(config.group_weights) - set(KINDS)
+        if unknown:
+            raise ValueError(f"group_weights: unknown kinds {sorted(unknown)} (use {KINDS})")
+        names = [g for g in groups if not config.group_weights or config.group_weights.get(g, 0) > 0]
+        if not names:
+            raise ValueError("no training slices in the groups given weight")
+        self.groups = [(groups[g][0], np.asarray(groups[g][1]) / np.sum(groups[g][1])) for g in names]
+        shares = np.array([config.group_weights.get(g, 0) if config.group_weights else 1.0 for g in names])
+        self.group_p = shares / shares.sum()
+        self.group_names = names
+        self.index = [i for g in names for i in groups[g][0]]
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        picks = self.rng.choice(len(self.index), size=self.config.batch_size, p=self.p)
         images, labels = [], []
-        for i in picks:
-            e, s = self.index[i]
+        for g in self.rng.choice(len(self.groups), size=self.config.batch_size, p=self.group_p):
+            index, p = self.groups[g]
+            e, s = index[self.rng.choice(len(index), p=p)]
             entry = self.entries[e]
-            hu, lab = augment_slice(entry.hu[s], entry.labels[s], self.rng, self.config.augment)
+            hu, lab = augment_slice(entry.hu[s], entry.labels[s], self.rng, self.config.augment, entry.kind)
             images.append(hu)
             labels.append(lab)
         x = normalise_hu(torch.from_numpy(np.stack(images))[:, None])
@@ -104,7 +148,7 @@ class SliceSampler:
 
 
 def _lr_at(step: int, config: TrainConfig, time_fraction: float = 0.0) -> float:
-    warmup = 50
+    warmup = config.warmup_steps
     if step < warmup:
         return config.learning_rate * (step + 1) / warmup
     progress = max((step - warmup) / max(1, config.steps - warmup), time_fraction)
@@ -112,7 +156,14 @@ def _lr_at(step: int, config: TrainConfig, time_fraction: float = 0.0) -> float:
 
 
 def save_checkpoint(
-    path: Path, model, optimizer, step: int, rng: np.random.Generator, config: TrainConfig, losses: list[float]
+    path: Path,
+    model,
+    optimizer,
+    step: int,
+    rng: np.random.Generator,
+    config: TrainConfig,
+    losses: list[float],
+    budget_spent_s: float = 0.0,
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -124,6 +175,7 @@ def save_checkpoint(
             "rng": rng.bit_generator.state,
             "config": asdict(config),
             "losses": losses,
+            "budget_spent_s": budget_spent_s,
         },
         tmp,
     )
@@ -185,7 +237,7 @@ def train(
     else:
         model = UNet2D(base=config.base_width, levels=config.levels).to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    start, losses = 0, []
+    start, losses, state = 0, [], {}
     if resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=dev, weights_only=False)
         model.load_state_dict(state["model"])
@@ -204,13 +256,21 @@ def train(
     )
     model.train()
     t0 = time.time()
+    spent_before = float(state.get("budget_spent_s", 0.0))
+    cpu0 = time.process_time()
+
+    def budget_spent() -> float:
+        if config.budget_clock == "cpu":
+            return spent_before + (time.process_time() - cpu0) / max(1, torch.get_num_threads())
+        return spent_before + time.time() - t0
+
     stopped_early = False
     for step in range(start, config.steps):
         time_fraction = 0.0
         if config.time_budget_s:
-            time_fraction = (time.time() - t0) / config.time_budget_s
+            time_fraction = budget_spent() / config.time_budget_s
             if time_fraction >= 1.0:
-                save_checkpoint(checkpoint_path, model, optimizer, step, rng, config, losses)
+                save_checkpoint(checkpoint_path, model, optimizer, step, rng, config, losses, budget_spent())
                 log.info("train.time_budget_spent", step=step)
                 stopped_early = True
                 break
@@ -226,9 +286,15 @@ def train(
         if on_step:
             on_step(step + 1, losses[-1])
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            save_checkpoint(checkpoint_path, model, optimizer, step + 1, rng, config, losses)
+            save_checkpoint(checkpoint_path, model, optimizer, step + 1, rng, config, losses, budget_spent())
             recent = float(np.mean(losses[-config.checkpoint_every :]))
-            log.info("train.checkpoint", step=step + 1, loss=round(recent, 4), seconds=round(time.time() - t0, 1))
+            log.info(
+                "train.checkpoint",
+                step=step + 1,
+                loss=round(recent, 4),
+                seconds=round(time.time() - t0, 1),
+                budget_spent_s=round(budget_spent(), 1),
+            )
     if not stopped_early:
         log.info("train.done", step=config.steps)
     model.eval()

@@ -79,7 +79,7 @@ def labels_from_nifti(label_path: Path, label_values: dict[str, int]) -> tuple[n
     """Label map (z, y, x) from a NIfTI label volume with declared values; whether lung is in it."""
     import nibabel as nib
 
-    data = np.asarray(nib.load(str(label_path)).dataobj)
+    data = np.asarray(nib.load(str(label_path)).dataobj)  # type: ignore[attr-defined]
     data = np.transpose(data, (2, 1, 0))  # NIfTI (x, y, z) -> (z, y, x)
     labels = np.zeros(data.shape, np.uint8)
     mapping = {"lung": NORMAL_LUNG, "ggo": GGO, "consolidation": CONSOLIDATION}
@@ -94,8 +94,8 @@ def nifti_hu(image_path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
     import nibabel as nib
 
     image = nib.load(str(image_path))
-    data = np.asarray(image.get_fdata(dtype=np.float32))
-    zooms = image.header.get_zooms()[:3]
+    data = np.asarray(image.get_fdata(dtype=np.float32))  # type: ignore[attr-defined]
+    zooms = image.header.get_zooms()[:3]  # type: ignore[attr-defined]
     hu = np.clip(np.rint(np.transpose(data, (2, 1, 0))), -1024, 3071).astype(np.int16)
     return hu, (float(zooms[2]), float(zooms[1]), float(zooms[0]))
 
@@ -143,4 +143,55 @@ def synthetic_entries(count: int, seed: int, size: int = CACHE_SIZE) -> list[Cac
         lung = phantom.labels > 0
         hu, labels = insert_lesions(phantom.hu, lung, phantom.spacing, rng, noise_sd_hu=0)
         entries.append(CacheEntry(f"synthetic-{i:03d}", hu, labels, phantom.spacing))
+    return entries
+
+
+#: Export window assumed for covid-semiseg-like 8-bit slices (data README: lung ~44, soft tissue ~220).
+DEFAULT_SLICE_WINDOW = (-450.0, 1300.0)
+LABELLED_SLICE_SIDE = 256  # the engine scales a 2D export's longer side to 256 px
+
+
+def labelled_slice_entries(
+    images: Path,
+    labels: Path,
+    window: tuple[float, float] = DEFAULT_SLICE_WINDOW,
+    label_values: dict[str, int] | None = None,
+    side: int = LABELLED_SLICE_SIDE,
+) -> list[CacheEntry]:
+    """Real 2D slices (8-bit exports) with lesion-only labels, one entry (kind "real") each.
+
+    Pixels are mapped to HU with the declared `window` (augmentation later moves it, since
+    the true export window is unknown), scaled as the engine scales a 2D export (longer side
+    `side` px) and padded with air to a square. GGO and consolidation keep their classes;
+    every other pixel inside the image is NOT_LESION_LABEL (lung or background, unknown).
+    """
+    import torch
+    from PIL import Image
+    from torch.nn import functional as F
+
+    from inference.evaluate import eight_bit_to_hu, image_pairs, read_reference_png
+    from inference.training.cache import NOT_LESION_LABEL
+
+    values = label_values or {"ggo": 1, "consolidation": 2}
+    entries = []
+    for image_path, label_path in image_pairs(images, labels):
+        pixels = np.array(Image.open(image_path).convert("L"))
+        reference, _ = read_reference_png(label_path, values)
+        if reference.shape != pixels.shape:
+            raise TrainingDataError(f"{image_path.name}: image {pixels.shape} != label {reference.shape}")
+        rows, cols = pixels.shape
+        scale = side / max(rows, cols)
+        size = (max(16, round(rows * scale)), max(16, round(cols * scale)))
+        t = torch.from_numpy(eight_bit_to_hu(pixels, *window))[None, None]
+        hu = F.interpolate(t, size=size, mode="area" if scale <= 1 else "bilinear")[0, 0].numpy()
+        lab = np.where(reference == 0, NOT_LESION_LABEL, reference).astype(np.uint8)
+        r_idx = np.minimum((np.arange(size[0]) + 0.5) / scale, rows - 1).astype(int)
+        c_idx = np.minimum((np.arange(size[1]) + 0.5) / scale, cols - 1).astype(int)
+        lab = lab[r_idx][:, c_idx]
+        out_hu = np.full((side, side), -1024, np.int16)
+        out_lab = np.zeros((side, side), np.uint8)
+        r0, c0 = (side - size[0]) // 2, (side - size[1]) // 2
+        out_hu[r0 : r0 + size[0], c0 : c0 + size[1]] = np.rint(hu)
+        out_lab[r0 : r0 + size[0], c0 : c0 + size[1]] = lab
+        entries.append(CacheEntry(f"slice-{image_path.stem}", out_hu[None], out_lab[None], (1.0, 1.37, 1.37), "real"))
     return entries

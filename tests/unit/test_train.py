@@ -83,11 +83,11 @@ def test_eight_bit_roundtrip_within_one_step():
     assert np.abs(back - hu).max() <= 1300 / 255
 
 
-def test_validation_data_is_refused_for_training(tmp_path: Path):
-    with pytest.raises(TrainingDataError, match="validation-only"):
+def test_covid_semiseg_is_refused_as_anatomy_or_site(tmp_path: Path):
+    with pytest.raises(TrainingDataError, match="non-commercial"):
         check_allowed(Path("../shared/data/covid-semiseg-val/images"))
     config = tmp_path / "bad.toml"
-    config.write_text('[data]\nlidc = ["../shared/data/covid-semiseg-val"]\n')
+    config.write_text('[data]\nanatomy = ["../shared/data/covid-semiseg-val"]\n')
     with pytest.raises(TrainingDataError):
         load_config(config)
     config.write_text("[train]\nsteps = 5\nwarp = 9\n")
@@ -95,17 +95,30 @@ def test_validation_data_is_refused_for_training(tmp_path: Path):
         load_config(config)
 
 
+def test_labelled_slices_need_a_licence(tmp_path: Path):
+    config = tmp_path / "slices.toml"
+    config.write_text('[data.labelled_slices]\nimages = "i"\nlabels = "l"\n')
+    with pytest.raises(TrainingDataError, match="licence"):
+        load_config(config)
+    config.write_text('[data.labelled_slices]\nimages = "i"\nlabels = "l"\nlicence = "non-commercial"\n')
+    data, _ = load_config(config)
+    assert data.labelled_slices.licence == "non-commercial"
+
+
 def test_config_parses_sites_and_train_settings(tmp_path: Path):
     config = tmp_path / "ok.toml"
     config.write_text(
-        '[data]\nlidc = ["a/LIDC"]\nlesion_variants = 3\n'
+        '[data]\nanatomy = ["a/LIDC"]\nlesion_variants = 3\n'
         '[[data.site]]\nkind = "nifti"\nimage = "ct.nii.gz"\nlabel = "lab.nii.gz"\n'
         "label_values = { ggo = 4, consolidation = 5 }\n"
-        "[train]\nsteps = 7\ncrop = 128\n"
+        "[train]\nsteps = 7\ncrop = 128\ngroup_weights = { healthy = 0.5, lesion = 0.5 }\n"
+        "[augment]\nnoise_sd_hu = [1, 2]\n"
     )
     data, train_config = load_config(config)
     assert data.lesion_variants == 3 and data.site[0].label_values == {"ggo": 4, "consolidation": 5}
     assert train_config.steps == 7 and train_config.augment.out_size == 128
+    assert train_config.group_weights == {"healthy": 0.5, "lesion": 0.5}
+    assert train_config.augment.noise_sd_hu == (1, 2)
 
 
 def test_synthetic_phantom_entries_have_lesions_inside_lung():
