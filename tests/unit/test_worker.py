@@ -34,7 +34,7 @@ def test_engine_is_loaded_before_any_job(tmp_path):
 
 
 def test_engine_that_fails_to_load_is_logged_and_the_worker_keeps_polling(tmp_path, monkeypatch, capsys):
-    def broken(name, device):
+    def broken(name, device, weights=None):
         raise RuntimeError("weights checksum mismatch")
 
     monkeypatch.setattr(worker_module, "get_engine", broken)
