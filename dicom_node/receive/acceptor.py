@@ -450,12 +450,12 @@ class _Association:
         elif self.acceptor.active_associations > self.acceptor.max_associations:
             refusal = REJECT_LOCAL_LIMIT
         if refusal is not None:
-            self.reject(refusal)
-            if self.acceptor.on_rejected is not None:
+            if self.acceptor.on_rejected is not None:  # recorded before the caller hears of it
                 try:
                     self.acceptor.on_rejected(self.peer)
                 except Exception:  # an audit hiccup must not break the server
                     log.exception("recording the rejection failed", calling_ae=calling_ae)
+            self.reject(refusal)
             self.await_close()
             return False
 
