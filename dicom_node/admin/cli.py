@@ -726,13 +726,14 @@ def demo(
     workdir: Path = typer.Option(Path("ldct-demo"), help="Folder for the demo's data, PACS inbox and config."),
     port: int = typer.Option(0, help="Node port (0: a free one)."),
     engine: str | None = typer.Option(None, help="cnn or threshold (default: cnn)."),
+    weights: str | None = typer.Option(None, help="CNN weight set: open or noncommercial (default: the shipped default)."),
 ) -> None:
     """Push a synthetic low-dose chest CT through a node it starts, end to end, and print the result."""
     from dicom_node.admin.demo import run_demo
 
     configure_logging("console", "warning")
     try:
-        summary, truth = run_demo(workdir, port=port, engine=engine, console=err_console)
+        summary, truth = run_demo(workdir, port=port, engine=engine, weights=weights, console=err_console)
     except Exception as exc:  # whatever failed: one line, no traceback
         raise failure(f"demo failed: {exc}") from exc
     print_summary(summary, truth)

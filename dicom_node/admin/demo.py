@@ -113,9 +113,16 @@ def prepare_workdir(workdir: Path) -> None:
 
 
 def run_demo(
-    workdir: Path, *, port: int = 0, engine: str | None = None, console: Console | None = None, timeout: float = 600
+    workdir: Path,
+    *,
+    port: int = 0,
+    engine: str | None = None,
+    weights: str | None = None,
+    console: Console | None = None,
+    timeout: float = 600,
 ) -> tuple[ResultSummary, Quantification]:
-    """Run the demo; returns what the node reported and the true volumes of the series."""
+    """Run the demo; returns what the node reported and the true volumes of the series.
+    `weights`: the CNN weight set (`[inference] weights`), default the shipped default."""
     workdir = Path(workdir).resolve()
     prepare_workdir(workdir)
     series_dir = workdir / "sample-series"
@@ -138,7 +145,7 @@ def run_demo(
             },
             "series": {"idle_seconds": 2},
             "destinations": [{"name": "demo-pacs", "ae_title": "DEMOPACS", "host": "127.0.0.1", "port": pacs_port}],
-            "inference": {"engine": engine or "cnn", "device": "auto"},
+            "inference": {"engine": engine or "cnn", "device": "auto", "weights": weights},
             "dispatch": {"first_retry_seconds": 2},
         }
     )
