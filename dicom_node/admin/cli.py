@@ -726,7 +726,7 @@ def demo(
     workdir: Path = typer.Option(Path("ldct-demo"), help="Folder for the demo's data, PACS inbox and config."),
     port: int = typer.Option(0, help="Node port (0: a free one)."),
     engine: str | None = typer.Option(None, help="cnn or threshold (default: cnn)."),
-    weights: str | None = typer.Option(None, help="CNN weight set: open or noncommercial (default: the shipped default)."),
+    weights: str | None = typer.Option(None, help="CNN weight set: open or noncommercial (default: the default set)."),
 ) -> None:
     """Push a synthetic low-dose chest CT through a node it starts, end to end, and print the result."""
     from dicom_node.admin.demo import run_demo
