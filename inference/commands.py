@@ -10,12 +10,14 @@ from pathlib import Path
 
 import typer
 
-from inference.engines import DEFAULT_WEIGHTS
-
 
 def train_command(
     config: Path | None = typer.Option(None, "--config", help="TOML file: data sources and training settings"),
-    out: Path = typer.Option(DEFAULT_WEIGHTS, "--out", help="where to write the trained weights (+ SHA256SUMS)"),
+    out: Path = typer.Option(
+        Path("runs/train/ldct-unet-custom.pt"),
+        "--out",
+        help="where to write the trained weights (+ SHA256SUMS beside them); never a shipped set unless named",
+    ),
     steps: int | None = typer.Option(None, "--steps", help="override [train] steps"),
     seed: int = typer.Option(0, "--seed", help="random seed (data synthesis, sampling, init)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
