@@ -146,7 +146,7 @@ class CNNEngine:
     ) -> None:
         self.postprocess = postprocess
         #: Test-time augmentation: average the logits with those of the left-right mirrored
-        #: slice (twice the model time). Off by default: see MODEL_CARD.md for what it earned.
+        #: slice (twice the model time). Off by default: not yet measured (MODEL_CARD.md).
         self.flip = flip
         path = Path(weights_path) if weights_path else DEFAULT_WEIGHTS
         self.checksum = verify_checksum(path)

@@ -191,3 +191,12 @@ def test_config_check_says_where_the_secret_is_never_what_it_is(tmp_path, monkey
     assert "(warning: sent unencrypted over http)" in output
     assert "UNSET_X (not set in this environment)" in output
     assert "file-secret-81c2" not in result.output and "env-secret-4d7e" not in result.output
+
+
+def test_the_weight_set_names_the_settings_accept_are_the_ones_the_engine_ships():
+    """config stays free of the inference stack, so it names the sets itself: keep both lists equal."""
+    from config.settings import SHIPPED_WEIGHT_SETS
+    from inference.engines import WEIGHT_SETS
+
+    assert set(SHIPPED_WEIGHT_SETS) == set(WEIGHT_SETS)
+    assert all(path.is_file() for path in WEIGHT_SETS.values())
