@@ -63,8 +63,8 @@ def clear_outside_body(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float,
     """
     from inference.engines.threshold import (
         ThresholdSegmentationError,
-        _convex_hull_2d,
         coarse_body_mask,
+        convex_hull_2d,
         upsample_slice,
     )
 
@@ -76,7 +76,7 @@ def clear_outside_body(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float,
     for k in range(coarse.shape[0]):
         body = coarse[k]
         if body[0].any() or body[-1].any() or body[:, 0].any() or body[:, -1].any():
-            body = _convex_hull_2d(body)
+            body = convex_hull_2d(body)
         labels[k][~upsample_slice(body, factor, labels.shape[1:])] = 0
 
 

@@ -373,7 +373,7 @@ class ThresholdEngine:
                 lung_box = lung2d[box]
                 filled = ndimage.binary_fill_holes(lung_box)
                 holes = filled & ~lung_box
-                bites = _convex_hull_2d(lung_box) & ~filled
+                bites = convex_hull_2d(lung_box) & ~filled
                 # Judged apart (a dome island beside a lesion bite); small holes are vessels.
                 # A piece is judged whole, gap included (a hilum is judged with the
                 # mediastinum it belongs to), but only its part outside the gap is added.
@@ -494,7 +494,7 @@ def _mostly_not(candidate: np.ndarray, excluded: np.ndarray, min_judged: float) 
     return keep[pieces]
 
 
-def _convex_hull_2d(mask: np.ndarray) -> np.ndarray:
+def convex_hull_2d(mask: np.ndarray) -> np.ndarray:
     """Filled convex hull of a 2D mask (pixel centres), rasterised with PIL."""
     points = np.argwhere(mask & ~ndimage.binary_erosion(mask))
     if len(points) < 3:
